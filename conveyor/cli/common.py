@@ -1,0 +1,34 @@
+"""What every CLI subcommand shares: exit codes, settings, and running coroutines."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from conveyor.settings import Settings
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DRIFT = 3
+
+
+class SubParsers(Protocol):
+    """The object ``argparse`` returns from ``add_subparsers``."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def set_handler(parser: argparse.ArgumentParser, handler: Handler) -> None:
+    """Marks ``handler`` as what runs when this (sub)command is chosen."""
+    parser.set_defaults(handler=handler)
+
+
+def run(coro: Coroutine[Any, Any, int]) -> int:
+    """Runs a coroutine to completion and returns its exit code."""
+    return asyncio.run(coro)

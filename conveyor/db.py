@@ -1,0 +1,62 @@
+"""Postgres connections for conveyor: one place that opens them and translates failures."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from conveyor.errors import DatabaseUnavailableError
+from conveyor.settings import Settings, mask_url
+
+CONNECT_TIMEOUT = 10.0
+
+
+def _unavailable(settings: Settings, exc: BaseException) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"cannot connect to Postgres at {mask_url(settings.database_url)}: {exc}; "
+        "check CONVEYOR_DATABASE_URL and that the server is running"
+    )
+
+
+def quote_ident(name: str) -> str:
+    """Quotes an SQL identifier (settings already restrict schema names to safe ones)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def connect(settings: Settings, *, timeout: float = CONNECT_TIMEOUT) -> asyncpg.Connection[Any]:
+    """Opens one connection with conveyor's schema first on the search path.
+
+    Raises:
+        DatabaseUnavailableError: The server did not answer or refused the connection.
+    """
+    try:
+        return await asyncpg.connect(
+            settings.database_url,
+            timeout=timeout,
+            server_settings={"search_path": f"{quote_ident(settings.database_schema)}, public"},
+        )
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        raise _unavailable(settings, exc) from exc
+
+
+async def create_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 10
+) -> asyncpg.Pool[Any]:
+    """Opens a connection pool with conveyor's schema first on the search path.
+
+    Raises:
+        DatabaseUnavailableError: The server did not answer or refused the connection.
+    """
+    try:
+        pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            server_settings={"search_path": f"{quote_ident(settings.database_schema)}, public"},
+        )
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        raise _unavailable(settings, exc) from exc
+    return pool

@@ -1,0 +1,150 @@
+"""Every error conveyor raises on purpose derives from :class:`ConveyorError`.
+
+The tree::
+
+    ConveyorError
+    ├── ConfigurationError          a setting is missing or invalid
+    ├── ServiceUnavailableError     a service conveyor needs did not answer
+    │   ├── BrokerUnavailableError      Kafka
+    │   ├── DatabaseUnavailableError    Postgres
+    │   └── RegistryUnavailableError    the schema registry
+    ├── TopologyError               the cluster cannot be brought to the declared topology
+    │   └── TopologyDriftError          a topic exists but differs from its declaration
+    ├── MigrationError              a database migration failed
+    ├── ContractError               a message does not fit its Avro contract
+    │   ├── SerializationError          encoding refused (invalid record, registry refusal)
+    │   └── DeserializationError        bytes are not a decodable conveyor message
+    ├── ValidationError             submitted jobs are invalid; lists every problem
+    ├── DeliveryError               the broker did not acknowledge a produced message
+    └── PermanentError              raised by a handler: do not retry this job
+
+Library errors (confluent-kafka, aiokafka, asyncpg, httpx) are translated at the
+boundary with ``raise ... from exc`` so callers handle one family, and each message
+says what failed and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ConveyorError(Exception):
+    """Root of every error conveyor raises on purpose."""
+
+
+class ConfigurationError(ConveyorError, ValueError):
+    """A setting is missing or has an invalid value.
+
+    Args:
+        setting: The name of the offending setting (keyword or ``CONVEYOR_*`` variable).
+        problem: What is wrong with it.
+    """
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"invalid setting {setting}: {problem}")
+
+
+class ServiceUnavailableError(ConveyorError):
+    """A service conveyor depends on did not answer in time."""
+
+
+class BrokerUnavailableError(ServiceUnavailableError):
+    """The Kafka cluster could not be reached."""
+
+
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The Postgres database could not be reached or refused the connection."""
+
+
+class RegistryUnavailableError(ServiceUnavailableError):
+    """The schema registry could not be reached."""
+
+
+class TopologyError(ConveyorError):
+    """The cluster could not be brought to the declared topology."""
+
+
+class TopologyDriftError(TopologyError):
+    """One or more topics exist but differ from their declaration.
+
+    Args:
+        drifts: One human-readable explanation per drifted topic.
+    """
+
+    def __init__(self, drifts: Sequence[str]) -> None:
+        self.drifts = list(drifts)
+        super().__init__(
+            f"{len(self.drifts)} topic(s) drifted from the declared topology: "
+            + "; ".join(self.drifts)
+        )
+
+
+class MigrationError(ConveyorError):
+    """A database migration could not be applied."""
+
+
+class ContractError(ConveyorError):
+    """A message does not fit its Avro contract."""
+
+
+class SerializationError(ContractError):
+    """A record could not be encoded (invalid for its schema, or the registry refused it)."""
+
+
+class DeserializationError(ContractError):
+    """Bytes could not be decoded as a conveyor message.
+
+    Raised for bytes that are not Confluent wire format, that name a schema id the
+    registry does not know, or whose Avro body does not decode. The worker routes
+    such messages to the DLQ with ``error_reason = "Deserialization"``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a submitted item is invalid.
+
+    Args:
+        index: Position of the item in the submitted list (0 for a single payload).
+        field: The part that is wrong (``"type"``, ``"payload"``, ``"priority"``, ...).
+        message: What is wrong, in words a caller can act on.
+    """
+
+    index: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"item {self.index}: {self.field}: {self.message}"
+
+
+class ValidationError(ConveyorError, ValueError):
+    """Submitted jobs are invalid; nothing was sent.
+
+    Args:
+        problems: Every problem found, in item order.
+    """
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        indexes = sorted({p.index for p in self.problems})
+        super().__init__(
+            f"{len(self.problems)} problem(s) in item(s) {indexes}: "
+            + "; ".join(str(p) for p in self.problems)
+        )
+
+    @property
+    def indexes(self) -> list[int]:
+        """The sorted indexes of the invalid items."""
+        return sorted({p.index for p in self.problems})
+
+
+class DeliveryError(ConveyorError):
+    """The broker did not acknowledge a produced message."""
+
+
+class PermanentError(ConveyorError):
+    """Raise from a handler to send the job to the DLQ without further attempts."""
