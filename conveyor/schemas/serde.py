@@ -1,0 +1,329 @@
+"""Confluent wire format for conveyor's contracts, through a schema registry.
+
+Every value conveyor writes is ``0x00`` (magic byte), the writer schema's registry id as
+4 big-endian bytes, then the Avro body: the framing every Confluent-compatible client
+reads. Encoding goes through confluent-kafka's ``AvroSerializer`` (fastavro underneath)
+and decoding through its ``AvroDeserializer`` with the contract as reader schema, so a
+newer reader reads what an older writer wrote.
+
+Subjects follow the TopicNameStrategy (``<topic>-value``). A serializer is built once per
+(schema, subject) and reused: it registers its schema on first use and caches the id, so
+later encodes make no registry call. Call :meth:`Serde.register_all` at start-up to pay
+that round trip before the first message instead of on it.
+
+Errors are translated at this boundary: a record that does not fit its contract raises
+:class:`~conveyor.errors.SerializationError`; bytes that cannot be decoded raise
+:class:`~conveyor.errors.DeserializationError` (the worker dead-letters those); a registry
+that does not answer raises :class:`~conveyor.errors.RegistryUnavailableError`, which is
+not the message's fault and must not dead-letter it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import struct
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+
+from conveyor.errors import DeserializationError, RegistryUnavailableError, SerializationError
+from conveyor.schemas.contracts import Contract
+from conveyor.settings import Settings
+
+MAGIC_BYTE = 0
+HEADER_SIZE = 5
+DEFAULT_REGISTRY_TIMEOUT = 10.0
+"""Seconds one registry request may take; confluent-kafka's default is no timeout."""
+
+# 40403 is "schema not found" on Confluent's registry; its mock client answers 40400.
+_SCHEMA_NOT_FOUND = (40400, 40403)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The network error classes the registry client may raise.
+
+    confluent-kafka uses httpx2 when it is installed and httpx otherwise; both are
+    caught, so the translation survives either choice.
+    """
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found.append(module.TransportError)
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+
+
+def value_subject(topic: str) -> str:
+    """The TopicNameStrategy subject of a topic's values (``<topic>-value``)."""
+    return f"{topic}-value"
+
+
+def schema_id(data: bytes) -> int:
+    """Reads the writer schema id from Confluent wire-format bytes.
+
+    Raises:
+        DeserializationError: The bytes are too short or do not start with the magic byte.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        # Kafka hands None for a tombstone; a worker must dead-letter it, not crash.
+        raise DeserializationError(f"message has no value bytes (got {type(data).__name__})")
+    if len(data) < HEADER_SIZE:
+        raise DeserializationError(
+            f"message is {len(data)} byte(s), shorter than the 5-byte Confluent header "
+            "(magic byte and schema id): not written by a schema-registry serializer"
+        )
+    if data[0] != MAGIC_BYTE:
+        raise DeserializationError(
+            f"wrong magic byte 0x{data[0]:02x} (expected 0x00): "
+            "not Confluent wire format, or written by another serializer"
+        )
+    found: int = struct.unpack_from(">I", data, 1)[0]
+    return found
+
+
+def _unavailable(exc: BaseException, url: str) -> RegistryUnavailableError:
+    return RegistryUnavailableError(
+        f"schema registry at {url} did not answer ({_brief(exc)}); "
+        "check CONVEYOR_SCHEMA_REGISTRY_URL and that the registry is running"
+    )
+
+
+def _registry_refusal(exc: SchemaRegistryError, url: str, what: str) -> Exception:
+    """Maps an HTTP answer from the registry to a conveyor error."""
+    status = exc.http_status_code
+    if status is not None and (status >= 500 or status in (401, 403, 408, 429)):
+        return RegistryUnavailableError(f"schema registry at {url} refused {what}: {exc}")
+    return SerializationError(f"schema registry at {url} refused {what}: {exc}")
+
+
+class Serde:
+    """Encodes and decodes conveyor's contracts in Confluent wire format.
+
+    Thread-safe: serializers are built under a lock, then used without one.
+
+    Args:
+        settings: Supplies the registry URL and credentials.
+        client: A registry client to use instead of building one from ``settings``
+            (tests pass ``SchemaRegistryClient.new_client({"url": "mock://..."})``).
+            A client passed in is not closed by :meth:`close`.
+    """
+
+    def __init__(self, settings: Settings, *, client: SchemaRegistryClient | None = None) -> None:
+        self._owns_client = client is None
+        if client is None:
+            config: dict[str, Any] = {
+                **settings.registry_config(),
+                "timeout": DEFAULT_REGISTRY_TIMEOUT,
+            }
+            client = SchemaRegistryClient(config)
+        self._client = client
+        self._url = settings.schema_registry_url
+        self._lock = threading.Lock()
+        self._serializers: dict[tuple[str, str], AvroSerializer] = {}
+        self._deserializers: dict[str, AvroDeserializer] = {}
+
+    @property
+    def client(self) -> SchemaRegistryClient:
+        """The registry client this serde talks through."""
+        return self._client
+
+    def close(self) -> None:
+        """Closes the registry client's HTTP session if this serde built it."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Serde:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def encode(self, contract: Contract, topic: str, record: Mapping[str, Any]) -> bytes:
+        """Encodes a record for ``topic``, registering the contract under ``<topic>-value``.
+
+        Raises:
+            SerializationError: The record does not fit the contract (the message names
+                every field at fault), or the registry refused the schema.
+            RegistryUnavailableError: The registry did not answer.
+        """
+        return self.encode_subject(contract, value_subject(topic), record)
+
+    def encode_subject(self, contract: Contract, subject: str, record: Mapping[str, Any]) -> bytes:
+        """Encodes a record under an explicit subject (payload schemas use their own).
+
+        Raises:
+            SerializationError: The record does not fit the contract, or the registry
+                refused the schema.
+            RegistryUnavailableError: The registry did not answer.
+        """
+        problems = contract.choice_problems(record)
+        if problems:
+            raise SerializationError(_invalid(contract, problems))
+        serializer = self._serializer(contract, subject)
+        try:
+            data = serializer(record, None)
+        except SchemaRegistryError as exc:
+            raise _registry_refusal(exc, self._url, f"{contract.name} for {subject}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _unavailable(exc, self._url) from exc
+        except Exception as exc:
+            # fastavro's writer raises TypeError, ValueError, KeyError, AttributeError or
+            # OverflowError without naming the field; the full check runs only on this
+            # failure path to keep the happy path at the writer's speed.
+            found = contract.problems(record) or [_brief(exc)]
+            raise SerializationError(_invalid(contract, found)) from exc
+        if data is None:  # the serializer returns None only for a None record
+            raise SerializationError(f"{contract.short_name}: there is no record to encode")
+        return data
+
+    def decode(self, contract: Contract, topic: str, data: bytes) -> dict[str, Any]:
+        """Decodes a value read from ``topic`` with ``contract`` as the reader schema.
+
+        Raises:
+            DeserializationError: The bytes are too short, carry a wrong magic byte, name a
+                schema id the registry does not know, or hold an Avro body that does not
+                decode into the contract. The message says which.
+            RegistryUnavailableError: The registry did not answer.
+        """
+        decoded = self.decode_any(data, contract, source=f"{contract.short_name} on {topic}")
+        if not isinstance(decoded, dict):
+            raise DeserializationError(f"{contract.name} on {topic}: decoded a non-record value")
+        return decoded
+
+    def decode_any(self, data: bytes, reader: Contract | None = None, *, source: str = "") -> Any:
+        """Decodes wire-format bytes with ``reader`` as reader schema, or the writer's own.
+
+        Args:
+            data: Confluent wire-format bytes.
+            reader: The schema to resolve into; None reads with the writer schema.
+            source: What is being decoded, for error messages.
+
+        Raises:
+            DeserializationError: The bytes cannot be decoded (see :meth:`decode`).
+            RegistryUnavailableError: The registry did not answer.
+        """
+        label = f"{source}: " if source else ""
+        try:
+            writer_id = schema_id(data)
+        except DeserializationError as exc:
+            raise DeserializationError(f"{label}{exc}") from None
+        if len(data) == HEADER_SIZE:
+            raise DeserializationError(f"{label}message has a header but no Avro body")
+        deserializer = self._deserializer(reader)
+        try:
+            return deserializer(data, None)
+        except SchemaRegistryError as exc:
+            if exc.error_code in _SCHEMA_NOT_FOUND or exc.http_status_code == 404:
+                raise DeserializationError(
+                    f"{label}schema id {writer_id} is unknown to the registry at {self._url}"
+                ) from exc
+            raise _registry_refusal(exc, self._url, f"schema id {writer_id}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _unavailable(exc, self._url) from exc
+        except Exception as exc:
+            # Any failure past the registry lookup means the body is not what the writer
+            # schema says (truncated, corrupt) or cannot resolve into the reader schema.
+            raise DeserializationError(
+                f"{label}Avro body does not decode with writer schema id {writer_id}: {_brief(exc)}"
+            ) from exc
+
+    def register(self, contract: Contract, topic: str) -> int:
+        """Registers ``contract`` under ``<topic>-value`` and returns its schema id.
+
+        Raises:
+            SerializationError: The registry refused it (for example, incompatible).
+            RegistryUnavailableError: The registry did not answer.
+        """
+        return self.register_subject(contract, value_subject(topic))
+
+    def register_subject(self, contract: Contract, subject: str) -> int:
+        """Registers ``contract`` under an explicit subject and returns its schema id.
+
+        Raises:
+            SerializationError: The registry refused it (for example, incompatible).
+            RegistryUnavailableError: The registry did not answer.
+        """
+        try:
+            found: int = self._client.register_schema(
+                subject, Schema(contract.schema_str, schema_type="AVRO")
+            )
+        except SchemaRegistryError as exc:
+            raise _registry_refusal(exc, self._url, f"{contract.name} for {subject}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _unavailable(exc, self._url) from exc
+        return found
+
+    def register_all(self, pairs: Iterable[tuple[Contract, str]]) -> dict[str, int]:
+        """Registers each (contract, topic) pair under ``<topic>-value``.
+
+        Returns:
+            Schema id by subject.
+
+        Raises:
+            SerializationError: The registry refused one of them.
+            RegistryUnavailableError: The registry did not answer.
+        """
+        return {value_subject(topic): self.register(contract, topic) for contract, topic in pairs}
+
+    def _serializer(self, contract: Contract, subject: str) -> AvroSerializer:
+        key = (subject, contract.schema_str)
+        serializer = self._serializers.get(key)
+        if serializer is None:
+            with self._lock:
+                serializer = self._serializers.get(key)
+                if serializer is None:
+                    serializer = AvroSerializer(
+                        self._client,
+                        contract.schema_str,
+                        conf={"subject.name.strategy": _fixed_subject(subject)},
+                    )
+                    self._serializers[key] = serializer
+        return serializer
+
+    def _deserializer(self, reader: Contract | None) -> AvroDeserializer:
+        key = "" if reader is None else reader.schema_str
+        deserializer = self._deserializers.get(key)
+        if deserializer is None:
+            with self._lock:
+                deserializer = self._deserializers.get(key)
+                if deserializer is None:
+                    # An explicit strategy keeps confluent-kafka off its ASSOCIATED default,
+                    # which needs an association API that not every registry has.
+                    deserializer = AvroDeserializer(
+                        self._client,
+                        None if reader is None else reader.schema_str,
+                        conf={"subject.name.strategy": _fixed_subject("")},
+                    )
+                    self._deserializers[key] = deserializer
+        return deserializer
+
+
+def _fixed_subject(subject: str) -> Callable[[Any, Any], str]:
+    def strategy(_ctx: Any, _record_name: Any) -> str:
+        return subject
+
+    return strategy
+
+
+def _invalid(contract: Contract, problems: list[str]) -> str:
+    return f"{contract.short_name} record does not fit its contract: " + "; ".join(problems)
+
+
+def _brief(exc: BaseException, limit: int = 300) -> str:
+    """The exception's type and message, cut short: fastavro puts whole schemas in some."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
