@@ -136,6 +136,11 @@ class ValidationError(ConveyorError, ValueError):
             + "; ".join(str(p) for p in self.problems)
         )
 
+    @classmethod
+    def single(cls, field: str, message: str) -> ValidationError:
+        """A validation error about one field of a single item."""
+        return cls([Problem(0, field, message)])
+
     @property
     def indexes(self) -> list[int]:
         """The sorted indexes of the invalid items."""

@@ -1,0 +1,228 @@
+"""The one delivery mechanism behind both producer faces.
+
+A confluent-kafka ``Producer`` (idempotent, ``acks=all``) plus a thread that polls it,
+so delivery reports arrive without the caller polling. Each message's outcome is a
+``concurrent.futures.Future``: the sync producer waits on it, the async producer wraps
+it with ``asyncio.wrap_future``. A failed delivery is never silent: it goes to the
+``on_delivery_error`` callback if one is given, and is otherwise kept and raised by
+the next ``flush()`` or ``close()``; either way it is counted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Producer as KafkaProducer
+
+from conveyor.errors import DeliveryError
+from conveyor.producer.jobs import Outgoing
+from conveyor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DELIVERY_TIMEOUT = 30.0
+DEFAULT_LINGER_MS = 5
+POLL_INTERVAL = 0.1
+#: librdkafka expires timed-out messages on a ~1 s scan; flush waits this much longer.
+EXPIRY_MARGIN = 3.0
+MAX_QUEUED_MESSAGES = 100_000
+
+DeliveryErrorCallback = Callable[[str, DeliveryError], None]
+
+
+@dataclasses.dataclass
+class DeliveryStats:
+    """Counts of what the producer sent (read them; they only grow)."""
+
+    submitted: int = 0
+    delivered: int = 0
+    failed: int = 0
+
+
+def producer_config(
+    settings: Settings, *, delivery_timeout: float, linger_ms: int
+) -> dict[str, Any]:
+    """The confluent-kafka configuration conveyor's producers use."""
+    return {
+        **settings.kafka_config(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": linger_ms,
+        "delivery.timeout.ms": int(delivery_timeout * 1000),
+        # The Java client's default partitioner, so a key maps to the same partition
+        # whichever Kafka client produced it (librdkafka defaults to CRC32).
+        "partitioner": "murmur2_random",
+        "queue.buffering.max.messages": MAX_QUEUED_MESSAGES,
+        "log_level": 3,
+    }
+
+
+class DeliveryCore:
+    """Sends encoded messages and tracks each one's delivery.
+
+    Args:
+        settings: Connection and security settings.
+        delivery_timeout: Seconds a message may take to be acknowledged before it fails.
+        linger_ms: How long librdkafka may wait to fill a batch.
+        on_delivery_error: Called (from the poll thread) with the job id and the error of
+            each failed delivery; when given, failures are not raised by ``flush``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+        linger_ms: int = DEFAULT_LINGER_MS,
+        on_delivery_error: DeliveryErrorCallback | None = None,
+    ) -> None:
+        self.delivery_timeout = delivery_timeout
+        self.stats = DeliveryStats()
+        self._on_error = on_delivery_error
+        self._failures: list[tuple[str, DeliveryError]] = []
+        self._lock = threading.Lock()
+        self._producer = KafkaProducer(
+            producer_config(settings, delivery_timeout=delivery_timeout, linger_ms=linger_ms)
+        )
+        self._closed = threading.Event()
+        self._poller = threading.Thread(
+            target=self._poll_loop, name="conveyor-producer-poll", daemon=True
+        )
+        self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(POLL_INTERVAL)
+
+    def send(self, messages: Sequence[Outgoing]) -> list[concurrent.futures.Future[None]]:
+        """Queues messages for delivery and returns one future per message, in order.
+
+        Raises:
+            DeliveryError: The producer is closed, or the local queue stayed full for the
+                whole delivery timeout.
+        """
+        if self._closed.is_set():
+            raise DeliveryError("the producer is closed; create a new one to submit more jobs")
+        futures = []
+        for message in messages:
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._produce(message, self._callback(message.job_id, future))
+            futures.append(future)
+        with self._lock:
+            self.stats.submitted += len(messages)
+        return futures
+
+    def _produce(
+        self, message: Outgoing, callback: Callable[[KafkaError | None, Message], None]
+    ) -> None:
+        deadline = time.monotonic() + self.delivery_timeout
+        while True:
+            try:
+                self._producer.produce(
+                    message.topic,
+                    value=message.value,
+                    key=message.key,
+                    headers=message.headers,
+                    on_delivery=callback,
+                )
+                return
+            except BufferError as exc:
+                # The local queue is full: wait for deliveries to drain it (backpressure).
+                if time.monotonic() > deadline:
+                    raise DeliveryError(
+                        f"the local producer queue stayed full for {self.delivery_timeout:.0f}s; "
+                        "is the broker reachable?"
+                    ) from exc
+                self._producer.flush(POLL_INTERVAL)
+            except KafkaException as exc:
+                raise DeliveryError(f"could not queue job {message.job_id}: {exc}") from exc
+
+    def _callback(
+        self, job_id: str, future: concurrent.futures.Future[None]
+    ) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                with self._lock:
+                    self.stats.delivered += 1
+                future.set_result(None)
+                return
+            error = DeliveryError(f"job {job_id} was not delivered to {msg.topic()}: {err.str()}")
+            with self._lock:
+                self.stats.failed += 1
+                if self._on_error is None:
+                    self._failures.append((job_id, error))
+            future.set_exception(error)
+            if self._on_error is not None:
+                try:
+                    self._on_error(job_id, error)
+                except Exception:  # a faulty callback must not kill the poll thread
+                    log.exception("on_delivery_error callback failed for job %s", job_id)
+
+        return on_delivery
+
+    def wait(self, futures: Sequence[concurrent.futures.Future[None]]) -> None:
+        """Blocks until every future is resolved; raises the first failure.
+
+        Raises:
+            DeliveryError: A message failed, or was not acknowledged in time.
+        """
+        _done, pending = concurrent.futures.wait(
+            futures, timeout=self.delivery_timeout + EXPIRY_MARGIN
+        )
+        if pending:
+            raise DeliveryError(
+                f"{len(pending)} message(s) not acknowledged within {self.delivery_timeout:.0f}s"
+            )
+        for future in futures:
+            exc = future.exception()
+            if exc is not None:
+                self._forget(futures)
+                raise exc
+
+    def _forget(self, futures: Sequence[concurrent.futures.Future[None]]) -> None:
+        # Failures the caller saw through wait() are reported; don't raise them again.
+        seen = {id(f.exception()) for f in futures}
+        with self._lock:
+            self._failures = [(j, e) for j, e in self._failures if id(e) not in seen]
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits until every queued message is delivered or failed.
+
+        Args:
+            timeout: Seconds to wait; by default long enough for every queued message to be
+                acknowledged or to expire with a delivery error.
+
+        Raises:
+            DeliveryError: Messages failed since the last flush (when no callback takes
+                them), or were still queued when the timeout ran out.
+        """
+        if timeout is None:
+            timeout = self.delivery_timeout + EXPIRY_MARGIN
+        remaining = self._producer.flush(timeout)
+        with self._lock:
+            failures, self._failures = self._failures, []
+        if failures:
+            ids = ", ".join(job_id for job_id, _ in failures[:10])
+            more = f" and {len(failures) - 10} more" if len(failures) > 10 else ""
+            raise DeliveryError(
+                f"{len(failures)} job(s) were not delivered ({ids}{more}): {failures[0][1]}"
+            )
+        if remaining:
+            raise DeliveryError(f"{remaining} message(s) still undelivered after flush timed out")
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flushes, then stops the poll thread. Idempotent."""
+        if self._closed.is_set():
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed.set()
+            self._poller.join()

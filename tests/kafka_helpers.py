@@ -1,0 +1,69 @@
+"""Reading back what landed on the real broker, for assertions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+
+def read_topic(bootstrap: str, topic: str, count: int, *, timeout: float = 30.0) -> list[Record]:
+    """Reads ``count`` messages from every partition of ``topic`` from the beginning.
+
+    Returns as soon as ``count`` messages arrived, or what arrived by ``timeout``. It
+    counts messages rather than trusting watermarks, which some brokers report per batch.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 0,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            records.append(_record(msg))
+        return records
+    finally:
+        consumer.close()
+
+
+def _record(msg: Message) -> Record:
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None
+    assert partition is not None
+    assert offset is not None
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return Record(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=msg.key(),
+        value=msg.value() or b"",
+        headers={k: v for k, v in pairs if isinstance(v, bytes)},
+    )
