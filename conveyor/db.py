@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import asyncpg
@@ -25,7 +24,9 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-async def connect(settings: Settings, *, timeout: float = CONNECT_TIMEOUT) -> asyncpg.Connection[Any]:
+async def connect(
+    settings: Settings, *, timeout: float = CONNECT_TIMEOUT
+) -> asyncpg.Connection[Any]:
     """Opens one connection with conveyor's schema first on the search path.
 
     Raises:
@@ -37,7 +38,7 @@ async def connect(settings: Settings, *, timeout: float = CONNECT_TIMEOUT) -> as
             timeout=timeout,
             server_settings={"search_path": f"{quote_ident(settings.database_schema)}, public"},
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise _unavailable(settings, exc) from exc
 
 
@@ -57,6 +58,6 @@ async def create_pool(
             timeout=CONNECT_TIMEOUT,
             server_settings={"search_path": f"{quote_ident(settings.database_schema)}, public"},
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise _unavailable(settings, exc) from exc
     return pool

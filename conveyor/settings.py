@@ -185,9 +185,7 @@ class Settings:
         _validate(self)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Builds settings from ``CONVEYOR_*`` variables, then applies keyword overrides.
 
         Args:
@@ -217,6 +215,11 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """Returns a copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def safe_database_url(self) -> str:
+        """The database URL with its password masked, for logs and messages."""
+        return mask_url(self.database_url)
 
     def kafka_config(self) -> dict[str, str]:
         """Connection and security properties for confluent-kafka clients."""
@@ -248,6 +251,19 @@ class Settings:
             text = mask_url(value) if f.name == "database_url" else value
             shown.append(f"{f.name}={text!r}")
         return f"Settings({', '.join(shown)})"
+
+
+def explicitly_set(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The settings given by ``CONVEYOR_*`` variables (as field names), not by defaults.
+
+    ``conveyor dev`` uses it to start only the services the environment does not name.
+    """
+    env = os.environ if environ is None else environ
+    return frozenset(
+        var[len(ENV_PREFIX) :].lower()
+        for var, value in env.items()
+        if var.startswith(ENV_PREFIX) and value
+    )
 
 
 def _reveal(secret: Secret | None) -> str | None:
@@ -282,7 +298,10 @@ def _validate(s: Settings) -> None:
         f"expected a lower-case SQL identifier, got {s.database_schema!r}",
     )
     _require(
-        all(urlsplit(u.strip()).scheme in ("http", "https") for u in s.schema_registry_url.split(",")),
+        all(
+            urlsplit(u.strip()).scheme in ("http", "https")
+            for u in s.schema_registry_url.split(",")
+        ),
         "schema_registry_url",
         f"expected an http(s):// URL, got {s.schema_registry_url!r}",
     )

@@ -8,16 +8,20 @@ tests never see each other's topics or rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO
 
 import asyncpg
+import httpx
 import pytest
 
 from conveyor.db import quote_ident
@@ -130,7 +134,8 @@ def settings_env(s: Settings) -> dict[str, str]:
     }
 
 
-REGISTRY_SCHEMA = "registry_tests"
+#: The registry's Postgres schema: unique per session, so concurrent sessions never collide.
+REGISTRY_SCHEMA = unique_name("registry_")
 
 
 @pytest.fixture(scope="session")
@@ -142,45 +147,56 @@ def schema_registry_url(database_url: str) -> Iterator[str]:
     """
     from conveyor.embedded import free_port
 
-    env = {"CONVEYOR_DATABASE_URL": database_url, "CONVEYOR_DATABASE_SCHEMA": REGISTRY_SCHEMA}
-    asyncio.run(_drop_schema(database_url, REGISTRY_SCHEMA))
+    schema = REGISTRY_SCHEMA
+    env = {"CONVEYOR_DATABASE_URL": database_url, "CONVEYOR_DATABASE_SCHEMA": schema}
     migrated_run = run_cli("migrate", env=env)
     assert migrated_run.code == 0, migrated_run.stderr
     port = free_port()
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "registry", "serve", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env={**base, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_http(f"{url}/subjects", proc)
-        yield url
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conveyor",
+                "registry",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env={**base, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        asyncio.run(_drop_schema(database_url, REGISTRY_SCHEMA))
+            _wait_for_http(f"{url}/subjects", proc, log)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            asyncio.run(_drop_schema(database_url, schema))
 
 
-def _wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    import httpx
-
+def _wait_for_http(
+    url: str, proc: subprocess.Popen[bytes], log: IO[bytes], timeout: float = 30.0
+) -> None:
+    """Polls ``url`` until it answers 200; fails early, with its output, if ``proc`` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"registry exited with {proc.returncode}: {err}")
-        try:
+        with contextlib.suppress(httpx.TransportError):
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # noqa: sleep-ok - polling a port with a deadline
+        try:
+            proc.wait(timeout=0.05)  # waits on the process, so an early exit is seen at once
+        except subprocess.TimeoutExpired:
+            continue
+        log.seek(0)
+        raise RuntimeError(f"registry exited with {proc.returncode}: {log.read().decode()}")
     raise RuntimeError(f"registry did not answer at {url} within {timeout}s")

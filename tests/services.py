@@ -21,6 +21,9 @@ POSTGRES_IMAGE = "postgres:16-alpine"
 
 def docker_engine_answers() -> bool:
     """True when a Docker engine (not just the client) responds to a ping."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        return False  # docker-py would leak the socket it failed to connect with
     try:
         import docker
 

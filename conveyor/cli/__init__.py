@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.cli import common
+from conveyor.cli import common, dev, migrate, registry, submit, topology
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
 
-_SUBCOMMANDS: tuple[Any, ...] = ()
+_SUBCOMMANDS: tuple[Any, ...] = (topology, migrate, registry, submit, dev)
 
 EPILOG = """\
 Configuration comes from CONVEYOR_* environment variables (see README, Configuration).

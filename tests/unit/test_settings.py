@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from conveyor.errors import ConfigurationError
-from conveyor.settings import Settings, format_duration, parse_duration
+from conveyor.settings import Secret, Settings, format_duration, parse_duration
 
 
 def test_defaults_follow_the_mission() -> None:
@@ -89,12 +89,12 @@ def test_invalid_values_fail_at_construction_naming_the_setting(
 def test_secrets_never_show_in_repr_str_or_logs(caplog: pytest.LogCaptureFixture) -> None:
     s = Settings(
         database_url="postgresql://app:topsecret@db:5432/jobs",
-        schema_registry_basic_auth="reg:regsecret",
+        schema_registry_basic_auth=Secret("reg:regsecret"),
         security_protocol="SASL_SSL",
         sasl_mechanism="PLAIN",
         sasl_username="svc",
-        sasl_password="saslsecret",
-        ssl_key_password="keysecret",
+        sasl_password=Secret("saslsecret"),
+        ssl_key_password=Secret("keysecret"),
     )
     with caplog.at_level(logging.INFO):
         logging.getLogger("test").info("settings: %s / %r", s, s)
@@ -116,8 +116,15 @@ def test_settings_are_frozen_and_replace_revalidates() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds", "label"),
-    [("5s", 5.0, "5s"), ("30s", 30.0, "30s"), ("5m", 300.0, "5m"), ("1h", 3600.0, "1h"),
-     ("250ms", 0.25, "250ms"), ("90", 90.0, "90s"), ("7d", 604800.0, "7d")],
+    [
+        ("5s", 5.0, "5s"),
+        ("30s", 30.0, "30s"),
+        ("5m", 300.0, "5m"),
+        ("1h", 3600.0, "1h"),
+        ("250ms", 0.25, "250ms"),
+        ("90", 90.0, "90s"),
+        ("7d", 604800.0, "7d"),
+    ],
 )
 def test_durations_parse_and_format(text: str, seconds: float, label: str) -> None:
     assert parse_duration(text) == seconds

