@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -184,7 +185,10 @@ class EmbeddedPostgres:
             ) from exc
         self._tmp = tempfile.TemporaryDirectory(prefix="conveyor-pg-")
         pgdata = Path(self._tmp.name) / "data"
-        self._server = postgres_server.get_server(pgdata, cleanup_mode="stop")
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+            warnings.simplefilter("ignore")
+            self._server = postgres_server.get_server(pgdata, cleanup_mode="stop")
 
     def stop(self) -> None:
         """Stops the server and deletes its data."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import random
+import io
+import sys
 import threading
 from collections import Counter
 
@@ -14,7 +15,7 @@ from conveyor.schemas import contracts
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings, explicitly_set
 from conveyor.topology import admin
-from conveyor.topology.model import PRIORITIES, PRIORITY_WEIGHTS, Topology
+from conveyor.topology.model import PRIORITIES, Topology
 
 DEFAULT_JOBS = 200
 EXAMPLE_TYPES = ("example.succeed", "example.progress", "example.fail", "example.long")
@@ -41,11 +42,13 @@ def register(subparsers: common.SubParsers) -> None:
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # live lines even through a pipe or tee
     with devstack.dev_stack(settings, explicitly_set()) as (live, services):
         for service in services:
             print(f"{service.name:>9}: {service.address}  ({service.origin})")
-        applied = common.run(_migrate(live))
-        print(f"   schema: {live.database_schema} ({applied} migration(s) applied)")
+        common.run(_migrate(live))
+        print(f"   schema: {live.database_schema} (migrations up to date)")
         result = admin.apply(live)
         print(f"   topics: {len(result.created)} created, prefix {live.topic_prefix!r}")
         _register_contracts(live)
@@ -78,12 +81,11 @@ def _register_contracts(settings: Settings) -> None:
 
 
 def _submit_samples(settings: Settings, jobs: int) -> Counter[str]:
-    rng = random.Random(7)
-    weights = [PRIORITY_WEIGHTS[p] for p in PRIORITIES]
+    """Submits equal shares of every priority, so weighted scheduling shows in the results."""
     counts: Counter[str] = Counter()
     with Producer(settings) as producer:
         for i in range(jobs):
-            priority = rng.choices(PRIORITIES, weights)[0]
+            priority = PRIORITIES[i % len(PRIORITIES)]
             job_type = EXAMPLE_TYPES[i % len(EXAMPLE_TYPES)]
             producer.submit(job_type, {"n": i}, priority=priority, key=f"entity-{i % 50}")
             counts[priority] += 1
