@@ -2,18 +2,17 @@
 
 ``Topology.from_settings(settings)`` names every topic and consumer group conveyor
 uses; ``plan`` compares it with a cluster and ``apply`` creates what is missing.
+The pure comparison (:func:`diff`) is in the ``drift`` module, the cluster I/O in ``admin``.
 """
 
 from __future__ import annotations
 
-from conveyor.topology.admin import ADMIN_TIMEOUT_S, ApplyResult, apply, diff, plan
+from conveyor.topology.admin import ADMIN_TIMEOUT_S, ApplyResult, apply, plan
+from conveyor.topology.drift import Drift, ObservedTopic, Plan, diff
 from conveyor.topology.model import (
     PRIORITIES,
     PRIORITY_WEIGHTS,
     ROLES,
-    Drift,
-    ObservedTopic,
-    Plan,
     RetryTopic,
     TopicSpec,
     Topology,

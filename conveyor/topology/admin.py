@@ -4,16 +4,17 @@
 the missing topics and nothing else. An existing topic is never altered: partition
 counts cannot change safely (adding partitions re-maps keys, Kafka cannot shrink a
 topic) and configs may have been tuned on purpose, so both are reported as drift for an
-operator to decide. The comparison is the pure function :func:`diff` over a description
-of the cluster (``model.ObservedTopic``), so it is testable without a broker; the I/O
-is one ``AdminClient`` whose failures become conveyor errors.
+operator to decide. The comparison is the pure function ``diff`` of the ``drift`` module
+over a description of the cluster (``ObservedTopic``), so it is testable without a
+broker; this module holds the I/O, one ``AdminClient`` whose failures become conveyor
+errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
@@ -26,16 +27,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from conveyor.errors import BrokerUnavailableError, ConveyorError, TopologyDriftError, TopologyError
 from conveyor.settings import Settings
-from conveyor.topology.model import (
-    BROKER_DEFAULT_REPLICATION,
-    PRIORITIES,
-    PRIORITY_WEIGHTS,
-    Drift,
-    ObservedTopic,
-    Plan,
-    TopicSpec,
-    Topology,
-)
+from conveyor.topology.drift import ObservedTopic, Plan, diff
+from conveyor.topology.model import BROKER_DEFAULT_REPLICATION, TopicSpec, Topology
+
+__all__ = ["ADMIN_TIMEOUT_S", "ApplyResult", "apply", "diff", "plan"]
 
 ADMIN_TIMEOUT_S = 10.0
 """Longest wait for one admin request, so an unreachable cluster fails in bounded time."""
@@ -44,11 +39,6 @@ _VISIBILITY_POLL_S = 0.1
 _UNAVAILABLE_CODES = frozenset(
     {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
 )
-_NEVER_REPARTITION = (
-    "conveyor never changes partition counts: adding partitions re-maps keys to partitions, "
-    "breaking per-key ordering for keys with jobs in flight, and Kafka cannot shrink a topic."
-)
-_MIGRATE = "migrate to new topics (a new CONVEYOR_TOPIC_PREFIX) and drain these"
 
 _T = TypeVar("_T")
 
@@ -64,38 +54,6 @@ class ApplyResult:
 
     created: tuple[TopicSpec, ...]
     plan: Plan
-
-
-def diff(topology: Topology, cluster: Mapping[str, ObservedTopic]) -> Plan:
-    """Compares the declaration with a description of the cluster; no I/O.
-
-    Args:
-        topology: The declared topology.
-        cluster: The cluster's topics by name; undeclared topics are ignored.
-    """
-    to_create: list[TopicSpec] = []
-    in_sync: list[TopicSpec] = []
-    drifts: list[Drift] = []
-    notes: list[str] = []
-    for spec in topology.topics:
-        observed = cluster.get(spec.name)
-        if observed is None:
-            to_create.append(spec)
-            continue
-        found = [
-            *_partition_drift(spec, observed),
-            *_replication_drift(spec, topology.replication_factor, observed),
-            *_config_drifts(spec, observed, notes),
-        ]
-        drifts.extend(found)
-        if not found:
-            in_sync.append(spec)
-    ratio = _ratio_drift(topology, cluster)
-    if ratio is not None:
-        drifts.append(ratio)
-    return Plan(
-        to_create=tuple(to_create), in_sync=tuple(in_sync), drifts=tuple(drifts), notes=tuple(notes)
-    )
 
 
 def plan(settings: Settings, topology: Topology | None = None) -> Plan:
@@ -297,120 +255,3 @@ def _code(exc: KafkaException) -> int | None:
 def _reason(exc: KafkaException) -> str:
     error = exc.args[0] if exc.args else None
     return error.str() if isinstance(error, KafkaError) else str(exc)
-
-
-def _partition_drift(spec: TopicSpec, observed: ObservedTopic) -> list[Drift]:
-    actual = observed.partitions
-    if actual == spec.partitions:
-        return []
-    factor = spec.unit_factor
-    if factor is None:
-        fix = (
-            "The control topic needs exactly 1 partition so every worker reads one ordered "
-            f"stream: {_MIGRATE}, or re-create it while no worker runs."
-        )
-    elif actual % factor == 0:
-        fix = (
-            f"Set CONVEYOR_PARTITION_UNIT={actual // factor} to declare what the cluster "
-            f"has, or {_MIGRATE}."
-        )
-    else:
-        fix = (
-            f"No CONVEYOR_PARTITION_UNIT declares {actual} partitions for this topic "
-            f"(it needs a multiple of {factor}), so {_MIGRATE}."
-        )
-    return [
-        Drift(
-            topic=spec.name,
-            field="partitions",
-            declared=str(spec.partitions),
-            actual=str(actual),
-            explanation=f"{_NEVER_REPARTITION} {fix}",
-        )
-    ]
-
-
-def _replication_drift(
-    spec: TopicSpec, declared: int | None, observed: ObservedTopic
-) -> list[Drift]:
-    actual = observed.replication_factor
-    if declared is None or actual is None or actual == declared:
-        return []
-    return [
-        Drift(
-            topic=spec.name,
-            field="replication factor",
-            declared=str(declared),
-            actual=str(actual),
-            explanation=(
-                "conveyor never reassigns replicas: change them with "
-                "kafka-reassign-partitions, or set CONVEYOR_REPLICATION_FACTOR to match."
-            ),
-        )
-    ]
-
-
-def _config_drifts(spec: TopicSpec, observed: ObservedTopic, notes: list[str]) -> list[Drift]:
-    drifts: list[Drift] = []
-    for key, declared in spec.configs.items():
-        actual = observed.configs.get(key)
-        if actual is None:
-            notes.append(f"{spec.name}: the broker does not report {key}, so it was not checked")
-        elif actual == declared:
-            continue
-        elif key == "retention.ms" and _retention_covers(actual, declared):
-            notes.append(
-                f"{spec.name}: retention.ms is {actual}, longer than the declared {declared}; "
-                "kept, since the declared retention is a minimum"
-            )
-        else:
-            risk = (
-                "Messages may be deleted before they are processed. "
-                if key == "retention.ms"
-                else ""
-            )
-            drifts.append(
-                Drift(
-                    topic=spec.name,
-                    field=key,
-                    declared=declared,
-                    actual=actual,
-                    explanation=(
-                        f"{risk}conveyor never alters an existing topic's configs; set it with "
-                        f"kafka-configs --alter --entity-type topics --entity-name {spec.name} "
-                        f"--add-config {key}={declared}, or change the settings to match."
-                    ),
-                )
-            )
-    return drifts
-
-
-def _retention_covers(actual: str, declared: str) -> bool:
-    try:
-        value = int(actual)
-        return value == -1 or value >= int(declared)  # -1 keeps messages forever
-    except ValueError:
-        return False
-
-
-def _ratio_drift(topology: Topology, cluster: Mapping[str, ObservedTopic]) -> Drift | None:
-    counts = {
-        spec.priority: cluster[spec.name].partitions
-        for spec in topology.job_topics
-        if spec.priority is not None and spec.name in cluster
-    }
-    units = {count / PRIORITY_WEIGHTS[priority] for priority, count in counts.items()}
-    if len(units) <= 1 and all(unit.is_integer() and unit >= 1 for unit in units):
-        return None
-    declared = " ".join(f"{p}={topology.partition_unit * PRIORITY_WEIGHTS[p]}" for p in PRIORITIES)
-    return Drift(
-        topic=f"{topology.prefix}.jobs.*",
-        field="partition ratio",
-        declared=f"4:3:2:1 ({declared})",
-        actual=" ".join(f"{p}={counts[p]}" for p in PRIORITIES if p in counts),
-        explanation=(
-            "Each priority's workers scale to at most one consumer per partition, and the "
-            "4:3:2:1 ratio is what gives higher priorities more parallelism; no partition "
-            f"unit yields the counts on the cluster. {_NEVER_REPARTITION} So {_MIGRATE}."
-        ),
-    )

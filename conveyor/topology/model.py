@@ -14,8 +14,7 @@ Partition counts follow the partition unit ``u`` (``CONVEYOR_PARTITION_UNIT``)::
 The job topics' 4:3:2:1 ratio bounds how far each priority's worker deployment can
 scale (one consumer per partition), so higher priorities get more parallelism.
 
-It also holds the vocabulary of ``conveyor topology plan``: what the cluster reports
-(``ObservedTopic``), how a topic differs (``Drift``) and the resulting ``Plan``.
+How the cluster is compared with this declaration lives in ``drift``.
 """
 
 from __future__ import annotations
@@ -251,80 +250,6 @@ class Topology:
             if spec.name == topic:
                 return spec.priority
         return None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ObservedTopic:
-    """What the cluster reports about one topic.
-
-    Args:
-        name: The topic name.
-        partitions: Its partition count.
-        configs: Its configs as the broker reports them; a key the broker does not
-            report is unknown, not different.
-        replication_factor: Replicas per partition, when known.
-    """
-
-    name: str
-    partitions: int
-    configs: Mapping[str, str] = dataclasses.field(hash=False)
-    replication_factor: int | None = None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Drift:
-    """One way an existing topic differs from its declaration.
-
-    Args:
-        topic: The topic, or ``<prefix>.jobs.*`` for the ratio across job topics.
-        field: What differs: ``partitions``, ``partition ratio``,
-            ``replication factor`` or a config key.
-        declared: The declared value.
-        actual: The value on the cluster.
-        explanation: Why conveyor leaves it alone and what an operator can do.
-    """
-
-    topic: str
-    field: str
-    declared: str
-    actual: str
-    explanation: str
-
-    def __str__(self) -> str:
-        return (
-            f"{self.topic}: {self.field} is {self.actual} on the cluster, "
-            f"declared {self.declared}. {self.explanation}"
-        )
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Plan:
-    """The difference between the declared topology and the cluster.
-
-    Args:
-        to_create: Declared topics the cluster lacks.
-        in_sync: Declared topics that exist as declared.
-        drifts: Every difference apply will not fix, at most one per topic and field.
-        notes: Differences that are fine (retention longer than declared) and configs
-            the broker did not report.
-    """
-
-    to_create: tuple[TopicSpec, ...]
-    in_sync: tuple[TopicSpec, ...]
-    drifts: tuple[Drift, ...]
-    notes: tuple[str, ...] = ()
-
-    @property
-    def has_drift(self) -> bool:
-        """True when some existing topic differs from its declaration."""
-        return bool(self.drifts)
-
-    def summary(self) -> str:
-        """One line: how many topics to create, in sync, and how many drifts."""
-        return (
-            f"{len(self.to_create)} to create, {len(self.in_sync)} in sync, "
-            f"{len(self.drifts)} drift(s)"
-        )
 
 
 def _check_priority(priority: str) -> str:
