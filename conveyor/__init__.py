@@ -11,17 +11,23 @@ from conveyor.errors import (
     DeliveryError,
     DeserializationError,
     PermanentError,
+    Problem,
     SerializationError,
     ValidationError,
 )
+from conveyor.producer import AsyncProducer, Job, Producer
 from conveyor.settings import Secret, Settings
 
 __all__ = [
+    "AsyncProducer",
     "ConfigurationError",
     "ConveyorError",
     "DeliveryError",
     "DeserializationError",
+    "Job",
     "PermanentError",
+    "Problem",
+    "Producer",
     "Secret",
     "SerializationError",
     "Settings",
