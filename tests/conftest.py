@@ -8,20 +8,15 @@ tests never see each other's topics or rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO
 
 import asyncpg
-import httpx
 import pytest
 
 from conveyor.db import quote_ident
@@ -142,61 +137,16 @@ REGISTRY_SCHEMA = unique_name("registry_")
 def schema_registry_url(database_url: str) -> Iterator[str]:
     """A real ``conveyor registry serve`` subprocess on a free port, for the whole session.
 
-    Its tables live in their own Postgres schema, created by ``conveyor migrate``.
+    Its tables live in their own Postgres schema, created by the migrations.
     Tests stay isolated because subjects are named after their random topic prefixes.
     """
-    from conveyor.embedded import free_port
+    from conveyor import migrations
+    from conveyor.devstack import registry_process
 
-    schema = REGISTRY_SCHEMA
-    env = {"CONVEYOR_DATABASE_URL": database_url, "CONVEYOR_DATABASE_SCHEMA": schema}
-    migrated_run = run_cli("migrate", env=env)
-    assert migrated_run.code == 0, migrated_run.stderr
-    port = free_port()
-    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "conveyor",
-                "registry",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env={**base, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_for_http(f"{url}/subjects", proc, log)
+    registry_settings = Settings(database_url=database_url, database_schema=REGISTRY_SCHEMA)
+    asyncio.run(migrations.migrate(registry_settings))
+    try:
+        with registry_process(registry_settings) as url:
             yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            asyncio.run(_drop_schema(database_url, schema))
-
-
-def _wait_for_http(
-    url: str, proc: subprocess.Popen[bytes], log: IO[bytes], timeout: float = 30.0
-) -> None:
-    """Polls ``url`` until it answers 200; fails early, with its output, if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        try:
-            proc.wait(timeout=0.05)  # waits on the process, so an early exit is seen at once
-        except subprocess.TimeoutExpired:
-            continue
-        log.seek(0)
-        raise RuntimeError(f"registry exited with {proc.returncode}: {log.read().decode()}")
-    raise RuntimeError(f"registry did not answer at {url} within {timeout}s")
+    finally:
+        asyncio.run(_drop_schema(database_url, REGISTRY_SCHEMA))
