@@ -93,10 +93,12 @@ def _submit_samples(settings: Settings, jobs: int) -> Counter[str]:
 
 
 def _wait(duration: float | None) -> None:
+    """Waits ``duration`` seconds, or until Ctrl-C; Ctrl-C here is the normal way to stop."""
     stop = threading.Event()
-    if duration is None:
-        print("running; press Ctrl-C to stop")
     try:
+        # The prompt is printed inside the try, so a Ctrl-C right after it is still caught.
+        if duration is None:
+            print("running; press Ctrl-C to stop")
         stop.wait(duration)
     except KeyboardInterrupt:
         print()
