@@ -1,0 +1,516 @@
+"""The public job store: a job's status and history, cancel, and following its progress.
+
+``JobStore`` reads what the workers record (``conveyor.consumer.status``) in the
+``jobs`` and ``job_transitions`` tables::
+
+    async with JobStore(settings) as store:
+        status = await store.status(job_id)      # state, attempts, history, result, ...
+        await store.cancel(job_id)               # queued: cancelled now; running: interrupted
+        async for status in store.progress(job_id):
+            print(status.state, status.progress)
+
+A job id no worker has seen yet has state ``unknown``. Cancelling it writes a cancelled
+row, so the worker that later consumes the job skips it. Cancelling a running job marks
+the row (``cancel_requested_at``) and publishes a ``ControlCommand`` to the control topic
+that every worker reads; the worker running the job interrupts it and records it
+cancelled. The Kafka producer and the registry client for that are created on the first
+such cancel, so reading statuses needs only Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Producer as KafkaProducer
+
+from conveyor import db
+from conveyor.consumer.job import FINAL_STATES
+from conveyor.consumer.status import AnyConnection, error_json, progress_channel
+from conveyor.errors import ConveyorError, DatabaseUnavailableError, DeliveryError, MigrationError
+from conveyor.producer.delivery import EXPIRY_MARGIN, producer_config
+from conveyor.schemas.contracts import CONTROL_COMMAND
+from conveyor.schemas.serde import Serde
+from conveyor.settings import Settings
+from conveyor.topology.model import Topology
+
+UNKNOWN = "unknown"
+"""The state reported for a job id no worker has recorded (or whose history was purged)."""
+
+DEFAULT_POOL_SIZE = 5
+DEFAULT_POLL_INTERVAL = 2.0
+"""Seconds between re-reads while following a job, in case a notification was missed."""
+CONTROL_DELIVERY_TIMEOUT = 10.0
+"""Seconds the broker has to acknowledge a control command."""
+
+_JOB = """
+SELECT job_id, state, attempts, result, last_error, progress_pct, progress_message,
+       progress_at, type, key, tenant_id, priority, batch_id, submitted_at, started_at,
+       finished_at
+FROM jobs WHERE job_id = $1
+"""
+
+_HISTORY = "SELECT state, at, attempt, error FROM job_transitions WHERE job_id = $1 ORDER BY id"
+
+_LOCK = "SELECT state FROM jobs WHERE job_id = $1 FOR UPDATE"
+
+_CANCEL_UNSEEN = """
+WITH created AS (
+    INSERT INTO jobs (job_id, state, attempts, cancel_requested_at, finished_at)
+    VALUES ($1, 'cancelled', 0, now(), now())
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING job_id, finished_at
+)
+INSERT INTO job_transitions (job_id, state, at, attempt, error)
+SELECT job_id, 'cancelled', finished_at, 0, $2::text::jsonb FROM created
+RETURNING job_id
+"""
+
+_CANCEL_QUEUED = """
+WITH done AS (
+    UPDATE jobs
+    SET state = 'cancelled', cancel_requested_at = now(), finished_at = now(),
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE job_id = $1
+    RETURNING job_id, attempts, finished_at
+)
+INSERT INTO job_transitions (job_id, state, at, attempt, error)
+SELECT job_id, 'cancelled', finished_at, attempts, $2::text::jsonb FROM done
+"""
+
+_REQUEST_CANCEL = """
+UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
+WHERE job_id = $1
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    """One state change in a job's history.
+
+    Args:
+        state: The state entered: queued, processing, complete, failed or cancelled.
+        at: When.
+        attempt: The attempt it belongs to.
+        error: The error that caused it (``type``, ``message``, ``traceback``, ``at``), if any.
+    """
+
+    state: str
+    at: dt.datetime
+    attempt: int
+    error: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far a running job is, as its handler last reported.
+
+    Args:
+        pct: Percent done, 0 to 100.
+        message: What the job said it is doing.
+        at: When it was reported.
+    """
+
+    pct: float
+    message: str | None
+    at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStatus:
+    """Everything recorded about one job.
+
+    Args:
+        job_id: The job's id.
+        state: queued, processing, complete, failed, cancelled, or ``unknown`` when no
+            worker has recorded the job.
+        attempts: The number of the latest attempt (0 before the first).
+        history: Every state change, oldest first.
+        result: What the handler returned (complete jobs only).
+        last_error: The latest attempt's error, if one failed.
+        progress: The latest progress report of the current attempt.
+        type: The job type, once a worker has seen the job.
+        key: The entity key.
+        tenant_id: The owning tenant.
+        priority: critical, high, normal or low.
+        batch_id: The batch the job was submitted in.
+        submitted_at: When the producer built the job.
+        started_at: When the latest attempt started.
+        finished_at: When the job ended.
+    """
+
+    job_id: str
+    state: str
+    attempts: int
+    history: list[Transition]
+    result: Any = None
+    last_error: dict[str, Any] | None = None
+    progress: Progress | None = None
+    type: str | None = None
+    key: str | None = None
+    tenant_id: str | None = None
+    priority: str | None = None
+    batch_id: str | None = None
+    submitted_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+    @classmethod
+    def unknown(cls, job_id: str) -> JobStatus:
+        """The status of a job no worker has recorded."""
+        return cls(job_id=job_id, state=UNKNOWN, attempts=0, history=[])
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job is complete, failed or cancelled: nothing will change."""
+        return self.state in FINAL_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as JSON-ready data; keys are the field names, times ISO 8601."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def parse_job_id(text: str) -> str:
+    """Normalises a job id to the canonical UUID string.
+
+    Raises:
+        ValueError: ``text`` is not a UUID.
+    """
+    try:
+        return str(uuid.UUID(str(text).strip()))
+    except ValueError:
+        raise ValueError(f"job id {text!r} is not a UUID") from None
+
+
+def _loads(raw: str | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+def _status_from(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> JobStatus:
+    progress = None
+    if row["progress_pct"] is not None:
+        # A real column: round away the float4 noise (33.3 reads back as 33.2999992).
+        pct = round(float(row["progress_pct"]), 4)
+        progress = Progress(pct=pct, message=row["progress_message"], at=row["progress_at"])
+    return JobStatus(
+        job_id=str(row["job_id"]),
+        state=row["state"],
+        attempts=row["attempts"],
+        history=[
+            Transition(state=t["state"], at=t["at"], attempt=t["attempt"], error=_loads(t["error"]))
+            for t in history
+        ],
+        result=_loads(row["result"]),
+        last_error=_loads(row["last_error"]),
+        progress=progress,
+        type=row["type"],
+        key=row["key"],
+        tenant_id=row["tenant_id"],
+        priority=row["priority"],
+        batch_id=None if row["batch_id"] is None else str(row["batch_id"]),
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+async def _read_status(conn: AnyConnection, job_id: str) -> JobStatus:
+    # One snapshot for both reads, so the history matches the row.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(_JOB, job_id)
+        if row is None:
+            return JobStatus.unknown(job_id)
+        history = await conn.fetch(_HISTORY, job_id)
+    return _status_from(row, history)
+
+
+def _cancel_error(reason: str | None) -> str | None:
+    return None if reason is None else error_json({"type": "Cancelled", "message": reason})
+
+
+def _marker(status: JobStatus) -> tuple[Any, ...]:
+    return (status.state, status.attempts, status.progress, len(status.history))
+
+
+class JobStore:
+    """Reads job statuses, cancels jobs and follows their progress.
+
+    Use it as ``async with JobStore(settings) as store``, or call :meth:`open` and
+    :meth:`close`.
+
+    Args:
+        settings: Where Postgres (and, for cancelling running jobs, Kafka and the
+            registry) are.
+        pool_size: Most Postgres connections the store keeps open (plus one per
+            :meth:`progress` follower).
+        poll_interval: Seconds between re-reads while following a job.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        self._settings = settings
+        self._pool_size = pool_size
+        self._poll_interval = poll_interval
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._publisher: _ControlPublisher | None = None
+
+    async def open(self) -> None:
+        """Opens the connection pool; does nothing if it is open.
+
+        Raises:
+            DatabaseUnavailableError: Postgres cannot be reached.
+        """
+        if self._pool is None:
+            self._pool = await db.create_pool(self._settings, min_size=1, max_size=self._pool_size)
+
+    async def close(self) -> None:
+        """Closes the pool and, if one was created, the control producer. Idempotent."""
+        pool, self._pool = self._pool, None
+        publisher, self._publisher = self._publisher, None
+        try:
+            if publisher is not None:
+                await asyncio.to_thread(publisher.close)
+        finally:
+            if pool is not None:
+                await pool.close()
+
+    async def __aenter__(self) -> JobStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _require_pool(self) -> asyncpg.Pool[Any]:
+        if self._pool is None:
+            raise ConveyorError("the JobStore is not open; use `async with JobStore(settings)`")
+        return self._pool
+
+    @contextlib.contextmanager
+    def _database_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (asyncpg.PostgresConnectionError, OSError) as exc:
+            raise DatabaseUnavailableError(
+                f"lost the connection to Postgres at {self._settings.safe_database_url} "
+                f"while {what}: {exc}"
+            ) from exc
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+            raise MigrationError(
+                f"schema {self._settings.database_schema} has no up-to-date job tables "
+                f"({exc}); run `conveyor migrate`"
+            ) from exc
+
+    async def status(self, job_id: str) -> JobStatus:
+        """The job's state, attempts, full history, result, last error and progress.
+
+        Returns:
+            The status; state ``unknown`` (empty history, 0 attempts) for a job id no
+            worker has recorded.
+
+        Raises:
+            ValueError: ``job_id`` is not a UUID.
+            DatabaseUnavailableError: Postgres cannot be reached.
+            MigrationError: The schema is not migrated.
+        """
+        job_id = parse_job_id(job_id)
+        with self._database_errors(f"reading job {job_id}"):
+            async with self._require_pool().acquire() as conn:
+                return await _read_status(conn, job_id)
+
+    async def cancel(self, job_id: str, *, reason: str | None = None) -> str:
+        """Cancels a job that has not ended.
+
+        A job not yet run (queued, or not seen by any worker) is cancelled at once and
+        skipped when a worker consumes it. A running job is interrupted by the worker
+        running it, through a command on the control topic; it stays ``processing``
+        until that worker records it cancelled. A job that ended is left as it is.
+
+        Args:
+            job_id: The job.
+            reason: Why, kept in the job's history.
+
+        Returns:
+            The job's state after the call: ``cancelled``, ``processing`` (the cancel
+            is on its way to the worker), or the final state it already had.
+
+        Raises:
+            ValueError: ``job_id`` is not a UUID.
+            DatabaseUnavailableError: Postgres cannot be reached.
+            DeliveryError: The control command was not acknowledged (the request is
+                recorded; calling cancel again resends it).
+            RegistryUnavailableError: The schema registry did not answer.
+        """
+        job_id = parse_job_id(job_id)
+        with self._database_errors(f"cancelling job {job_id}"):
+            async with self._require_pool().acquire() as conn, conn.transaction():
+                state = await self._cancel_row(conn, job_id, _cancel_error(reason))
+        if state == "processing":
+            if self._publisher is None:
+                self._publisher = _ControlPublisher(self._settings)
+            await asyncio.to_thread(self._publisher.cancel, job_id, reason)
+        return state
+
+    @staticmethod
+    async def _cancel_row(conn: AnyConnection, job_id: str, error: str | None) -> str:
+        # The row lock orders this cancel against a concurrent claim of the same job.
+        state: str | None = await conn.fetchval(_LOCK, job_id)
+        if state is None:
+            if await conn.fetchval(_CANCEL_UNSEEN, job_id, error) is not None:
+                return "cancelled"
+            # A worker inserted the row first (the insert waited for it): lock that row.
+            state = await conn.fetchval(_LOCK, job_id)
+            if state is None:
+                raise ConveyorError(f"job {job_id} vanished while being cancelled; try again")
+        if state in FINAL_STATES:
+            return state
+        if state == "queued":
+            await conn.execute(_CANCEL_QUEUED, job_id, error)
+            return "cancelled"
+        await conn.execute(_REQUEST_CANCEL, job_id)
+        return state
+
+    async def progress(self, job_id: str) -> AsyncIterator[JobStatus]:
+        """Follows a job: yields its status now, then on each change of state or progress.
+
+        Changes are announced by Postgres notifications, with a re-read every
+        ``poll_interval`` seconds in case one is missed. Each follower holds one
+        dedicated connection; close the iterator (``contextlib.aclosing``) or run it to
+        the end to release it. A job still ``unknown`` is waited for.
+
+        Yields:
+            The job's status, first as it is, then after every change; the last one
+            yielded is final (complete, failed or cancelled), and then the iterator ends.
+
+        Raises:
+            ValueError: ``job_id`` is not a UUID.
+            DatabaseUnavailableError: Postgres cannot be reached or the connection was lost.
+        """
+        job_id = parse_job_id(job_id)
+        changed = asyncio.Event()
+
+        def on_notify(_conn: AnyConnection, _pid: int, _channel: str, payload: object) -> None:
+            if payload == job_id:
+                changed.set()
+
+        conn = await db.connect(self._settings)
+        try:
+            with self._database_errors(f"following job {job_id}"):
+                await conn.add_listener(progress_channel(self._settings.database_schema), on_notify)
+            seen: tuple[Any, ...] | None = None
+            while True:
+                changed.clear()
+                with self._database_errors(f"following job {job_id}"):
+                    status = await _read_status(conn, job_id)
+                if _marker(status) != seen:
+                    seen = _marker(status)
+                    yield status
+                if status.is_final:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_interval):
+                        await changed.wait()
+        finally:
+            await _close_quietly(conn)
+
+
+class _ControlPublisher:
+    """Publishes control commands and waits for each acknowledgement (blocking: run it in
+    a thread). Thread-safe: librdkafka's producer and the serde both are."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._topic = Topology.from_settings(settings).control_topic
+        self._serde = Serde(settings)
+        self._producer = KafkaProducer(
+            producer_config(settings, delivery_timeout=CONTROL_DELIVERY_TIMEOUT, linger_ms=0)
+        )
+
+    def cancel(self, job_id: str, reason: str | None) -> None:
+        """Publishes a cancel command for ``job_id`` and waits until the broker has it."""
+        record = {
+            "command": "cancel",
+            "job_id": job_id,
+            "issued_at": dt.datetime.now(dt.UTC),
+            "reason": reason,
+        }
+        value = self._serde.encode(CONTROL_COMMAND, self._topic, record)
+        outcome: list[KafkaError | None] = []
+        try:
+            self._producer.produce(
+                self._topic,
+                key=job_id.encode(),
+                value=value,
+                on_delivery=lambda err, _msg: outcome.append(err),
+            )
+        except (KafkaException, BufferError) as exc:
+            raise DeliveryError(
+                f"could not queue the cancel command of job {job_id}: {exc}"
+            ) from exc
+        self._producer.flush(CONTROL_DELIVERY_TIMEOUT + EXPIRY_MARGIN)
+        if not outcome:
+            raise DeliveryError(
+                f"the cancel command of job {job_id} was not acknowledged by {self._topic} "
+                f"within {CONTROL_DELIVERY_TIMEOUT:g}s; is the broker reachable? (the cancel "
+                "request is recorded; run cancel again to resend it)"
+            )
+        if outcome[0] is not None:
+            raise DeliveryError(
+                f"the cancel command of job {job_id} was not delivered to {self._topic}: "
+                f"{outcome[0].str()} (the cancel request is recorded; run cancel again to "
+                "resend it)"
+            )
+
+    def close(self) -> None:
+        """Waits for anything still queued, then closes the registry client."""
+        try:
+            self._producer.flush(CONTROL_DELIVERY_TIMEOUT + EXPIRY_MARGIN)
+        finally:
+            self._serde.close()
+
+
+async def _close_quietly(conn: asyncpg.Connection[Any]) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), timeout=5.0)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        conn.terminate()
+
+
+__all__ = [
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_POOL_SIZE",
+    "UNKNOWN",
+    "JobStatus",
+    "JobStore",
+    "Progress",
+    "Transition",
+    "parse_job_id",
+]
