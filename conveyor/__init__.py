@@ -5,6 +5,9 @@ This module only re-exports the public API; see README.md for a tour.
 
 from __future__ import annotations
 
+from conveyor.consumer.context import JobContext
+from conveyor.consumer.options import WorkerOptions
+from conveyor.consumer.worker import Worker
 from conveyor.errors import (
     ConfigurationError,
     ConveyorError,
@@ -15,6 +18,7 @@ from conveyor.errors import (
     SerializationError,
     ValidationError,
 )
+from conveyor.jobstore import JobStatus, JobStore, Progress, Transition
 from conveyor.producer import AsyncProducer, Job, Producer
 from conveyor.settings import Secret, Settings
 
@@ -25,11 +29,18 @@ __all__ = [
     "DeliveryError",
     "DeserializationError",
     "Job",
+    "JobContext",
+    "JobStatus",
+    "JobStore",
     "PermanentError",
     "Problem",
     "Producer",
+    "Progress",
     "Secret",
     "SerializationError",
     "Settings",
+    "Transition",
     "ValidationError",
+    "Worker",
+    "WorkerOptions",
 ]

@@ -12,11 +12,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.cli import common, dev, migrate, registry, submit, topology
+from conveyor.cli import cancel, common, dev, migrate, registry, status, submit, topology, worker
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
 
-_SUBCOMMANDS: tuple[Any, ...] = (topology, migrate, registry, submit, dev)
+_SUBCOMMANDS: tuple[Any, ...] = (
+    topology,
+    migrate,
+    registry,
+    submit,
+    worker,
+    status,
+    cancel,
+    dev,
+)
 
 EPILOG = """\
 Configuration comes from CONVEYOR_* environment variables (see README, Configuration).

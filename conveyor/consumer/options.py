@@ -1,0 +1,47 @@
+"""Tuning of the worker runtime, with defaults that suit Apache Kafka in production."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from conveyor.errors import ConfigurationError
+
+DEFAULT_CONCURRENCY = 32
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkerOptions:
+    """How the worker fetches, commits, leases and shuts down.
+
+    Args:
+        commit_interval: Seconds between offset commits (also committed on revoke and shutdown).
+        max_buffered_per_partition: Jobs held per partition before it is paused; it resumes
+            at half of this, so memory stays bounded whatever the backlog.
+        fetch_timeout_ms: How long one fetch waits for records.
+        lease_seconds: A job's lease; long jobs renew it every third of it.
+        revoke_timeout: Seconds a revoke waits for running jobs of the revoked partitions.
+        shutdown_grace: Seconds in-flight jobs get to finish on SIGTERM.
+        session_timeout_ms: Kafka consumer session timeout.
+        heartbeat_interval_ms: Kafka consumer heartbeat interval.
+        max_poll_interval_ms: Kafka's limit between fetches; the fetch loop never waits on
+            handlers, so long jobs do not approach it.
+    """
+
+    commit_interval: float = 1.0
+    max_buffered_per_partition: int = 1000
+    fetch_timeout_ms: int = 200
+    lease_seconds: float = 30.0
+    revoke_timeout: float = 20.0
+    shutdown_grace: float = 30.0
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+
+    def __post_init__(self) -> None:
+        for name in ("commit_interval", "lease_seconds", "revoke_timeout", "shutdown_grace"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.max_buffered_per_partition < 2:
+            raise ConfigurationError(
+                "max_buffered_per_partition", f"must be >= 2, got {self.max_buffered_per_partition}"
+            )

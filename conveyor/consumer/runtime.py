@@ -1,0 +1,371 @@
+"""The worker's event loop: fetch into key mailboxes, dispatch by weight, commit safely.
+
+One aiokafka consumer per priority topic, each in its own group
+(``<prefix>.workers.<priority>``), so deployments scale per topic. Fetched jobs go
+into per-(partition, key) mailboxes; free concurrency slots go to ready jobs by
+priority weight; a partition's committed offset only ever advances past finished
+jobs. On revoke, not-started jobs are dropped (the next owner reads them again),
+running ones get a bounded wait, and what finished is committed before the
+partition is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from conveyor.consumer.execution import JobRunner, WorkerStats
+from conveyor.consumer.job import JobMessage
+from conveyor.consumer.mailbox import Entry, Mailboxes
+from conveyor.consumer.offsets import OffsetTracker
+from conveyor.consumer.options import WorkerOptions
+from conveyor.consumer.scheduler import WeightedScheduler
+from conveyor.errors import DeserializationError
+from conveyor.schemas.contracts import JOB_ENVELOPE
+from conveyor.schemas.serde import Serde
+from conveyor.settings import Settings
+from conveyor.topology.model import PRIORITY_WEIGHTS, Topology
+
+log = logging.getLogger("conveyor.worker")
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the settings' security options."""
+    kwargs: dict[str, Any] = {}
+    if settings.security_protocol:
+        kwargs["security_protocol"] = settings.security_protocol
+    if settings.sasl_mechanism:
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        password = settings.sasl_password
+        kwargs["sasl_plain_password"] = None if password is None else password.get_secret_value()
+    if settings.ssl_ca_location:
+        from aiokafka.helpers import create_ssl_context  # noqa: PLC0415 - only with TLS
+
+        key_password = settings.ssl_key_password
+        kwargs["ssl_context"] = create_ssl_context(
+            cafile=settings.ssl_ca_location,
+            certfile=settings.ssl_certificate_location,
+            keyfile=settings.ssl_key_location,
+            password=None if key_password is None else key_password.get_secret_value(),
+        )
+    return kwargs
+
+
+def _tp(key: Hashable) -> TopicPartition:
+    """Narrows a mailbox or tracker key back to the TopicPartition the loop put there."""
+    assert isinstance(key, TopicPartition)
+    return key
+
+
+class _Revoker(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: ConsumerLoop, priority: str) -> None:
+        self._loop = loop
+        self._priority = priority
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._loop.release(self._priority, revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._loop.assigned(self._priority, assigned)
+
+
+class ConsumerLoop:
+    """Fetching, dispatching and committing for the priorities one worker serves.
+
+    Args:
+        settings: Broker and topic settings.
+        priorities: The priorities served, in declaration order.
+        concurrency: Jobs running at once, across all priorities and partitions.
+        runner: Runs each job to a durable outcome.
+        serde: Decodes envelopes.
+        stats: Where counters go.
+        options: Tuning (intervals, limits, timeouts).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        priorities: Sequence[str],
+        concurrency: int,
+        runner: JobRunner,
+        serde: Serde,
+        stats: WorkerStats,
+        options: WorkerOptions,
+    ) -> None:
+        self._settings = settings
+        self._topology = Topology.from_settings(settings)
+        self._priorities = list(priorities)
+        self._concurrency = concurrency
+        self._runner = runner
+        self._serde = serde
+        self._stats = stats
+        self._options = options
+        self._scheduler = WeightedScheduler({p: PRIORITY_WEIGHTS[p] for p in self._priorities})
+        self._mailboxes: dict[str, Mailboxes[JobMessage]] = {
+            p: Mailboxes() for p in self._priorities
+        }
+        self._offsets = OffsetTracker()
+        self._consumers: dict[str, AIOKafkaConsumer] = {}
+        self._owned: set[TopicPartition] = set()
+        self._paused: set[TopicPartition] = set()
+        self._running_per_tp: defaultdict[TopicPartition, int] = defaultdict(int)
+        # Bumped on every assignment: a job dispatched under an older assignment of a
+        # partition (revoked, then assigned back) must not finish offsets of the new one.
+        self._generation: defaultdict[TopicPartition, int] = defaultdict(int)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Periodic commits go one at a time per group, so an older point never lands last.
+        # The revoke callback commits without the lock: the rebalance waits on it, and a
+        # periodic commit may be waiting on the rebalance. A point that regresses there only
+        # re-reads finished jobs, which dedupe on consume skips.
+        self._commit_locks = {p: asyncio.Lock() for p in self._priorities}
+        self._wake = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._in_flight = 0
+        self._stopping = False
+        self.assignment_changed = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs running now."""
+        return self._in_flight
+
+    @property
+    def owned(self) -> frozenset[TopicPartition]:
+        """The partitions this worker holds now."""
+        return frozenset(self._owned)
+
+    async def start(self) -> None:
+        """Creates and starts one consumer per priority."""
+        for priority in self._priorities:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._settings.kafka_bootstrap,
+                group_id=self._topology.consumer_group(priority),
+                client_id=f"conveyor-worker-{priority}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=self._options.session_timeout_ms,
+                heartbeat_interval_ms=self._options.heartbeat_interval_ms,
+                max_poll_interval_ms=self._options.max_poll_interval_ms,
+                **aiokafka_security(self._settings),
+            )
+            consumer.subscribe(
+                [self._topology.job_topic(priority)], listener=_Revoker(self, priority)
+            )
+            await consumer.start()
+            self._consumers[priority] = consumer
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetches and dispatches until ``stop`` is set, then shuts down gracefully."""
+        loops = [asyncio.create_task(self._fetch(p, c)) for p, c in self._consumers.items()]
+        loops.append(asyncio.create_task(self._dispatch()))
+        loops.append(asyncio.create_task(self._commit_periodically()))
+        try:
+            await stop.wait()
+        finally:
+            self._stopping = True
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self._shutdown()
+
+    # -- fetching ---------------------------------------------------------------------
+
+    async def _fetch(self, priority: str, consumer: AIOKafkaConsumer) -> None:
+        mailboxes = self._mailboxes[priority]
+        while True:
+            batch = await consumer.getmany(
+                timeout_ms=self._options.fetch_timeout_ms, max_records=500
+            )
+            for tp, records in batch.items():
+                if tp not in self._owned:
+                    continue
+                for record in records:
+                    self._accept(mailboxes, tp, record)
+                if mailboxes.buffered(tp) >= self._options.max_buffered_per_partition:
+                    consumer.pause(tp)
+                    self._paused.add(tp)
+            if batch:
+                self._wake.set()
+
+    def _accept(
+        self, mailboxes: Mailboxes[JobMessage], tp: TopicPartition, record: ConsumerRecord[Any, Any]
+    ) -> None:
+        self._offsets.track(tp, record.offset)
+        headers = {k: v for k, v in record.headers or () if isinstance(v, bytes)}
+        try:
+            envelope = self._serde.decode(JOB_ENVELOPE, tp.topic, record.value or b"")
+        except DeserializationError as exc:
+            # Never block a partition on a poison message. The retry/DLQ chain will route it
+            # to the DLQ; until then it is logged, counted and skipped.
+            self._stats.undecodable += 1
+            log.error(
+                "skipping undecodable message %s[%d]@%d: %s",
+                tp.topic,
+                tp.partition,
+                record.offset,
+                exc,
+            )
+            self._offsets.finish(tp, record.offset)
+            return
+        job = JobMessage.from_envelope(
+            envelope, topic=tp.topic, partition=tp.partition, offset=record.offset, headers=headers
+        )
+        mailboxes.add(tp, job.key, record.offset, job)
+
+    # -- dispatching --------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._in_flight < self._concurrency and not self._stopping:
+                ready = [p for p in self._priorities if self._mailboxes[p].ready_count]
+                priority = self._scheduler.pick(ready)
+                if priority is None:
+                    break
+                entry = self._mailboxes[priority].pop_ready()
+                if entry is None:
+                    break
+                self._in_flight += 1
+                self._stats.max_in_flight = max(self._stats.max_in_flight, self._in_flight)
+                self._running_per_tp[_tp(entry.tp)] += 1
+                generation = self._generation[_tp(entry.tp)]
+                task = asyncio.create_task(self._execute(priority, entry, generation))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, priority: str, entry: Entry[JobMessage], generation: int) -> None:
+        tp = _tp(entry.tp)
+        finished = False
+        try:
+            # Every outcome (fenced included: the new owner handles its own delivery) means
+            # this delivery never needs to be read again.
+            await self._runner.run(entry.item)
+            finished = True
+        except asyncio.CancelledError:
+            raise  # shutdown: not finished, so its offset is not committed; redelivered later
+        except Exception:
+            # A bug or an outage (database, registry) while recording the outcome: the job is
+            # not finished, so it stays uncommitted and will be redelivered.
+            log.exception(
+                "job %s at %s[%d]@%d was not recorded",
+                entry.item.job_id,
+                tp.topic,
+                tp.partition,
+                entry.offset,
+            )
+        finally:
+            self._mailboxes[priority].release(entry)
+            self._in_flight -= 1
+            self._running_per_tp[tp] -= 1
+            if finished and tp in self._owned and self._generation[tp] == generation:
+                self._offsets.finish(tp, entry.offset)
+            self._maybe_resume(priority, tp)
+            self._finished.set()
+            self._wake.set()
+
+    def _maybe_resume(self, priority: str, tp: TopicPartition) -> None:
+        if tp in self._paused and (
+            self._mailboxes[priority].buffered(tp) <= self._options.max_buffered_per_partition // 2
+        ):
+            self._paused.discard(tp)
+            if tp in self._owned:
+                self._consumers[priority].resume(tp)
+
+    # -- committing ---------------------------------------------------------------------
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.commit_interval)
+            for priority in self._priorities:
+                await self.commit(priority)
+
+    async def commit(self, priority: str, only: set[TopicPartition] | None = None) -> None:
+        """Commits, per partition of ``priority``, the offset below which every job finished."""
+        async with self._commit_locks[priority]:
+            await self._commit(priority, only)
+
+    async def _commit(self, priority: str, only: set[TopicPartition] | None) -> None:
+        consumer = self._consumers[priority]
+        topic = self._topology.job_topic(priority)
+        points = {
+            _tp(tp): offset
+            for tp, offset in self._offsets.commit_points().items()
+            if _tp(tp).topic == topic and tp in self._owned and (only is None or tp in only)
+        }
+        if not points:
+            return
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in points.items()})
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance is in progress; the revoke callback commits what is safe.
+            log.warning("commit of %s deferred: %s", topic, exc)
+            return
+        self._offsets.committed(points)
+
+    # -- rebalancing --------------------------------------------------------------------
+
+    def assigned(self, priority: str, assigned: set[TopicPartition]) -> None:
+        """Takes ownership of newly assigned partitions."""
+        self._owned.update(assigned)
+        for tp in assigned:
+            self._generation[tp] += 1
+        log.info("assigned %s: %s", priority, sorted(tp.partition for tp in assigned))
+        self.assignment_changed.set()
+
+    async def release(self, priority: str, revoked: set[TopicPartition]) -> None:
+        """Drops not-started jobs, waits (bounded) for running ones, commits, then lets go."""
+        if not revoked:
+            return
+        self._stats.rebalances += 1
+        for tp in revoked:
+            self._mailboxes[priority].drop(tp)
+        deadline = asyncio.get_running_loop().time() + self._options.revoke_timeout
+        while any(self._running_per_tp[tp] for tp in revoked):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                log.warning(
+                    "revoke: jobs still running on %s after %.0fs; their completions "
+                    "will be fenced if another worker claims them",
+                    revoked,
+                    self._options.revoke_timeout,
+                )
+                break
+            self._finished.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), remaining)
+        await self._commit(priority, only=revoked)
+        for tp in revoked:
+            self._owned.discard(tp)
+            self._paused.discard(tp)
+            self._offsets.forget(tp)
+        self.assignment_changed.set()
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.pause(*consumer.assignment())
+        if self._tasks:
+            _done, pending = await asyncio.wait(
+                set(self._tasks), timeout=self._options.shutdown_grace
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for priority in self._priorities:
+            with contextlib.suppress(Exception):
+                await self.commit(priority)
+        for consumer in self._consumers.values():
+            with contextlib.suppress(Exception):
+                await consumer.stop()

@@ -1,0 +1,192 @@
+"""``Worker``: register handlers, then run them on the job topics of some priorities."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from conveyor import db
+from conveyor.consumer.control import ControlListener, run_until_cancelled
+from conveyor.consumer.execution import JobRunner, WorkerStats
+from conveyor.consumer.handlers import DEFAULT_MAX_ATTEMPTS, Handler, HandlerRegistry, HandlerSpec
+from conveyor.consumer.options import DEFAULT_CONCURRENCY, WorkerOptions
+from conveyor.consumer.runtime import ConsumerLoop
+from conveyor.consumer.status import StatusStore
+from conveyor.errors import ConfigurationError
+from conveyor.schemas.payload import PayloadCodec
+from conveyor.schemas.serde import Serde
+from conveyor.settings import Settings
+from conveyor.topology.model import PRIORITIES
+
+
+class Worker:
+    """Runs registered handlers for the jobs of some priorities.
+
+    Args:
+        settings: Broker, database, registry and topic settings.
+        priorities: The priorities served; each is one consumer group on its topic.
+        concurrency: Jobs running at once, shared by weight 4:3:2:1 across priorities.
+        worker_id: This process's name in job leases; host name and a random suffix by default.
+        options: Runtime tuning; see ``WorkerOptions``.
+
+    Example::
+
+        worker = Worker(Settings.from_env(), priorities=["critical", "high"])
+
+        @worker.handler("email.send", max_attempts=3)
+        async def send(ctx: JobContext, payload: dict) -> dict:
+            await ctx.db.execute("INSERT INTO sent (job_id) VALUES ($1)", ctx.job_id)
+            return {"sent": True}
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        priorities: Sequence[str] = PRIORITIES,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        worker_id: str | None = None,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.options = options or WorkerOptions()
+        self.stats = WorkerStats()
+        self._registry = HandlerRegistry()
+        self._stop = asyncio.Event()
+        self._loop: ConsumerLoop | None = None
+        self.priorities: list[str] = []
+        self.concurrency = 0
+        self.configure(priorities=priorities, concurrency=concurrency)
+
+    def configure(
+        self, *, priorities: Sequence[str] | None = None, concurrency: int | None = None
+    ) -> None:
+        """Changes the priorities or concurrency before the worker runs (the CLI's flags).
+
+        Raises:
+            ConfigurationError: A priority is unknown, none is given, or concurrency < 1.
+        """
+        if priorities is not None:
+            unknown = [p for p in priorities if p not in PRIORITIES]
+            if unknown or not priorities:
+                raise ConfigurationError(
+                    "priorities",
+                    f"expected some of {', '.join(PRIORITIES)}, got {list(priorities)}",
+                )
+            self.priorities = [p for p in PRIORITIES if p in priorities]
+        if concurrency is not None:
+            if concurrency < 1:
+                raise ConfigurationError("concurrency", f"must be >= 1, got {concurrency}")
+            self.concurrency = concurrency
+
+    def handler(
+        self,
+        job_type: str,
+        *,
+        schema: Any = None,
+        max_attempts: int | None = None,
+        retry: Any = None,
+        ordering: str = "none",
+        timeout: float | None = None,
+        duration: str = "short",
+    ) -> Callable[[Handler], Handler]:
+        """Registers the decorated function as the handler of ``job_type``.
+
+        Args:
+            job_type: The job type, like ``"email.send"``.
+            schema: The payload's Avro schema (dict, ``PayloadSchema`` or dataclass).
+            max_attempts: Attempts before the job is dead-lettered (default 5).
+            retry: The retry policy (see the retry/DLQ chain).
+            ordering: ``"none"`` or ``"key"`` (retries hold only that key's mailbox).
+            timeout: Seconds an attempt may run.
+            duration: ``"long"`` for jobs that renew their lease while running.
+        """
+
+        def register(func: Handler) -> Handler:
+            self._registry.add(
+                HandlerSpec(
+                    type=job_type,
+                    func=func,
+                    schema=schema,
+                    max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
+                    retry=retry,
+                    ordering=ordering,
+                    timeout=timeout,
+                    duration=duration,
+                )
+            )
+            return func
+
+        return register
+
+    @property
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        """The (topic, partition) pairs this worker holds now."""
+        if self._loop is None:
+            return frozenset()
+        return frozenset((tp.topic, tp.partition) for tp in self._loop.owned)
+
+    def stop(self) -> None:
+        """Asks the worker to stop: no new fetches, in-flight jobs get the grace period."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Runs until ``stop()``; then finishes or cuts off in-flight jobs, commits, leaves."""
+        self._stop = asyncio.Event()
+        pool = await db.create_pool(self.settings, min_size=1, max_size=self.concurrency + 2)
+        serde = Serde(self.settings)
+        try:
+            codec = PayloadCodec(serde, self.settings.topic_prefix)
+            for spec in self._registry:
+                if spec.schema is not None:
+                    codec.register_type(spec.type, spec.schema)
+            runner = JobRunner(
+                status=StatusStore(
+                    pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
+                ),
+                pool=pool,
+                registry=self._registry,
+                codec=codec,
+                stats=self.stats,
+                lease_seconds=self.options.lease_seconds,
+            )
+            control = ControlListener(self.settings, serde=serde, runner=runner)
+            await control.start()
+            control_task = asyncio.create_task(run_until_cancelled(control))
+            self._loop = ConsumerLoop(
+                self.settings,
+                priorities=self.priorities,
+                concurrency=self.concurrency,
+                runner=runner,
+                serde=serde,
+                stats=self.stats,
+                options=self.options,
+            )
+            try:
+                await self._loop.start()
+                await self._loop.run(self._stop)
+            finally:
+                control_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await control_task
+                await control.stop()
+        finally:
+            await pool.close()
+            serde.close()
+
+    def run_sync(self) -> None:
+        """Runs the worker in a new event loop until SIGTERM or SIGINT."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            await self.run()
+
+        asyncio.run(main())

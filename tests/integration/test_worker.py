@@ -1,0 +1,251 @@
+"""The worker runtime on the real broker and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from typing import Any
+
+import asyncpg
+import pytest
+
+from conveyor import Producer, Settings
+from conveyor.consumer.context import JobContext
+from conveyor.consumer.options import WorkerOptions
+from conveyor.consumer.worker import Worker
+from conveyor.jobstore import JobStore
+from conveyor.topology.model import PRIORITIES
+from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
+
+
+@pytest.fixture
+async def live(settings: Settings, schema_registry_url: str) -> Settings:
+    """One partition unit (2 partitions on `normal`), topology applied, migrated."""
+    return await prepare(settings.replace(partition_unit=1), schema_registry_url)
+
+
+async def job_state(store: JobStore, job_id: str) -> str:
+    return (await store.status(job_id)).state
+
+
+async def all_in_state(store: JobStore, ids: list[str], state: str) -> bool:
+    states = await asyncio.gather(*(job_state(store, j) for j in ids))
+    return all(s == state for s in states)
+
+
+async def test_keys_run_in_order_and_concurrency_scales_with_keys_not_partitions(
+    live: Settings,
+) -> None:
+    """200 keys on 2 partitions: more than 2 jobs run at once, never two of one key."""
+    worker = Worker(live, priorities=["normal"], concurrency=32, options=TEST_OPTIONS)
+    seen: dict[str, list[int]] = collections.defaultdict(list)
+    running_keys: set[str] = set()
+    overlaps = 0
+    active = 0
+    peak = 0
+
+    @worker.handler("order.step")
+    async def step(ctx: JobContext, payload: dict[str, Any]) -> None:
+        nonlocal overlaps, active, peak
+        if ctx.key in running_keys:
+            overlaps += 1
+        running_keys.add(ctx.key)
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)  # the handler's work
+        seen[ctx.key].append(payload["seq"])
+        active -= 1
+        running_keys.discard(ctx.key)
+
+    keys = [f"k{i}" for i in range(200)]
+    with Producer(live) as producer:
+        for seq in range(3):
+            for key in keys:
+                producer.submit("order.step", {"seq": seq}, key=key)
+    async with running(worker):
+        await eventually(lambda: sum(len(v) for v in seen.values()) >= 600, what="600 jobs")
+    assert overlaps == 0
+    assert peak > 2, f"observed concurrency {peak} is not above the 2 partitions"
+    for key in keys:
+        assert seen[key] == [0, 1, 2], key
+
+
+async def test_a_duplicate_submit_runs_once(live: Settings) -> None:
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    runs: list[str] = []
+
+    @worker.handler("invoice.send")
+    async def send(ctx: JobContext, payload: Any) -> dict[str, int]:
+        runs.append(ctx.job_id)
+        return {"n": len(runs)}
+
+    with Producer(live) as producer:
+        first = producer.submit("invoice.send", {}, dedupe_key="inv-1")
+        second = producer.submit("invoice.send", {}, dedupe_key="inv-1")
+    assert first == second
+    async with running(worker), JobStore(live) as store:
+        await eventually(lambda: worker.stats.duplicates_skipped == 1, what="the duplicate skip")
+        status = await store.status(first)
+    assert runs == [first]
+    assert status.state == "complete"
+    assert status.result == {"n": 1}
+    assert [t.state for t in status.history] == ["queued", "processing", "complete"]
+
+
+async def test_ctx_db_commits_with_completion_and_rolls_back_with_failure(
+    live: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    table = f'"{live.database_schema}".side_effects'
+    await db.execute(f"CREATE TABLE {table} (job_id text PRIMARY KEY)")
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+
+    @worker.handler("side.effect")
+    async def write(ctx: JobContext, payload: dict[str, bool]) -> None:
+        await ctx.db.execute("INSERT INTO side_effects (job_id) VALUES ($1)", ctx.job_id)
+        if payload["fail"]:
+            raise RuntimeError("after the write")
+
+    with Producer(live) as producer:
+        ok = producer.submit("side.effect", {"fail": False})
+        bad = producer.submit("side.effect", {"fail": True})
+    async with running(worker), JobStore(live) as store:
+        await eventually(lambda: worker.stats.completed + worker.stats.failed == 2, what="2 jobs")
+        failed = await store.status(bad)
+        assert (await store.status(ok)).state == "complete"
+    assert failed.state == "failed"
+    assert failed.last_error is not None
+    assert "after the write" in failed.last_error["message"]
+    rows = [r["job_id"] for r in await db.fetch(f"SELECT job_id FROM {table}")]
+    assert rows == [ok]
+
+
+async def test_a_cancelled_queued_job_is_skipped(live: Settings) -> None:
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    runs: list[str] = []
+
+    @worker.handler("report.build")
+    async def build(ctx: JobContext, payload: Any) -> None:
+        runs.append(ctx.job_id)
+
+    with Producer(live) as producer:
+        doomed = producer.submit("report.build", {})
+        kept = producer.submit("report.build", {})
+    async with JobStore(live) as store:
+        assert await store.cancel(doomed) == "cancelled"
+        async with running(worker):
+            await eventually(lambda: all_in_state(store, [kept], "complete"), what="kept job")
+            await eventually(
+                lambda: worker.stats.cancelled == 1, what="the skip of the cancelled job"
+            )
+        assert (await store.status(doomed)).state == "cancelled"
+    assert runs == [kept]
+
+
+async def test_cancel_interrupts_a_running_job_and_rolls_back_its_writes(
+    live: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    table = f'"{live.database_schema}".partial'
+    await db.execute(f"CREATE TABLE {table} (job_id text)")
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    started = asyncio.Event()
+
+    @worker.handler("video.encode")
+    async def encode(ctx: JobContext, payload: Any) -> None:
+        await ctx.db.execute("INSERT INTO partial VALUES ($1)", ctx.job_id)
+        started.set()
+        await asyncio.Event().wait()  # runs until interrupted
+
+    with Producer(live) as producer:
+        job_id = producer.submit("video.encode", {})
+    async with running(worker), JobStore(live) as store:
+        await asyncio.wait_for(started.wait(), 60)
+        assert await store.cancel(job_id) == "processing"
+        await eventually(lambda: all_in_state(store, [job_id], "cancelled"), what="cancelled state")
+        status = await store.status(job_id)
+    assert worker.stats.cancelled == 1
+    assert [t.state for t in status.history][-1] == "cancelled"
+    assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0
+
+
+async def test_progress_streams_until_the_job_ends(live: Settings) -> None:
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    go = asyncio.Event()
+
+    @worker.handler("import.csv")
+    async def run_import(ctx: JobContext, payload: Any) -> str:
+        await go.wait()
+        for pct in (25, 50, 75):
+            await ctx.report_progress(pct, f"{pct}% imported")
+        return "done"
+
+    with Producer(live) as producer:
+        job_id = producer.submit("import.csv", {})
+    seen: list[tuple[str, float | None]] = []
+    async with running(worker), JobStore(live) as store:
+        await eventually(lambda: all_in_state(store, [job_id], "processing"), what="processing")
+
+        async def follow() -> None:
+            async for status in store.progress(job_id):
+                seen.append((status.state, status.progress.pct if status.progress else None))
+
+        follower = asyncio.create_task(follow())
+        await eventually(lambda: len(seen) >= 1, what="the first status")
+        go.set()
+        await asyncio.wait_for(follower, 60)
+    assert seen[-1] == ("complete", 75)
+    pcts = [pct for state, pct in seen if state == "processing" and pct is not None]
+    assert pcts == sorted(pcts)
+    assert 25 in pcts or 50 in pcts or 75 in pcts
+
+
+async def test_a_long_job_outlives_max_poll_interval_without_a_rebalance(live: Settings) -> None:
+    options = WorkerOptions(
+        commit_interval=0.2,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        max_poll_interval_ms=2000,
+        lease_seconds=1.5,
+        shutdown_grace=10.0,
+    )
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=options)
+
+    @worker.handler("backup.run", duration="long")
+    async def backup(ctx: JobContext, payload: Any) -> str:
+        await asyncio.sleep(5)  # the job's work, longer than max.poll.interval.ms
+        return "ok"
+
+    with Producer(live) as producer:
+        job_id = producer.submit("backup.run", {})
+    async with running(worker), JobStore(live) as store:
+        await eventually(lambda: all_in_state(store, [job_id], "complete"), what="the long job")
+        status = await store.status(job_id)
+    assert worker.stats.rebalances == 0
+    assert status.attempts == 1
+    assert [t.state for t in status.history] == ["queued", "processing", "complete"]
+
+
+async def test_weighted_shares_under_a_full_backlog_of_all_priorities(live: Settings) -> None:
+    """While all four priorities are backlogged, completions split about 4:3:2:1."""
+    worker = Worker(live, priorities=PRIORITIES, concurrency=2, options=TEST_OPTIONS)
+    order: list[str] = []
+
+    @worker.handler("work.unit")
+    async def unit(ctx: JobContext, payload: Any) -> None:
+        order.append(ctx.priority)
+        await asyncio.sleep(0.002)  # the handler's work
+
+    per_priority = 250
+    with Producer(live) as producer:
+        for priority in PRIORITIES:
+            producer.submit("work.unit", [{}] * per_priority, priority=priority)
+    async with running(worker):
+        await eventually(lambda: worker.stats.completed >= 450, timeout=120, what="450 completions")
+    # Measure from the point where every priority had arrived, over 200 completions,
+    # which ends before `low` (the smallest share) could have drained its backlog.
+    first_all = next(i for i in range(len(order)) if set(order[: i + 1]) == set(PRIORITIES))
+    window = list(itertools.islice(order, first_all + 1, first_all + 201))
+    counts = collections.Counter(window)
+    for priority, expected in zip(PRIORITIES, (0.4, 0.3, 0.2, 0.1), strict=True):
+        share = counts[priority] / len(window)
+        assert abs(share - expected) <= 0.15 * expected, (priority, share, counts)
