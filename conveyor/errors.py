@@ -16,6 +16,7 @@ The tree::
     │   └── DeserializationError        bytes are not a decodable conveyor message
     ├── ValidationError             submitted jobs are invalid; lists every problem
     ├── DeliveryError               the broker did not acknowledge a produced message
+    ├── LeaseLostError              a worker lost its lease on a job; its outcome is discarded
     └── PermanentError              raised by a handler: do not retry this job
 
 Library errors (confluent-kafka, aiokafka, asyncpg, httpx) are translated at the
@@ -27,6 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Only for the annotation: conveyor.consumer.status imports this module.
+    from conveyor.consumer.status import Lease
 
 
 class ConveyorError(Exception):
@@ -149,6 +155,27 @@ class ValidationError(ConveyorError, ValueError):
 
 class DeliveryError(ConveyorError):
     """The broker did not acknowledge a produced message."""
+
+
+class LeaseLostError(ConveyorError):
+    """The job's lease was taken over, or the job already ended: this outcome is discarded.
+
+    Another worker claimed the job (Kafka moved its partition), so this worker's result
+    must not be recorded. The caller rolls back whatever it wrote with the outcome.
+
+    Args:
+        lease: The lease that was no longer current.
+        action: What the worker tried to record (``complete``, ``fail``, ...).
+    """
+
+    def __init__(self, lease: Lease, action: str) -> None:
+        self.lease = lease
+        self.action = action
+        super().__init__(
+            f"job {lease.job_id}: cannot {action}: lease epoch {lease.epoch} of worker "
+            f"{lease.owner} is no longer current (another worker took the job over, or it "
+            "already ended); the outcome was discarded"
+        )
 
 
 class PermanentError(ConveyorError):

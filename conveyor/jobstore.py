@@ -12,17 +12,18 @@
 A job id no worker has seen yet has state ``unknown``. Cancelling it writes a cancelled
 row, so the worker that later consumes the job skips it. Cancelling a running job marks
 the row (``cancel_requested_at``) and publishes a ``ControlCommand`` to the control topic
-that every worker reads; the worker running the job interrupts it and records it
-cancelled. The Kafka producer and the registry client for that are created on the first
-such cancel, so reading statuses needs only Postgres.
+that every worker reads (``conveyor.consumer.commands``); the worker running the job
+interrupts it and records it cancelled. The Kafka producer and the registry client for
+that are created on the first such cancel, so reading statuses needs only Postgres.
+
+The status types, :class:`JobStatus`, :class:`Transition` and :class:`Progress`, are
+defined in ``conveyor.jobstatus`` and re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -30,27 +31,18 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka import Producer as KafkaProducer
 
 from conveyor import db
+from conveyor.consumer.commands import ControlPublisher
 from conveyor.consumer.job import FINAL_STATES
 from conveyor.consumer.status import AnyConnection, error_json, progress_channel
-from conveyor.errors import ConveyorError, DatabaseUnavailableError, DeliveryError, MigrationError
-from conveyor.producer.delivery import EXPIRY_MARGIN, producer_config
-from conveyor.schemas.contracts import CONTROL_COMMAND
-from conveyor.schemas.serde import Serde
+from conveyor.errors import ConveyorError, DatabaseUnavailableError, MigrationError
+from conveyor.jobstatus import UNKNOWN, JobStatus, Progress, Transition
 from conveyor.settings import Settings
-from conveyor.topology.model import Topology
-
-UNKNOWN = "unknown"
-"""The state reported for a job id no worker has recorded (or whose history was purged)."""
 
 DEFAULT_POOL_SIZE = 5
 DEFAULT_POLL_INTERVAL = 2.0
 """Seconds between re-reads while following a job, in case a notification was missed."""
-CONTROL_DELIVERY_TIMEOUT = 10.0
-"""Seconds the broker has to acknowledge a control command."""
 
 _JOB = """
 SELECT job_id, state, attempts, result, last_error, progress_pct, progress_message,
@@ -91,102 +83,6 @@ _REQUEST_CANCEL = """
 UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
 WHERE job_id = $1
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class Transition:
-    """One state change in a job's history.
-
-    Args:
-        state: The state entered: queued, processing, complete, failed or cancelled.
-        at: When.
-        attempt: The attempt it belongs to.
-        error: The error that caused it (``type``, ``message``, ``traceback``, ``at``), if any.
-    """
-
-    state: str
-    at: dt.datetime
-    attempt: int
-    error: dict[str, Any] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """How far a running job is, as its handler last reported.
-
-    Args:
-        pct: Percent done, 0 to 100.
-        message: What the job said it is doing.
-        at: When it was reported.
-    """
-
-    pct: float
-    message: str | None
-    at: dt.datetime | None
-
-
-@dataclasses.dataclass(frozen=True)
-class JobStatus:
-    """Everything recorded about one job.
-
-    Args:
-        job_id: The job's id.
-        state: queued, processing, complete, failed, cancelled, or ``unknown`` when no
-            worker has recorded the job.
-        attempts: The number of the latest attempt (0 before the first).
-        history: Every state change, oldest first.
-        result: What the handler returned (complete jobs only).
-        last_error: The latest attempt's error, if one failed.
-        progress: The latest progress report of the current attempt.
-        type: The job type, once a worker has seen the job.
-        key: The entity key.
-        tenant_id: The owning tenant.
-        priority: critical, high, normal or low.
-        batch_id: The batch the job was submitted in.
-        submitted_at: When the producer built the job.
-        started_at: When the latest attempt started.
-        finished_at: When the job ended.
-    """
-
-    job_id: str
-    state: str
-    attempts: int
-    history: list[Transition]
-    result: Any = None
-    last_error: dict[str, Any] | None = None
-    progress: Progress | None = None
-    type: str | None = None
-    key: str | None = None
-    tenant_id: str | None = None
-    priority: str | None = None
-    batch_id: str | None = None
-    submitted_at: dt.datetime | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-
-    @classmethod
-    def unknown(cls, job_id: str) -> JobStatus:
-        """The status of a job no worker has recorded."""
-        return cls(job_id=job_id, state=UNKNOWN, attempts=0, history=[])
-
-    @property
-    def is_final(self) -> bool:
-        """True once the job is complete, failed or cancelled: nothing will change."""
-        return self.state in FINAL_STATES
-
-    def to_json(self) -> dict[str, Any]:
-        """The status as JSON-ready data; keys are the field names, times ISO 8601."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    return value
 
 
 def parse_job_id(text: str) -> str:
@@ -276,7 +172,7 @@ class JobStore:
         self._pool_size = pool_size
         self._poll_interval = poll_interval
         self._pool: asyncpg.Pool[Any] | None = None
-        self._publisher: _ControlPublisher | None = None
+        self._publisher: ControlPublisher | None = None
 
     async def open(self) -> None:
         """Opens the connection pool; does nothing if it is open.
@@ -376,7 +272,7 @@ class JobStore:
                 state = await self._cancel_row(conn, job_id, _cancel_error(reason))
         if state == "processing":
             if self._publisher is None:
-                self._publisher = _ControlPublisher(self._settings)
+                self._publisher = ControlPublisher(self._settings)
             await asyncio.to_thread(self._publisher.cancel, job_id, reason)
         return state
 
@@ -441,60 +337,6 @@ class JobStore:
                         await changed.wait()
         finally:
             await _close_quietly(conn)
-
-
-class _ControlPublisher:
-    """Publishes control commands and waits for each acknowledgement (blocking: run it in
-    a thread). Thread-safe: librdkafka's producer and the serde both are."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._topic = Topology.from_settings(settings).control_topic
-        self._serde = Serde(settings)
-        self._producer = KafkaProducer(
-            producer_config(settings, delivery_timeout=CONTROL_DELIVERY_TIMEOUT, linger_ms=0)
-        )
-
-    def cancel(self, job_id: str, reason: str | None) -> None:
-        """Publishes a cancel command for ``job_id`` and waits until the broker has it."""
-        record = {
-            "command": "cancel",
-            "job_id": job_id,
-            "issued_at": dt.datetime.now(dt.UTC),
-            "reason": reason,
-        }
-        value = self._serde.encode(CONTROL_COMMAND, self._topic, record)
-        outcome: list[KafkaError | None] = []
-        try:
-            self._producer.produce(
-                self._topic,
-                key=job_id.encode(),
-                value=value,
-                on_delivery=lambda err, _msg: outcome.append(err),
-            )
-        except (KafkaException, BufferError) as exc:
-            raise DeliveryError(
-                f"could not queue the cancel command of job {job_id}: {exc}"
-            ) from exc
-        self._producer.flush(CONTROL_DELIVERY_TIMEOUT + EXPIRY_MARGIN)
-        if not outcome:
-            raise DeliveryError(
-                f"the cancel command of job {job_id} was not acknowledged by {self._topic} "
-                f"within {CONTROL_DELIVERY_TIMEOUT:g}s; is the broker reachable? (the cancel "
-                "request is recorded; run cancel again to resend it)"
-            )
-        if outcome[0] is not None:
-            raise DeliveryError(
-                f"the cancel command of job {job_id} was not delivered to {self._topic}: "
-                f"{outcome[0].str()} (the cancel request is recorded; run cancel again to "
-                "resend it)"
-            )
-
-    def close(self) -> None:
-        """Waits for anything still queued, then closes the registry client."""
-        try:
-            self._producer.flush(CONTROL_DELIVERY_TIMEOUT + EXPIRY_MARGIN)
-        finally:
-            self._serde.close()
 
 
 async def _close_quietly(conn: asyncpg.Connection[Any]) -> None:

@@ -9,9 +9,10 @@ Lease fencing: a claim grants a :class:`Lease` carrying an epoch, and every clai
 same job (a redelivery after a rebalance, a crash, an in-place retry) increments it. Every
 later write names the owner and epoch it was granted and matches only while they are
 still current, so a worker that lost its partition, and whose job another worker took
-over, cannot record an outcome: it gets :class:`LeaseLostError` instead. ``complete``
-runs on the handler's own transaction, so the handler's database writes commit with the
-completion or not at all.
+over, cannot record an outcome: it gets :class:`LeaseLostError` instead (defined in
+``conveyor.errors``, re-exported here). ``complete`` runs on the handler's own
+transaction, so the handler's database writes commit with the completion or not at all.
+The SQL these statements run is kept together in ``conveyor.consumer.queries``.
 
 Dedupe on consume: ``claim`` refuses a job already complete, failed or cancelled and
 returns that state, so a duplicate delivery is skipped rather than run again.
@@ -34,11 +35,12 @@ from typing import Any, TypeAlias
 import asyncpg
 import asyncpg.pool
 
+from conveyor.consumer import queries
 from conveyor.consumer.job import JobMessage
 from conveyor.errors import (
     ConfigurationError,
-    ConveyorError,
     DatabaseUnavailableError,
+    LeaseLostError,
     MigrationError,
 )
 
@@ -50,146 +52,6 @@ AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectio
 CHANNEL_PREFIX = "conveyor_progress_"
 # Postgres truncates identifiers, channel names among them, to 63 bytes (NAMEDATALEN - 1).
 _MAX_CHANNEL_BYTES = 63
-
-# Named queries. $1 job_id, $2 lease owner, $3 lease epoch in every fenced statement, and
-# `state = 'processing'` in each, so a fenced write matches nothing once the job moved on.
-
-_CLAIM = """
-WITH claimed AS (
-    INSERT INTO jobs AS j (
-        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
-        submitted_at, state, attempts, started_at, lease_owner, lease_epoch,
-        lease_expires_at, updated_at
-    )
-    VALUES (
-        $1, $2, $3, $4, $5, $6, $7, $8,
-        $9, 'processing', $10, now(), $11, 1,
-        now() + make_interval(secs => $12), now()
-    )
-    ON CONFLICT (job_id) DO UPDATE SET
-        type = EXCLUDED.type,
-        key = EXCLUDED.key,
-        tenant_id = EXCLUDED.tenant_id,
-        priority = EXCLUDED.priority,
-        batch_id = EXCLUDED.batch_id,
-        dedupe_key = EXCLUDED.dedupe_key,
-        max_attempts = EXCLUDED.max_attempts,
-        submitted_at = EXCLUDED.submitted_at,
-        state = 'processing',
-        attempts = EXCLUDED.attempts,
-        started_at = now(),
-        lease_owner = EXCLUDED.lease_owner,
-        lease_epoch = j.lease_epoch + 1,
-        lease_expires_at = EXCLUDED.lease_expires_at,
-        progress_pct = NULL,
-        progress_message = NULL,
-        progress_at = NULL,
-        updated_at = now()
-    WHERE j.state NOT IN ('complete', 'failed', 'cancelled')
-    RETURNING j.job_id, j.lease_epoch, (j.xmax = 0) AS inserted
-), history AS (
-    INSERT INTO job_transitions (job_id, state, at, attempt)
-    SELECT c.job_id, t.state, t.at, $10
-    FROM claimed AS c
-    CROSS JOIN (VALUES (1, 'queued', $9::timestamptz), (2, 'processing', now()))
-        AS t (ord, state, at)
-    WHERE c.inserted OR t.state = 'processing'
-    ORDER BY t.ord
-)
-SELECT lease_epoch FROM claimed
-"""
-
-_STATE = "SELECT state FROM jobs WHERE job_id = $1"
-
-# clock_timestamp(), not now(): this runs at the end of the handler's transaction, and
-# now() would say when that transaction began.
-_COMPLETE = """
-WITH done AS (
-    UPDATE jobs
-    SET state = 'complete', result = $4::text::jsonb, finished_at = clock_timestamp(),
-        lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()
-    WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
-    RETURNING job_id, attempts, finished_at
-)
-INSERT INTO job_transitions (job_id, state, at, attempt)
-SELECT job_id, 'complete', finished_at, attempts FROM done
-RETURNING job_id
-"""
-
-_FAIL = """
-WITH done AS (
-    UPDATE jobs
-    SET state = 'failed', last_error = $4::text::jsonb, finished_at = now(),
-        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-    WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
-    RETURNING job_id, attempts, finished_at
-)
-INSERT INTO job_transitions (job_id, state, at, attempt, error)
-SELECT job_id, 'failed', finished_at, attempts, $4::text::jsonb FROM done
-RETURNING job_id
-"""
-
-_RETRY = """
-WITH requeued AS (
-    UPDATE jobs
-    SET state = 'queued', last_error = $4::text::jsonb,
-        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-    WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
-    RETURNING job_id, attempts, updated_at
-)
-INSERT INTO job_transitions (job_id, state, at, attempt, error)
-SELECT job_id, 'queued', updated_at, attempts, $4::text::jsonb FROM requeued
-RETURNING job_id
-"""
-
-_CANCELLED = """
-WITH done AS (
-    UPDATE jobs
-    SET state = 'cancelled', finished_at = now(),
-        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-    WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
-    RETURNING job_id, attempts, finished_at
-)
-INSERT INTO job_transitions (job_id, state, at, attempt, error)
-SELECT job_id, 'cancelled', finished_at, attempts, $4::text::jsonb FROM done
-RETURNING job_id
-"""
-
-_HEARTBEAT = """
-UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
-WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
-RETURNING job_id
-"""
-
-_PROGRESS = """
-UPDATE jobs
-SET progress_pct = $4, progress_message = $5, progress_at = now(), updated_at = now()
-WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
-RETURNING job_id
-"""
-
-_CANCEL_REQUESTED = "SELECT cancel_requested_at IS NOT NULL FROM jobs WHERE job_id = $1"
-
-
-class LeaseLostError(ConveyorError):
-    """The job's lease was taken over, or the job already ended: this outcome is discarded.
-
-    Another worker claimed the job (Kafka moved its partition), so this worker's result
-    must not be recorded. The caller rolls back whatever it wrote with the outcome.
-
-    Args:
-        lease: The lease that was no longer current.
-        action: What the worker tried to record (``complete``, ``fail``, ...).
-    """
-
-    def __init__(self, lease: Lease, action: str) -> None:
-        self.lease = lease
-        self.action = action
-        super().__init__(
-            f"job {lease.job_id}: cannot {action}: lease epoch {lease.epoch} of worker "
-            f"{lease.owner} is no longer current (another worker took the job over, or it "
-            "already ended); the outcome was discarded"
-        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -323,7 +185,7 @@ class StatusStore:
         with _database_errors(f"claiming job {job.job_id}"):
             async with self._pool.acquire() as conn:
                 epoch = await conn.fetchval(
-                    _CLAIM,
+                    queries.CLAIM,
                     job.job_id,
                     job.type,
                     job.key,
@@ -339,7 +201,7 @@ class StatusStore:
                 )
                 if epoch is None:
                     # Final states are terminal, so this fresh read cannot go stale.
-                    state: str = await conn.fetchval(_STATE, job.job_id)
+                    state: str = await conn.fetchval(queries.STATE, job.job_id)
                     return state
         return Lease(job_id=job.job_id, owner=self.worker_id, epoch=int(epoch), attempt=job.attempt)
 
@@ -359,7 +221,9 @@ class StatusStore:
         """
         encoded = result_json(result)
         with _database_errors(f"completing job {lease.job_id}"):
-            done = await conn.fetchval(_COMPLETE, lease.job_id, lease.owner, lease.epoch, encoded)
+            done = await conn.fetchval(
+                queries.COMPLETE, lease.job_id, lease.owner, lease.epoch, encoded
+            )
         if done is None:
             raise LeaseLostError(lease, "complete")
 
@@ -374,7 +238,7 @@ class StatusStore:
             LeaseLostError: The lease is no longer current; nothing was written.
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        await self._end(_FAIL, lease, "fail", error_json(error))
+        await self._end(queries.FAIL, lease, "fail", error_json(error))
 
     async def retry(self, lease: Lease, error: Mapping[str, Any]) -> None:
         """Returns the job to ``queued`` after a failed attempt that will be retried.
@@ -390,7 +254,7 @@ class StatusStore:
             LeaseLostError: The lease is no longer current; nothing was written.
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        await self._end(_RETRY, lease, "retry", error_json(error))
+        await self._end(queries.RETRY, lease, "retry", error_json(error))
 
     async def cancelled(self, lease: Lease, reason: str | None = None) -> None:
         """Records the job cancelled (after the worker interrupted it).
@@ -405,7 +269,7 @@ class StatusStore:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
         error = None if reason is None else error_json({"type": "Cancelled", "message": reason})
-        await self._end(_CANCELLED, lease, "record the cancel of", error)
+        await self._end(queries.CANCELLED, lease, "record the cancel of", error)
 
     async def _end(self, query: str, lease: Lease, action: str, error: str | None) -> None:
         with _database_errors(f"recording job {lease.job_id}"):
@@ -424,7 +288,7 @@ class StatusStore:
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        return await self._fenced(_HEARTBEAT, lease, self.lease_seconds)
+        return await self._fenced(queries.HEARTBEAT, lease, self.lease_seconds)
 
     async def progress(self, lease: Lease, pct: float, message: str | None) -> bool:
         """Records how far the job is, and wakes whoever follows it.
@@ -443,7 +307,7 @@ class StatusStore:
         """
         if not 0.0 <= pct <= 100.0:
             raise ValueError(f"progress must be between 0 and 100 percent, got {pct}")
-        return await self._fenced(_PROGRESS, lease, float(pct), message)
+        return await self._fenced(queries.PROGRESS, lease, float(pct), message)
 
     async def _fenced(self, query: str, lease: Lease, *args: Any) -> bool:
         with _database_errors(f"updating job {lease.job_id}"):
@@ -462,7 +326,7 @@ class StatusStore:
         """
         with _database_errors(f"reading job {job_id}"):
             async with self._pool.acquire() as conn:
-                requested = await conn.fetchval(_CANCEL_REQUESTED, job_id)
+                requested = await conn.fetchval(queries.CANCEL_REQUESTED, job_id)
         return bool(requested)
 
 

@@ -1,0 +1,153 @@
+"""The named SQL queries ``StatusStore`` (``conveyor.consumer.status``) runs.
+
+Kept together so the whole lifecycle a worker writes to the ``jobs`` and
+``job_transitions`` tables reads in one place. Every fenced statement takes ``$1``
+job_id, ``$2`` lease owner and ``$3`` lease epoch, and has ``state = 'processing'`` in
+its condition, so it matches nothing once the job moved on; it returns ``job_id`` when it
+wrote (no row when the lease was lost).
+"""
+
+from __future__ import annotations
+
+CLAIM = """
+WITH claimed AS (
+    INSERT INTO jobs AS j (
+        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
+        submitted_at, state, attempts, started_at, lease_owner, lease_epoch,
+        lease_expires_at, updated_at
+    )
+    VALUES (
+        $1, $2, $3, $4, $5, $6, $7, $8,
+        $9, 'processing', $10, now(), $11, 1,
+        now() + make_interval(secs => $12), now()
+    )
+    ON CONFLICT (job_id) DO UPDATE SET
+        type = EXCLUDED.type,
+        key = EXCLUDED.key,
+        tenant_id = EXCLUDED.tenant_id,
+        priority = EXCLUDED.priority,
+        batch_id = EXCLUDED.batch_id,
+        dedupe_key = EXCLUDED.dedupe_key,
+        max_attempts = EXCLUDED.max_attempts,
+        submitted_at = EXCLUDED.submitted_at,
+        state = 'processing',
+        attempts = EXCLUDED.attempts,
+        started_at = now(),
+        lease_owner = EXCLUDED.lease_owner,
+        lease_epoch = j.lease_epoch + 1,
+        lease_expires_at = EXCLUDED.lease_expires_at,
+        progress_pct = NULL,
+        progress_message = NULL,
+        progress_at = NULL,
+        updated_at = now()
+    WHERE j.state NOT IN ('complete', 'failed', 'cancelled')
+    RETURNING j.job_id, j.lease_epoch, (j.xmax = 0) AS inserted
+), history AS (
+    INSERT INTO job_transitions (job_id, state, at, attempt)
+    SELECT c.job_id, t.state, t.at, $10
+    FROM claimed AS c
+    CROSS JOIN (VALUES (1, 'queued', $9::timestamptz), (2, 'processing', now()))
+        AS t (ord, state, at)
+    WHERE c.inserted OR t.state = 'processing'
+    ORDER BY t.ord
+)
+SELECT lease_epoch FROM claimed
+"""
+"""Claims a job under a new lease unless it already ended; returns the new epoch.
+
+$1 job_id (uuid), $2 type, $3 key, $4 tenant_id, $5 priority, $6 batch_id, $7 dedupe_key,
+$8 max_attempts (int), $9 submitted_at (timestamptz), $10 attempt (int), $11 lease owner,
+$12 lease seconds (float). No row when the job is complete, failed or cancelled.
+"""
+
+STATE = "SELECT state FROM jobs WHERE job_id = $1"
+"""The job's state. $1 job_id."""
+
+# clock_timestamp(), not now(): this runs at the end of the handler's transaction, and
+# now() would say when that transaction began.
+COMPLETE = """
+WITH done AS (
+    UPDATE jobs
+    SET state = 'complete', result = $4::text::jsonb, finished_at = clock_timestamp(),
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()
+    WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
+    RETURNING job_id, attempts, finished_at
+)
+INSERT INTO job_transitions (job_id, state, at, attempt)
+SELECT job_id, 'complete', finished_at, attempts FROM done
+RETURNING job_id
+"""
+"""Fenced: records the job complete. $4 result (JSON text)."""
+
+FAIL = """
+WITH done AS (
+    UPDATE jobs
+    SET state = 'failed', last_error = $4::text::jsonb, finished_at = now(),
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
+    RETURNING job_id, attempts, finished_at
+)
+INSERT INTO job_transitions (job_id, state, at, attempt, error)
+SELECT job_id, 'failed', finished_at, attempts, $4::text::jsonb FROM done
+RETURNING job_id
+"""
+"""Fenced: records the job failed for good. $4 last error (JSON text)."""
+
+RETRY = """
+WITH requeued AS (
+    UPDATE jobs
+    SET state = 'queued', last_error = $4::text::jsonb,
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
+    RETURNING job_id, attempts, updated_at
+)
+INSERT INTO job_transitions (job_id, state, at, attempt, error)
+SELECT job_id, 'queued', updated_at, attempts, $4::text::jsonb FROM requeued
+RETURNING job_id
+"""
+"""Fenced: returns the job to queued after a failed attempt. $4 error (JSON text)."""
+
+CANCELLED = """
+WITH done AS (
+    UPDATE jobs
+    SET state = 'cancelled', finished_at = now(),
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
+    RETURNING job_id, attempts, finished_at
+)
+INSERT INTO job_transitions (job_id, state, at, attempt, error)
+SELECT job_id, 'cancelled', finished_at, attempts, $4::text::jsonb FROM done
+RETURNING job_id
+"""
+"""Fenced: records the job cancelled. $4 reason as an error (JSON text, or NULL)."""
+
+HEARTBEAT = """
+UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
+WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
+RETURNING job_id
+"""
+"""Fenced: extends the lease. $4 lease seconds (float)."""
+
+PROGRESS = """
+UPDATE jobs
+SET progress_pct = $4, progress_message = $5, progress_at = now(), updated_at = now()
+WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
+RETURNING job_id
+"""
+"""Fenced: records progress. $4 percent (float), $5 message (text or NULL)."""
+
+CANCEL_REQUESTED = "SELECT cancel_requested_at IS NOT NULL FROM jobs WHERE job_id = $1"
+"""Whether a cancel was requested for the job. $1 job_id."""
+
+
+__all__ = [
+    "CANCELLED",
+    "CANCEL_REQUESTED",
+    "CLAIM",
+    "COMPLETE",
+    "FAIL",
+    "HEARTBEAT",
+    "PROGRESS",
+    "RETRY",
+    "STATE",
+]
