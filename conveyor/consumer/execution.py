@@ -47,7 +47,7 @@ class Outcome(enum.Enum):
 
 @dataclasses.dataclass
 class WorkerStats:
-    """Counters of one worker process; they only grow (``max_in_flight`` is a high-water mark)."""
+    """Counters of one worker process; they only grow (``max_*`` are high-water marks)."""
 
     started: int = 0
     completed: int = 0
@@ -58,6 +58,7 @@ class WorkerStats:
     undecodable: int = 0
     rebalances: int = 0
     max_in_flight: int = 0
+    max_buffered: int = 0
 
 
 def error_record(exc: BaseException, *, reason: str | None = None) -> dict[str, Any]:

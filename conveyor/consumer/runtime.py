@@ -132,6 +132,9 @@ class ConsumerLoop:
         self._finished = asyncio.Event()
         self._in_flight = 0
         self._stopping = False
+        # One fetch never adds more than the pause threshold, so a partition's buffer stays
+        # below twice the limit whatever the backlog.
+        self._fetch_records = min(500, options.max_buffered_per_partition)
         self.assignment_changed = asyncio.Event()
 
     @property
@@ -145,7 +148,11 @@ class ConsumerLoop:
         return frozenset(self._owned)
 
     async def start(self) -> None:
-        """Creates and starts one consumer per priority."""
+        """Creates one consumer per priority and starts them together.
+
+        Starting waits for the group join, so the consumers start concurrently: one
+        join's wait (the broker's initial rebalance delay) rather than one per priority.
+        """
         for priority in self._priorities:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self._settings.kafka_bootstrap,
@@ -161,8 +168,8 @@ class ConsumerLoop:
             consumer.subscribe(
                 [self._topology.job_topic(priority)], listener=_Revoker(self, priority)
             )
-            await consumer.start()
             self._consumers[priority] = consumer
+        await asyncio.gather(*(c.start() for c in self._consumers.values()))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetches and dispatches until ``stop`` is set, then shuts down gracefully."""
@@ -184,7 +191,7 @@ class ConsumerLoop:
         mailboxes = self._mailboxes[priority]
         while True:
             batch = await consumer.getmany(
-                timeout_ms=self._options.fetch_timeout_ms, max_records=500
+                timeout_ms=self._options.fetch_timeout_ms, max_records=self._fetch_records
             )
             for tp, records in batch.items():
                 if tp not in self._owned:
@@ -195,6 +202,8 @@ class ConsumerLoop:
                     consumer.pause(tp)
                     self._paused.add(tp)
             if batch:
+                buffered = sum(m.total_buffered for m in self._mailboxes.values())
+                self._stats.max_buffered = max(self._stats.max_buffered, buffered)
                 self._wake.set()
 
     def _accept(

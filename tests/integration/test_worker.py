@@ -249,3 +249,29 @@ async def test_weighted_shares_under_a_full_backlog_of_all_priorities(live: Sett
     for priority, expected in zip(PRIORITIES, (0.4, 0.3, 0.2, 0.1), strict=True):
         share = counts[priority] / len(window)
         assert abs(share - expected) <= 0.15 * expected, (priority, share, counts)
+
+
+async def test_a_deep_backlog_is_read_in_bounded_batches(live: Settings) -> None:
+    """Pause/resume keeps the buffer under twice the per-partition limit, and nothing stalls."""
+    limit = 20
+    options = WorkerOptions(
+        commit_interval=0.2,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        max_buffered_per_partition=limit,
+    )
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=options)
+    done: list[int] = []
+
+    @worker.handler("feed.item")
+    async def item(ctx: JobContext, payload: dict[str, int]) -> None:
+        await asyncio.sleep(0.002)  # the handler's work
+        done.append(payload["n"])
+
+    with Producer(live) as producer:
+        # One key: the whole backlog sits in one mailbox, one job at a time.
+        producer.submit("feed.item", [{"n": i} for i in range(300)], key="one-entity")
+    async with running(worker):
+        await eventually(lambda: len(done) == 300, timeout=120, what="300 jobs")
+    assert done == list(range(300))
+    assert 0 < worker.stats.max_buffered <= 2 * limit
