@@ -9,9 +9,10 @@ import sys
 from typing import Any
 
 import asyncpg
+import pytest
 
 from conveyor import Producer, Settings
-from tests.conftest import settings_env
+from tests.conftest import run_cli, settings_env
 from tests.worker_helpers import eventually, prepare
 
 JOBS = 40
@@ -76,3 +77,19 @@ async def _positive(count: Any, state: str) -> bool:
 
 async def _at_least(count: Any, state: str, target: int) -> bool:
     return bool(await count(state) >= target)
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("no_such_module:worker", "cannot import 'no_such_module'"),
+        ("tests.e2e.apps.slow_app:effect", "is not a conveyor.Worker"),
+        ("tests.e2e.apps.slow_app", "expected module:attribute"),
+    ],
+)
+def test_a_bad_app_is_one_error_line(settings: Settings, app: str, message: str) -> None:
+    result = run_cli("worker", app, env=settings_env(settings))
+    assert result.code == 1
+    assert result.stderr.startswith("conveyor: error:")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
