@@ -11,25 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import enum
 import logging
 import time
-import traceback
 from typing import Any
 
 import asyncpg
 
+from conveyor.consumer import failures
 from conveyor.consumer.context import JobContext, JobTransaction
+from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec
 from conveyor.consumer.job import JobMessage
+from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.status import Lease, LeaseLostError, StatusStore
-from conveyor.errors import ContractError
+from conveyor.errors import ContractError, Problem, ValidationError
+from conveyor.schemas.contracts import CONTENT_TYPE_JSON
 from conveyor.schemas.payload import PayloadCodec
 
 log = logging.getLogger("conveyor.worker")
 
-TRACEBACK_LINES = 20
 #: How long a cancel for a job not (yet) running here is remembered, and how many.
 EARLY_CANCEL_TTL = 600.0
 EARLY_CANCEL_MAX = 10_000
@@ -39,7 +40,10 @@ class Outcome(enum.Enum):
     """How one delivery of a job ended."""
 
     COMPLETED = "completed"
-    FAILED = "failed"
+    RETRIED = (
+        "retried"  # another attempt is scheduled (retry topic, or in place for ordering="key")
+    )
+    FAILED = "failed"  # dead-lettered: the DLQ has it and the job's state is failed
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # already final: a duplicate, or cancelled before it ran
     FENCED = "fenced"  # another worker owns the job now; its outcome is that worker's
@@ -52,6 +56,8 @@ class WorkerStats:
     started: int = 0
     completed: int = 0
     failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
     cancelled: int = 0
     duplicates_skipped: int = 0
     fenced: int = 0
@@ -59,20 +65,6 @@ class WorkerStats:
     rebalances: int = 0
     max_in_flight: int = 0
     max_buffered: int = 0
-
-
-def error_record(exc: BaseException, *, reason: str | None = None) -> dict[str, Any]:
-    """The JSON record of an attempt's error: type, message, traceback tail and time."""
-    lines = traceback.format_exception(exc)
-    record: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": str(exc) or type(exc).__name__,
-        "traceback": "".join(lines[-TRACEBACK_LINES:]),
-        "at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    if reason is not None:
-        record["reason"] = reason
-    return record
 
 
 @dataclasses.dataclass
@@ -92,6 +84,7 @@ class JobRunner:
         codec: Decodes payloads (JSON, or Avro for types with a schema).
         stats: Where outcomes are counted.
         lease_seconds: The lease length; long jobs renew it every third of it.
+        publisher: Sends failed jobs to the retry topics or the DLQ.
     """
 
     def __init__(
@@ -103,8 +96,10 @@ class JobRunner:
         codec: PayloadCodec,
         stats: WorkerStats,
         lease_seconds: float,
+        publisher: FailurePublisher,
     ) -> None:
         self._status = status
+        self._publisher = publisher
         self._pool = pool
         self._registry = registry
         self._codec = codec
@@ -137,33 +132,50 @@ class JobRunner:
     async def run(self, job: JobMessage) -> Outcome:
         """Runs one delivered job to a durable outcome.
 
+        A job whose handler has ``ordering="key"`` retries in place: it waits out the
+        backoff here, holding only its key's mailbox, and runs again with the next attempt.
+
         Raises:
             asyncio.CancelledError: The worker is shutting down; the job was rolled back
                 and stays with its lease, so it is redelivered and taken over later.
         """
+        while True:
+            outcome, again, delay = await self._attempt(job)
+            if again is None:
+                return outcome
+            await asyncio.sleep(delay)
+            job = again
+
+    async def _attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
         claim = await self._status.claim(job)
         if isinstance(claim, str):
             if claim == "cancelled":
                 self._stats.cancelled += 1
             else:
                 self._stats.duplicates_skipped += 1
-            return Outcome.SKIPPED
+            return Outcome.SKIPPED, None, 0.0
         self._stats.started += 1
         if await self._status.is_cancel_requested(job.job_id):
-            return await self._record_cancel(claim)
+            return await self._record_cancel(claim), None, 0.0
         spec = self._registry.get(job.type)
         if spec is None:
             error = LookupError(f"no handler is registered for job type {job.type!r}")
-            return await self._record_failure(claim, error, "HandlerMissing")
+            return await self._failed(job, claim, None, error, failures.HANDLER_MISSING)
         try:
             payload = self._codec.decode(job.type, job.payload, job.content_type)
-        except ContractError as exc:
-            return await self._record_failure(claim, exc, "Deserialization")
+            if spec.schema is not None and job.content_type == CONTENT_TYPE_JSON:
+                # A producer that did not know the type's schema sent JSON: hold it to the
+                # handler's contract before the handler sees it.
+                problems = self._codec.problems(job.type, payload)
+                if problems:
+                    raise ValidationError([Problem(0, "payload", problem) for problem in problems])
+        except (ContractError, ValidationError) as exc:
+            return await self._failed(job, claim, spec, exc, failures.VALIDATION)
         return await self._call(job, claim, spec, payload)
 
     async def _call(
         self, job: JobMessage, lease: Lease, spec: HandlerSpec, payload: Any
-    ) -> Outcome:
+    ) -> tuple[Outcome, JobMessage | None, float]:
         transaction = JobTransaction(self._pool, job.tenant_id)
 
         async def report(pct: float, message: str | None) -> None:
@@ -189,23 +201,20 @@ class JobRunner:
                 raise  # the worker is shutting down
             if running.lease_lost:
                 self._stats.fenced += 1
-                return Outcome.FENCED
+                return Outcome.FENCED, None, 0.0
             if running.cancel_requested:
-                return await self._record_cancel(lease)
+                return await self._record_cancel(lease), None, 0.0
             raise
-        except TimeoutError as exc:
-            await transaction.finish(commit=False)
-            return await self._record_failure(lease, exc, "Timeout")
         except Exception as exc:
             await transaction.finish(commit=False)
-            return await self._record_failure(lease, exc, None)
+            return await self._failed(job, lease, spec, exc, None)
         finally:
             self._running.pop(job.job_id, None)
             if heartbeat is not None:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
-        return await self._complete(lease, transaction, result)
+        return await self._complete(job, lease, spec, transaction, result)
 
     async def _invoke(self, spec: HandlerSpec, ctx: JobContext, payload: Any) -> Any:
         async with asyncio.timeout(spec.timeout):
@@ -213,7 +222,14 @@ class JobRunner:
                 return await spec.func(ctx, payload)
             return await asyncio.to_thread(spec.func, ctx, payload)
 
-    async def _complete(self, lease: Lease, transaction: JobTransaction, result: Any) -> Outcome:
+    async def _complete(
+        self,
+        job: JobMessage,
+        lease: Lease,
+        spec: HandlerSpec,
+        transaction: JobTransaction,
+        result: Any,
+    ) -> tuple[Outcome, JobMessage | None, float]:
         try:
             conn = await transaction.connection()
             await self._status.complete(lease, result, conn)
@@ -221,28 +237,56 @@ class JobRunner:
             await transaction.finish(commit=False)
             self._stats.fenced += 1
             log.warning("job %s: lease lost to another worker; completion refused", lease.job_id)
-            return Outcome.FENCED
+            return Outcome.FENCED, None, 0.0
         except TypeError as exc:  # the result is not JSON-serialisable
             await transaction.finish(commit=False)
-            return await self._record_failure(lease, exc, None)
+            return await self._failed(job, lease, spec, exc, None)
         except BaseException:
             await transaction.finish(commit=False)
             raise
         await transaction.finish(commit=True)
         self._stats.completed += 1
-        return Outcome.COMPLETED
+        return Outcome.COMPLETED, None, 0.0
 
-    async def _record_failure(
-        self, lease: Lease, exc: BaseException, reason: str | None
-    ) -> Outcome:
-        log.warning("job %s failed (attempt %d): %r", lease.job_id, lease.attempt, exc)
+    async def _failed(
+        self,
+        job: JobMessage,
+        lease: Lease,
+        spec: HandlerSpec | None,
+        exc: BaseException,
+        reason: str | None,
+    ) -> tuple[Outcome, JobMessage | None, float]:
+        """Retries the job or dead-letters it; the next message is acked before the state moves."""
+        latest = failures.attempt_error(exc, job.attempt)
+        errors = failures.history_with(job.errors, latest)
+        policy = spec.retry if spec is not None and isinstance(spec.retry, RetryPolicy) else None
+        limit = job.max_attempts or (
+            spec.max_attempts if spec else failures.DEFAULT_POLICY.max_attempts
+        )
+        verdict = failures.classify(exc, attempt=job.attempt, max_attempts=limit, reason=reason)
+        log.warning("job %s attempt %d failed: %r", job.job_id, job.attempt, exc)
         try:
-            await self._status.fail(lease, error_record(exc, reason=reason))
+            if verdict.retry:
+                delay = (policy or failures.DEFAULT_POLICY).delay(job.attempt)
+                if spec is not None and spec.ordering == "key":
+                    # Retry in place: only this key's mailbox waits out the backoff.
+                    await self._status.retry(lease, failures.error_json(latest))
+                    self._stats.retried += 1
+                    again = dataclasses.replace(job, attempt=job.attempt + 1, errors=errors)
+                    return Outcome.RETRIED, again, delay
+                await self._publisher.retry(job, errors, delay)
+                await self._status.retry(lease, failures.error_json(latest))
+                self._stats.retried += 1
+                return Outcome.RETRIED, None, 0.0
+            assert verdict.reason is not None
+            await self._publisher.dead(job, errors, verdict.reason)
+            await self._status.fail(lease, failures.error_json(latest, verdict.reason))
         except LeaseLostError:
             self._stats.fenced += 1
-            return Outcome.FENCED
+            return Outcome.FENCED, None, 0.0
         self._stats.failed += 1
-        return Outcome.FAILED
+        self._stats.dead_lettered += 1
+        return Outcome.FAILED, None, 0.0
 
     async def _record_cancel(self, lease: Lease) -> Outcome:
         try:

@@ -22,11 +22,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from conveyor.consumer import failures
 from conveyor.consumer.execution import JobRunner, WorkerStats
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.mailbox import Entry, Mailboxes
 from conveyor.consumer.offsets import OffsetTracker
 from conveyor.consumer.options import WorkerOptions
+from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.scheduler import WeightedScheduler
 from conveyor.errors import DeserializationError
 from conveyor.schemas.contracts import JOB_ENVELOPE
@@ -87,6 +89,7 @@ class ConsumerLoop:
         concurrency: Jobs running at once, across all priorities and partitions.
         runner: Runs each job to a durable outcome.
         serde: Decodes envelopes.
+        publisher: Dead-letters messages that do not decode.
         stats: Where counters go.
         options: Tuning (intervals, limits, timeouts).
     """
@@ -99,6 +102,7 @@ class ConsumerLoop:
         concurrency: int,
         runner: JobRunner,
         serde: Serde,
+        publisher: FailurePublisher,
         stats: WorkerStats,
         options: WorkerOptions,
     ) -> None:
@@ -108,6 +112,7 @@ class ConsumerLoop:
         self._concurrency = concurrency
         self._runner = runner
         self._serde = serde
+        self._publisher = publisher
         self._stats = stats
         self._options = options
         self._scheduler = WeightedScheduler({p: PRIORITY_WEIGHTS[p] for p in self._priorities})
@@ -214,22 +219,49 @@ class ConsumerLoop:
         try:
             envelope = self._serde.decode(JOB_ENVELOPE, tp.topic, record.value or b"")
         except DeserializationError as exc:
-            # Never block a partition on a poison message. The retry/DLQ chain will route it
-            # to the DLQ; until then it is logged, counted and skipped.
+            # Never block a partition on a poison message: it goes to the DLQ as raw bytes,
+            # and its offset is finished once the DLQ has it.
             self._stats.undecodable += 1
             log.error(
-                "skipping undecodable message %s[%d]@%d: %s",
-                tp.topic,
-                tp.partition,
-                record.offset,
-                exc,
+                "undecodable message %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc
             )
-            self._offsets.finish(tp, record.offset)
+            task = asyncio.create_task(
+                self._dead_letter(tp, record, headers, exc, self._generation[tp])
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         job = JobMessage.from_envelope(
             envelope, topic=tp.topic, partition=tp.partition, offset=record.offset, headers=headers
         )
         mailboxes.add(tp, job.key, record.offset, job)
+
+    async def _dead_letter(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[Any, Any],
+        headers: dict[str, bytes],
+        exc: Exception,
+        generation: int,
+    ) -> None:
+        try:
+            await self._publisher.dead_raw(
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value or b"",
+                headers=headers,
+                reason=failures.DESERIALIZATION,
+                error=failures.attempt_error(exc, 1),
+            )
+        except Exception:
+            # Not finished, so not committed: the message is read again later.
+            log.exception("could not dead-letter %s[%d]@%d", tp.topic, tp.partition, record.offset)
+            return
+        self._stats.dead_lettered += 1
+        if tp in self._owned and self._generation[tp] == generation:
+            self._offsets.finish(tp, record.offset)
 
     # -- dispatching --------------------------------------------------------------------
 

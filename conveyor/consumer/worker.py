@@ -13,8 +13,10 @@ from typing import Any
 from conveyor import db
 from conveyor.consumer.control import ControlListener, run_until_cancelled
 from conveyor.consumer.execution import JobRunner, WorkerStats
+from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import DEFAULT_MAX_ATTEMPTS, Handler, HandlerRegistry, HandlerSpec
 from conveyor.consumer.options import DEFAULT_CONCURRENCY, WorkerOptions
+from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.runtime import ConsumerLoop
 from conveyor.consumer.status import StatusStore
 from conveyor.errors import ConfigurationError
@@ -101,8 +103,9 @@ class Worker:
         Args:
             job_type: The job type, like ``"email.send"``.
             schema: The payload's Avro schema (dict, ``PayloadSchema`` or dataclass).
-            max_attempts: Attempts before the job is dead-lettered (default 5).
-            retry: The retry policy (see the retry/DLQ chain).
+            max_attempts: Attempts before the job is dead-lettered (default: the retry
+                policy's, 5).
+            retry: A ``RetryPolicy`` (exponential backoff with jitter and a cap).
             ordering: ``"none"`` or ``"key"`` (retries hold only that key's mailbox).
             timeout: Seconds an attempt may run.
             duration: ``"long"`` for jobs that renew their lease while running.
@@ -114,7 +117,12 @@ class Worker:
                     type=job_type,
                     func=func,
                     schema=schema,
-                    max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
+                    max_attempts=max_attempts
+                    or (
+                        retry.max_attempts
+                        if isinstance(retry, RetryPolicy)
+                        else DEFAULT_MAX_ATTEMPTS
+                    ),
                     retry=retry,
                     ordering=ordering,
                     timeout=timeout,
@@ -141,6 +149,7 @@ class Worker:
         self._stop = asyncio.Event()
         pool = await db.create_pool(self.settings, min_size=1, max_size=self.concurrency + 2)
         serde = Serde(self.settings)
+        publisher = FailurePublisher(self.settings, serde=serde)
         try:
             codec = PayloadCodec(serde, self.settings.topic_prefix)
             for spec in self._registry:
@@ -155,6 +164,7 @@ class Worker:
                 codec=codec,
                 stats=self.stats,
                 lease_seconds=self.options.lease_seconds,
+                publisher=publisher,
             )
             control = ControlListener(self.settings, serde=serde, runner=runner)
             await control.start()
@@ -165,6 +175,7 @@ class Worker:
                 concurrency=self.concurrency,
                 runner=runner,
                 serde=serde,
+                publisher=publisher,
                 stats=self.stats,
                 options=self.options,
             )
@@ -177,6 +188,7 @@ class Worker:
                     await control_task
                 await control.stop()
         finally:
+            await publisher.close()
             await pool.close()
             serde.close()
 

@@ -100,7 +100,7 @@ async def test_ctx_db_commits_with_completion_and_rolls_back_with_failure(
     await db.execute(f"CREATE TABLE {table} (job_id text PRIMARY KEY)")
     worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
 
-    @worker.handler("side.effect")
+    @worker.handler("side.effect", max_attempts=1)
     async def write(ctx: JobContext, payload: dict[str, bool]) -> None:
         await ctx.db.execute("INSERT INTO side_effects (job_id) VALUES ($1)", ctx.job_id)
         if payload["fail"]:
