@@ -1,0 +1,527 @@
+"""The retry relay: holds each retry message until it is due, then puts it back on its job topic.
+
+A failed ``ordering="none"`` job is published to a retry topic (``<prefix>.jobs.retry.<delay>``)
+with ``attempt + 1`` and a ``not_before``. The relay is one consumer in group
+``<prefix>.relay`` on every retry topic. Per partition, records are handled in offset order:
+
+- due (``not_before`` is null or past): the ORIGINAL value bytes, key and headers are
+  republished to the job topic of the envelope's priority through an idempotent producer
+  (``acks=all``); only once acknowledged does the offset count as done;
+- not yet due: the record and everything after it from that partition wait in the
+  partition's pending queue, the partition is paused, and a timer (``loop.call_at``) wakes
+  it at the due time. The fetch loop keeps polling the other partitions, so a long wait on
+  one partition never delays another, and the consumer never sits in a sleep past
+  ``max.poll.interval.ms`` (Spring Kafka's back-off by sleeping the poll loop is what makes
+  its delays overshoot by up to the poll interval);
+- undecodable: logged, counted and skipped (committed past), so it cannot block the queue.
+
+The committed offset of a partition is the one after its last republished (or skipped)
+record: committed periodically, on revoke and on stop. A revoked partition's pending queue
+is dropped uncommitted, so its next owner reads those records again; delivery is at least
+once, and the worker's dedupe and lease fencing absorb a rare duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import threading
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from confluent_kafka import KafkaError as ProducerKafkaError
+from confluent_kafka import KafkaException, Message
+from confluent_kafka import Producer as KafkaProducer
+
+from conveyor.consumer.runtime import aiokafka_security
+from conveyor.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    ConveyorError,
+    DeliveryError,
+    DeserializationError,
+)
+from conveyor.producer.delivery import producer_config
+from conveyor.schemas.contracts import JOB_ENVELOPE
+from conveyor.schemas.serde import Serde
+from conveyor.settings import Settings
+from conveyor.topology.model import PRIORITIES, Topology
+
+log = logging.getLogger("conveyor.relay")
+
+FALLBACK_PRIORITY = "normal"
+#: Records one fetch may return; with ``max_held_per_partition`` it bounds memory.
+FETCH_MAX_RECORDS = 500
+#: Republishes awaited together; their acks are awaited as one batch.
+REPUBLISH_BATCH = 100
+#: Seconds before a failed republish or an unanswered registry lookup is tried again.
+RETRY_BACKOFF = 1.0
+#: librdkafka batches for at most this long; small, because every ms is added to the delay.
+LINGER_MS = 1
+_POLL_INTERVAL = 0.1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RelayOptions:
+    """How the relay fetches, commits and republishes.
+
+    Args:
+        session_timeout_ms: Kafka consumer session timeout.
+        heartbeat_interval_ms: Kafka consumer heartbeat interval.
+        commit_interval: Seconds between offset commits (also committed on revoke and stop).
+        fetch_timeout_ms: How long one fetch waits for records.
+        max_held_per_partition: Records queued per partition before it is paused even when
+            they are due; it resumes at half of this.
+        delivery_timeout: Seconds a republish may take to be acknowledged before it is
+            retried (and what revoke and stop wait at most for republishes in flight).
+    """
+
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    commit_interval: float = 1.0
+    fetch_timeout_ms: int = 200
+    max_held_per_partition: int = 1_000
+    delivery_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        positive = ("session_timeout_ms", "heartbeat_interval_ms", "commit_interval")
+        for name in (*positive, "fetch_timeout_ms", "delivery_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.max_held_per_partition < 2:
+            raise ConfigurationError(
+                "max_held_per_partition", f"must be >= 2, got {self.max_held_per_partition}"
+            )
+
+
+@dataclasses.dataclass
+class RelayStats:
+    """Counters of one relay (read them; they only grow).
+
+    Args:
+        republished: Records republished to a job topic and acknowledged.
+        held_max: The most records waiting in pending queues at once.
+        undecodable: Records skipped because they could not be decoded.
+    """
+
+    republished: int = 0
+    held_max: int = 0
+    undecodable: int = 0
+
+
+@dataclasses.dataclass(eq=False)
+class _Item:
+    """One fetched record and, once decoded, where and when it goes."""
+
+    record: ConsumerRecord[bytes, bytes]
+    decoded: bool = False
+    skip: bool = False
+    topic: str = ""
+    not_before: dt.datetime | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class _Partition:
+    """What the relay holds for one owned retry partition."""
+
+    tp: TopicPartition
+    pending: collections.deque[_Item] = dataclasses.field(default_factory=collections.deque)
+    done: int | None = None  # the offset after the last republished or skipped record
+    committed: int | None = None
+    paused: bool = False
+    released: bool = False
+    timer: asyncio.TimerHandle | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, relay: RetryRelay) -> None:
+        self._relay = relay
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._relay._release(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._relay._assign(assigned)
+
+
+class RetryRelay:
+    """Consumes the retry topics and republishes each message to its job topic when due.
+
+    Args:
+        settings: Broker settings, the topic prefix and the retry ladder.
+        serde: Decodes envelopes (only ``not_before`` and ``priority`` are read).
+        options: Tuning; defaults suit Apache Kafka in production.
+    """
+
+    def __init__(
+        self, settings: Settings, *, serde: Serde, options: RelayOptions | None = None
+    ) -> None:
+        self._settings = settings
+        self._serde = serde
+        self._options = options or RelayOptions()
+        self._topology = Topology.from_settings(settings)
+        self.group_id = f"{settings.topic_prefix}.relay"
+        self.stats = RelayStats()
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._producer_closed = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._commit_lock = asyncio.Lock()
+
+    @property
+    def retry_topics(self) -> tuple[str, ...]:
+        """The topics the relay consumes, by increasing delay."""
+        return tuple(rung.name for rung in self._topology.retry_topics)
+
+    @property
+    def owned(self) -> frozenset[TopicPartition]:
+        """The retry partitions this relay holds now."""
+        return frozenset(self._partitions)
+
+    async def start(self) -> None:
+        """Subscribes to every retry topic and creates the producer.
+
+        Raises:
+            BrokerUnavailableError: Kafka did not answer.
+            ConfigurationError: The producer configuration was refused.
+        """
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id="conveyor-relay",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self._options.session_timeout_ms,
+            heartbeat_interval_ms=self._options.heartbeat_interval_ms,
+            **aiokafka_security(self._settings),
+        )
+        consumer.subscribe(list(self.retry_topics), listener=_Listener(self))
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            await consumer.stop()
+            raise BrokerUnavailableError(
+                f"the retry relay could not reach Kafka at {self._settings.kafka_bootstrap}: "
+                f"{exc}; check CONVEYOR_KAFKA_BOOTSTRAP"
+            ) from exc
+        config = producer_config(
+            self._settings, delivery_timeout=self._options.delivery_timeout, linger_ms=LINGER_MS
+        )
+        try:
+            self._producer = KafkaProducer(config)
+        except KafkaException as exc:
+            await consumer.stop()
+            raise ConfigurationError("kafka", f"cannot create the relay's producer: {exc}") from exc
+        self._consumer = consumer
+        self._poller = threading.Thread(
+            target=self._poll_producer, name="conveyor-relay-poll", daemon=True
+        )
+        self._poller.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relays until ``stop`` is set, then commits and closes the consumer and producer."""
+        if self._consumer is None:
+            await self.start()
+        stopped = asyncio.create_task(stop.wait())
+        loops = [
+            asyncio.create_task(self._fetch()),
+            asyncio.create_task(self._commit_periodically()),
+        ]
+        try:
+            # A loop only ends by failing; then the relay stops rather than idle unnoticed.
+            await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopped, *loops):
+                task.cancel()
+            results = await asyncio.gather(*loops, return_exceptions=True)
+            await self._shutdown()
+        for result in results:
+            if isinstance(result, KafkaError):
+                raise BrokerUnavailableError(f"the retry relay lost Kafka: {result}") from result
+            if isinstance(result, Exception):
+                raise result
+
+    # -- fetching -------------------------------------------------------------------------
+
+    async def _fetch(self) -> None:
+        consumer = self._require_consumer()
+        while True:
+            batch = await consumer.getmany(
+                timeout_ms=self._options.fetch_timeout_ms, max_records=FETCH_MAX_RECORDS
+            )
+            for tp, records in batch.items():
+                state = self._partitions.get(tp)
+                if state is None or state.released:
+                    continue
+                state.pending.extend(_Item(record) for record in records)
+                if len(state.pending) >= self._options.max_held_per_partition:
+                    self._set_paused(state, True)
+                self._kick(state)
+            if batch:
+                held = sum(len(s.pending) for s in self._partitions.values())
+                self.stats.held_max = max(self.stats.held_max, held)
+
+    def _kick(self, state: _Partition) -> None:
+        """Starts the partition's drain unless one runs (it then sees the new records)."""
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        if state.released or (state.task is not None and not state.task.done()):
+            return
+        state.task = asyncio.create_task(self._drain_guarded(state))
+
+    async def _drain_guarded(self, state: _Partition) -> None:
+        try:
+            await self._drain(state)
+        except Exception:
+            # A bug or an outage must not leave the partition stalled without a word.
+            log.exception(
+                "relay of %s[%d] failed; retrying in %.0fs",
+                state.tp.topic,
+                state.tp.partition,
+                RETRY_BACKOFF,
+            )
+            if not state.released:
+                self._hold(state, RETRY_BACKOFF)
+
+    # -- republishing ---------------------------------------------------------------------
+
+    async def _drain(self, state: _Partition) -> None:
+        """Republishes the partition's due records in offset order until one is not due."""
+        while state.pending and not state.released:
+            wait = self._seconds_until_due(state.pending[0])
+            if wait > 0:
+                self._hold(state, wait)
+                return
+            batch: list[tuple[_Item, asyncio.Future[None] | None]] = []
+            for item in state.pending:
+                if len(batch) >= REPUBLISH_BATCH or self._seconds_until_due(item) > 0:
+                    break
+                batch.append((item, None if item.skip else self._republish(item)))
+            if not await self._settle(state, batch):
+                await asyncio.sleep(RETRY_BACKOFF)
+                continue
+            if len(state.pending) < self._options.max_held_per_partition // 2:
+                self._set_paused(state, False)
+        if not state.pending:
+            self._set_paused(state, False)
+
+    def _seconds_until_due(self, item: _Item) -> float:
+        """Decodes the item on first sight; 0 when it can go now (or be skipped)."""
+        if not item.decoded:
+            try:
+                self._decode(item)
+            except ConveyorError as exc:
+                # The registry did not answer: not the message's fault, so it is not skipped.
+                log.warning("cannot decode retry message yet, trying again: %s", exc)
+                return RETRY_BACKOFF
+        if item.skip or item.not_before is None:
+            return 0.0
+        return (item.not_before - dt.datetime.now(dt.UTC)).total_seconds()
+
+    def _decode(self, item: _Item) -> None:
+        record = item.record
+        try:
+            envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value or b"")
+        except DeserializationError as exc:
+            self.stats.undecodable += 1
+            log.error(
+                "skipping undecodable retry message %s[%d]@%d: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+            item.skip = item.decoded = True
+            return
+        priority = envelope.get("priority")
+        if priority not in PRIORITIES:
+            log.warning(
+                "retry message %s[%d]@%d has unknown priority %r; relaying it as %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                priority,
+                FALLBACK_PRIORITY,
+            )
+            priority = FALLBACK_PRIORITY
+        item.topic = self._topology.job_topic(str(priority))
+        not_before = envelope.get("not_before")
+        item.not_before = not_before if isinstance(not_before, dt.datetime) else None
+        item.decoded = True
+
+    def _hold(self, state: _Partition, wait: float) -> None:
+        """Pauses the partition and wakes it when its head record is due."""
+        self._set_paused(state, True)
+        loop = asyncio.get_running_loop()
+        state.timer = loop.call_at(loop.time() + wait, self._kick, state)
+
+    def _republish(self, item: _Item) -> asyncio.Future[None]:
+        """Queues the original bytes, key and headers for the item's job topic."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        record = item.record
+
+        def on_delivery(err: ProducerKafkaError | None, _msg: Message) -> None:
+            # Runs on the poll thread; the future belongs to the event loop.
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, future, err, item.topic)
+
+        try:
+            self._require_producer().produce(
+                item.topic,
+                value=record.value,
+                key=record.key,
+                headers=list(record.headers or ()),
+                on_delivery=on_delivery,
+            )
+        except (BufferError, KafkaException) as exc:
+            future.set_exception(DeliveryError(f"could not queue a retry for {item.topic}: {exc}"))
+        return future
+
+    async def _settle(
+        self, state: _Partition, batch: list[tuple[_Item, asyncio.Future[None] | None]]
+    ) -> bool:
+        """Awaits the batch's acks; marks the acknowledged prefix done. False on a failure."""
+        futures = [f for _, f in batch if f is not None]
+        if futures:
+            await asyncio.wait(futures, timeout=self._options.delivery_timeout + 5.0)
+        for item, future in batch:
+            if future is not None:
+                failure = future.exception() if future.done() else TimeoutError("no ack")
+                if failure is not None:
+                    log.warning("republish of %s failed, retrying: %s", item.topic, failure)
+                    for _, rest in batch:
+                        if rest is not None and rest.done():
+                            rest.exception()  # retrieved, so asyncio does not log them
+                    return False
+                self.stats.republished += 1
+            state.pending.popleft()
+            state.done = item.record.offset + 1
+        return True
+
+    def _set_paused(self, state: _Partition, paused: bool) -> None:
+        if paused == state.paused or state.released:
+            return
+        consumer = self._require_consumer()
+        if paused:
+            consumer.pause(state.tp)
+        else:
+            consumer.resume(state.tp)
+        state.paused = paused
+
+    # -- committing -----------------------------------------------------------------------
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.commit_interval)
+            async with self._commit_lock:
+                await self._commit()
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        points = {
+            tp: state.done
+            for tp, state in self._partitions.items()
+            if state.done is not None
+            and state.done != state.committed
+            and (only is None or tp in only)
+        }
+        if not points:
+            return
+        try:
+            await self._require_consumer().commit(
+                {tp: OffsetAndMetadata(offset, "") for tp, offset in points.items()}
+            )
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance is in progress; the revoke callback commits what is safe.
+            log.warning("relay commit deferred: %s", exc)
+            return
+        for tp, offset in points.items():
+            state = self._partitions.get(tp)
+            if state is not None:
+                state.committed = offset
+
+    # -- rebalancing ----------------------------------------------------------------------
+
+    def _assign(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._partitions[tp] = _Partition(tp)
+        log.info("relay assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+    async def _release(self, revoked: set[TopicPartition]) -> None:
+        """Lets in-flight republishes settle, commits them, and drops what is pending."""
+        states = [self._partitions[tp] for tp in revoked if tp in self._partitions]
+        await self._quiesce(states)
+        await self._commit(only={state.tp for state in states})
+        for state in states:
+            del self._partitions[state.tp]
+
+    async def _quiesce(self, states: list[_Partition]) -> None:
+        for state in states:
+            state.released = True
+            if state.timer is not None:
+                state.timer.cancel()
+                state.timer = None
+        tasks = [s.task for s in states if s.task is not None and not s.task.done()]
+        if not tasks:
+            return
+        _done, late = await asyncio.wait(tasks, timeout=self._options.delivery_timeout + 5.0)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        await self._quiesce(list(self._partitions.values()))
+        consumer = self._consumer
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                async with self._commit_lock:
+                    await self._commit()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        self._partitions.clear()
+        await asyncio.to_thread(self._close_producer)
+
+    def _close_producer(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        # Everything counted as republished was acknowledged; the flush only ends stray sends.
+        producer.flush(self._options.delivery_timeout)
+        self._producer_closed.set()
+        if self._poller is not None:
+            self._poller.join()
+        self._producer = None
+
+    def _poll_producer(self) -> None:
+        producer = self._require_producer()
+        while not self._producer_closed.is_set():
+            producer.poll(_POLL_INTERVAL)
+
+    def _require_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("RetryRelay.start() was not called")
+        return self._consumer
+
+    def _require_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("RetryRelay.start() was not called")
+        return self._producer
+
+
+def _resolve(future: asyncio.Future[None], err: ProducerKafkaError | None, topic: str) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(DeliveryError(f"retry not delivered to {topic}: {err.str()}"))

@@ -1,0 +1,323 @@
+"""The retry relay on the real broker and registry: due times, isolation, bytes, restarts.
+
+Timing tolerance: a republish is asserted to be read no earlier than ``not_before`` (the
+relay checks the wall clock before it sends) and no later than ``not_before + 0.5 s``. The
+relay's own budget is ~100 ms (an asyncio timer, a 1 ms linger and one acks=all round
+trip); the reader adds its fetch wait (50 ms here), and the 2-core CI machine runs other
+tests at once, so 0.5 s leaves room for scheduling noise while still failing on any
+poll-granularity design (a sleep-the-poll-loop relay overshoots by its poll interval, and
+Spring-style back-off by up to 10x the delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import Producer as KafkaProducer
+
+from conveyor.consumer.relay import RelayOptions, RetryRelay
+from conveyor.producer.delivery import producer_config
+from conveyor.schemas.contracts import JOB_ENVELOPE
+from conveyor.schemas.serde import Serde
+from conveyor.settings import Settings
+from conveyor.topology import admin
+from conveyor.topology.model import Topology
+from tests.conftest import settings_env
+from tests.worker_helpers import eventually
+
+OPTIONS = RelayOptions(session_timeout_ms=6000, heartbeat_interval_ms=1000, commit_interval=0.2)
+LATE_TOLERANCE = dt.timedelta(seconds=0.5)
+
+
+@pytest.fixture
+async def live(settings: Settings, schema_registry_url: str) -> Settings:
+    """One partition unit (2 partitions per retry topic), registry set, topology applied."""
+    live = settings.replace(partition_unit=1, schema_registry_url=schema_registry_url)
+    await asyncio.to_thread(admin.apply, live)
+    return live
+
+
+@pytest.fixture
+def serde(live: Settings) -> Iterator[Serde]:
+    with Serde(live) as serde:
+        yield serde
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def in_seconds(delay: float) -> dt.datetime:
+    """An instant ``delay`` from now, cut to the millisecond as Avro timestamp-millis keeps it."""
+    at = now() + dt.timedelta(seconds=delay)
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+def envelope(priority: str, not_before: dt.datetime | None) -> dict[str, Any]:
+    return {
+        "job_id": str(uuid.uuid4()),
+        "type": "email.send",
+        "key": "acct-1",
+        "priority": priority,
+        "payload": b'{"to": "a@example.com"}',
+        "content_type": "application/json",
+        "tenant_id": None,
+        "batch_id": None,
+        "dedupe_key": None,
+        "attempt": 2,
+        "max_attempts": None,
+        "submitted_at": now(),
+        "not_before": not_before,
+        "duration": "short",
+        "errors": [],
+    }
+
+
+@dataclasses.dataclass
+class Written:
+    """A message written to a retry topic, as the relay must reproduce it."""
+
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    not_before: dt.datetime | None
+
+
+def write(
+    live: Settings,
+    messages: list[tuple[str, int, bytes, bytes | None, list[tuple[str, bytes]]]],
+) -> None:
+    """Writes (topic, partition, value, key, headers) in order and waits for the acks."""
+    producer = KafkaProducer(producer_config(live, delivery_timeout=10.0, linger_ms=0))
+    for topic, partition, value, key, headers in messages:
+        producer.produce(
+            topic,
+            value=value,
+            key=key,
+            headers=list[tuple[str, str | bytes | None]](headers),
+            partition=partition,
+        )
+    assert producer.flush(15.0) == 0
+
+
+def retry_message(
+    serde: Serde, topic: str, partition: int, priority: str, delay: float | None
+) -> tuple[Written, tuple[str, int, bytes, bytes | None, list[tuple[str, bytes]]]]:
+    not_before = None if delay is None else in_seconds(delay)
+    value = serde.encode(JOB_ENVELOPE, topic, envelope(priority, not_before))
+    headers = [("traceparent", b"00-" + uuid.uuid4().hex.encode() + b"-01")]
+    key = uuid.uuid4().hex.encode()
+    return Written(value, key, headers, not_before), (topic, partition, value, key, headers)
+
+
+class JobTopicReader:
+    """Reads every job topic from the start and notes when each value was read."""
+
+    def __init__(self, live: Settings) -> None:
+        topology = Topology.from_settings(live)
+        self._partitions = [
+            TopicPartition(spec.name, p)
+            for spec in topology.job_topics
+            for p in range(spec.partitions)
+        ]
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=live.kafka_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+        )
+        self.read: list[tuple[dt.datetime, Any]] = []
+
+    async def run(self) -> None:
+        await self._consumer.start()
+        try:
+            self._consumer.assign(self._partitions)
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=100)
+                read_at = now()
+                for records in batch.values():
+                    self.read.extend((read_at, record) for record in records)
+        finally:
+            await self._consumer.stop()
+
+    def find(self, written: Written) -> list[tuple[dt.datetime, Any]]:
+        return [(at, r) for at, r in self.read if r.value == written.value]
+
+    def has(self, written: Written) -> bool:
+        return bool(self.find(written))
+
+
+@contextlib.asynccontextmanager
+async def reading(live: Settings) -> AsyncIterator[JobTopicReader]:
+    reader = JobTopicReader(live)
+    task = asyncio.create_task(reader.run())
+    try:
+        yield reader
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def relaying(live: Settings, serde: Serde) -> AsyncIterator[RetryRelay]:
+    """Runs a relay until it owns every retry partition, then for the block; then stops it."""
+    relay = RetryRelay(live, serde=serde, options=OPTIONS)
+    stop = asyncio.Event()
+    await relay.start()
+    task = asyncio.create_task(relay.run(stop))
+    expected = {
+        TopicPartition(rung.name, p)
+        for rung in Topology.from_settings(live).retry_topics
+        for p in range(live.partition_unit * 2)
+    }
+    try:
+        await eventually(lambda: relay.owned == expected, what="relay assignment")
+        yield relay
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def assert_on_time(reader: JobTopicReader, written: Written, topic: str) -> None:
+    [(read_at, record)] = reader.find(written)
+    assert written.not_before is not None
+    assert record.topic == topic
+    assert read_at >= written.not_before, f"read {read_at} before not_before {written.not_before}"
+    late = read_at - written.not_before
+    assert late <= LATE_TOLERANCE, f"read {late.total_seconds():.3f}s after not_before"
+
+
+async def test_messages_are_republished_to_their_priority_topic_when_due(
+    live: Settings, serde: Serde
+) -> None:
+    """Due in 1.0 s and 2.5 s: each is read no earlier than not_before, at most 0.5 s after."""
+    topology = Topology.from_settings(live)
+    short, long_ = topology.retry_topics[0].name, topology.retry_topics[1].name
+    async with reading(live) as reader, relaying(live, serde) as relay:
+        first, m1 = retry_message(serde, short, 0, "high", 1.0)
+        second, m2 = retry_message(serde, long_, 1, "low", 2.5)
+        await asyncio.to_thread(write, live, [m1, m2])
+        await eventually(lambda: reader.has(first) and reader.has(second), timeout=30, what="both")
+        assert_on_time(reader, first, topology.job_topic("high"))
+        assert_on_time(reader, second, topology.job_topic("low"))
+        assert relay.stats.republished == 2
+        assert relay.stats.held_max >= 1
+
+
+async def test_a_long_wait_on_one_partition_does_not_delay_other_partitions(
+    live: Settings, serde: Serde
+) -> None:
+    """A message due in 5 s is held while 0.5 s ones on another partition and topic go on time."""
+    topology = Topology.from_settings(live)
+    short, long_ = topology.retry_topics[0].name, topology.retry_topics[1].name
+    async with reading(live) as reader, relaying(live, serde) as relay:
+        slow, m_slow = retry_message(serde, short, 0, "normal", 5.0)
+        fast_a, m_a = retry_message(serde, short, 1, "normal", 0.5)
+        fast_b, m_b = retry_message(serde, long_, 0, "critical", 0.5)
+        await asyncio.to_thread(write, live, [m_slow, m_a, m_b])
+        await eventually(lambda: reader.has(fast_a) and reader.has(fast_b), timeout=30, what="fast")
+        assert_on_time(reader, fast_a, topology.job_topic("normal"))
+        assert_on_time(reader, fast_b, topology.job_topic("critical"))
+        assert not reader.has(slow)
+        assert relay.stats.republished == 2
+
+
+async def test_original_bytes_key_and_headers_are_kept_and_bad_records_are_skipped(
+    live: Settings, serde: Serde
+) -> None:
+    """Garbage is skipped and counted; an unknown priority goes to normal; bytes are unchanged."""
+    topology = Topology.from_settings(live)
+    topic = topology.retry_topics[0].name
+    no_choices = dataclasses.replace(JOB_ENVELOPE, choices={})
+    odd_value = serde.encode(no_choices, topic, envelope("urgent", None))
+    odd = Written(odd_value, None, [], None)
+    kept, m_kept = retry_message(serde, topic, 0, "critical", None)
+    kept.headers.append(("x-binary", b"\x00\xff\x01"))
+    async with reading(live) as reader, relaying(live, serde) as relay:
+        await asyncio.to_thread(
+            write,
+            live,
+            [(topic, 0, b"not avro at all", b"k", []), (topic, 0, odd_value, None, []), m_kept],
+        )
+        await eventually(lambda: reader.has(kept) and reader.has(odd), timeout=30, what="relayed")
+        [(_, record)] = reader.find(kept)
+        assert (record.topic, record.key, list(record.headers)) == (
+            topology.job_topic("critical"),
+            kept.key,
+            kept.headers,
+        )
+        [(_, odd_record)] = reader.find(odd)
+        assert (odd_record.topic, odd_record.key) == (topology.job_topic("normal"), None)
+        assert (relay.stats.undecodable, relay.stats.republished) == (1, 2)
+
+
+async def test_a_restart_resumes_after_the_committed_offset_and_delivers_held_messages(
+    live: Settings, serde: Serde
+) -> None:
+    """Republished A is not sent again after a restart; B, held at stop, is sent by the next run.
+
+    A and B share a partition, A first: a relay that re-read A would settle it before B, so
+    the second relay's count at the moment B arrives shows whether A went out twice.
+    """
+    topology = Topology.from_settings(live)
+    topic = topology.retry_topics[0].name
+    first, m_first = retry_message(serde, topic, 1, "normal", 0.5)
+    held, m_held = retry_message(serde, topic, 1, "normal", 4.0)
+    async with reading(live) as reader:
+        async with relaying(live, serde) as relay:
+            await asyncio.to_thread(write, live, [m_first, m_held])
+            await eventually(lambda: reader.has(first), timeout=30, what="A republished")
+        assert relay.stats.republished == 1
+        assert relay.stats.held_max >= 1  # B was waiting when the relay stopped
+        assert not reader.has(held)
+        async with relaying(live, serde) as again:
+            await eventually(lambda: reader.has(held), timeout=60, what="B after restart")
+            assert again.stats.republished == 1
+        assert (len(reader.find(first)), len(reader.find(held))) == (1, 1)
+
+
+async def test_cli_relay_republishes_until_sigterm_and_exits_cleanly(
+    live: Settings, serde: Serde
+) -> None:
+    """`conveyor relay` prints a start line, relays a due message, and exits 0 on SIGTERM."""
+    topology = Topology.from_settings(live)
+    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}, **settings_env(live)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "conveyor",
+        "relay",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        started = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert started.decode().startswith(f"relay {live.topic_prefix}.relay: retry topics ")
+        due, m_due = retry_message(serde, topology.retry_topics[0].name, 0, "low", None)
+        async with reading(live) as reader:
+            await asyncio.to_thread(write, live, [m_due])
+            await eventually(lambda: reader.has(due), timeout=60, what="CLI relay republish")
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert (proc.returncode, out.decode()) == (
+            0,
+            "relay stopped: 1 republished, 0 undecodable skipped\n",
+        ), err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
