@@ -17,6 +17,8 @@ The tree::
     ├── ValidationError             submitted jobs are invalid; lists every problem
     ├── DeliveryError               the broker did not acknowledge a produced message
     ├── LeaseLostError              a worker lost its lease on a job; its outcome is discarded
+    ├── DlqEntryNotFound            no job_dlq row has the id asked for
+    ├── ReplayRefused               a DLQ entry cannot be replayed (already replayed, undecodable)
     └── PermanentError              raised by a handler: do not retry this job
 
 Library errors (confluent-kafka, aiokafka, asyncpg, httpx) are translated at the
@@ -176,6 +178,25 @@ class LeaseLostError(ConveyorError):
             f"{lease.owner} is no longer current (another worker took the job over, or it "
             "already ended); the outcome was discarded"
         )
+
+
+class DlqEntryNotFound(ConveyorError, LookupError):
+    """No ``job_dlq`` row has the id asked for (never existed, or purged after its replay).
+
+    Args:
+        entry_id: The id asked for.
+    """
+
+    def __init__(self, entry_id: int) -> None:
+        self.entry_id = entry_id
+        super().__init__(
+            f"DLQ entry {entry_id} does not exist (replayed entries are purged after 30 days); "
+            "`conveyor dlq list --all` shows the ids"
+        )
+
+
+class ReplayRefused(ConveyorError):
+    """A DLQ entry cannot be replayed: it was replayed already, or it has no job to resubmit."""
 
 
 class PermanentError(ConveyorError):

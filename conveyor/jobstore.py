@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from conveyor import db
+from conveyor import db, dlq
 from conveyor.consumer.commands import ControlPublisher
 from conveyor.consumer.job import FINAL_STATES
 from conveyor.consumer.status import AnyConnection, error_json, progress_channel
@@ -294,6 +294,64 @@ class JobStore:
             return "cancelled"
         await conn.execute(_REQUEST_CANCEL, job_id)
         return state
+
+    async def dlq_list(
+        self,
+        *,
+        type: str | None = None,
+        tenant: str | None = None,
+        pending_only: bool = True,
+        limit: int = dlq.DEFAULT_LIST_LIMIT,
+    ) -> list[dlq.DlqEntry]:
+        """DLQ entries, oldest first; see :func:`conveyor.dlq.list_entries`."""
+        return await dlq.list_entries(
+            self._require_pool(), type=type, tenant=tenant, pending_only=pending_only, limit=limit
+        )
+
+    async def dlq_show(self, entry_id: int) -> dlq.DlqEntry:
+        """One DLQ entry; see :func:`conveyor.dlq.get_entry`.
+
+        Raises:
+            DlqEntryNotFound: No row has this id.
+        """
+        return await dlq.get_entry(self._require_pool(), entry_id)
+
+    async def replay(self, entry_id: int) -> str:
+        """Resubmits a dead job once and returns its id; see :func:`conveyor.dlq.replay`.
+
+        Raises:
+            DlqEntryNotFound: No row has this id.
+            ReplayRefused: The entry was replayed already, or holds no job.
+            DeliveryError: The broker did not acknowledge the job; nothing changed.
+        """
+        async with dlq.RecordPublisher(self._settings) as publisher:
+            return await dlq.replay(self._require_pool(), publisher, self._settings, entry_id)
+
+    async def replay_all(
+        self,
+        *,
+        type: str,
+        tenant: str | None = None,
+        on_progress: dlq.ProgressCallback | None = None,
+    ) -> list[str]:
+        """Replays every pending entry of a job type; see :func:`conveyor.dlq.replay_all`."""
+        async with dlq.RecordPublisher(self._settings) as publisher:
+            return await dlq.replay_all(
+                self._require_pool(),
+                publisher,
+                self._settings,
+                type=type,
+                tenant=tenant,
+                on_progress=on_progress,
+            )
+
+    async def purge(self) -> tuple[int, int]:
+        """Deletes finished jobs (after 7 days) and replayed DLQ rows (after 30 days).
+
+        Returns:
+            (jobs deleted, DLQ rows deleted).
+        """
+        return await dlq.purge(self._require_pool())
 
     async def progress(self, job_id: str) -> AsyncIterator[JobStatus]:
         """Follows a job: yields its status now, then on each change of state or progress.

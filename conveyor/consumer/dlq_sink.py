@@ -1,0 +1,442 @@
+"""The DLQ sink: dead jobs from ``<prefix>.jobs.dlq`` into ``job_dlq``, and their JobFailed.
+
+Workers publish a ``DlqRecord`` for every dead job. :class:`DlqSink` reads them in the
+consumer group ``<prefix>.dlq-sink`` and, for each one:
+
+1. In one transaction: inserts a ``job_dlq`` row, or finds the one already there, since
+   the row is keyed by the dead job's source coordinates (topic, partition, offset) and
+   a redelivered message adds no second row; and, for a new row, marks the job
+   ``failed`` with a transition carrying the last error, unless it already ended or a
+   worker still holds its lease (the worker records the failure itself; the sink covers
+   a worker that died after the DLQ publish, and a job no worker claimed).
+2. While the row's ``event_published_at`` is null, publishes one ``JobFailed`` event to
+   ``<prefix>.jobs.events`` (key: the job id), waits for the broker's ack, then sets
+   ``event_published_at``.
+3. Commits the message's offset.
+
+So every dead job gets one row and one event. A crash after the event was acknowledged
+but before ``event_published_at`` was written publishes the event again when the
+message is redelivered: consumers that must not see it twice dedupe on ``dlq_id``.
+Records without a job id (messages the worker could not decode) get a row but no event,
+since a ``JobEvent`` needs a job id.
+
+A DLQ message that does not decode, or whose data Postgres refuses, is logged, counted
+and committed past; it cannot block the partition. An outage (Postgres, the registry,
+the broker) is not the message's fault: the sink seeks back to it, backs off and tries
+again, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from conveyor.consumer.runtime import aiokafka_security
+from conveyor.consumer.status import error_json
+from conveyor.dlq import RecordPublisher, database_errors
+from conveyor.errors import (
+    BrokerUnavailableError,
+    ConveyorError,
+    DeserializationError,
+    SerializationError,
+)
+from conveyor.schemas.contracts import DLQ_RECORD, JOB_EVENT
+from conveyor.schemas.serde import Serde
+from conveyor.settings import Settings
+from conveyor.topology.model import Topology
+
+log = logging.getLogger("conveyor.dlq_sink")
+
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
+DEFAULT_HEARTBEAT_INTERVAL_MS = 3_000
+DEFAULT_FETCH_TIMEOUT_MS = 500
+MAX_BATCH = 100
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+
+_INSERT = """
+INSERT INTO job_dlq (
+    original_job_id, tenant_id, type, payload, content_type, error_reason, attempts,
+    error_history, dlq_at, trace_id, source_topic, source_partition, source_offset, key,
+    priority, batch_id, dedupe_key, max_attempts, duration, submitted_at
+)
+VALUES (
+    $1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, $15, $16,
+    $17, $18, $19, $20
+)
+ON CONFLICT ON CONSTRAINT job_dlq_source_unique DO NOTHING
+RETURNING id, event_published_at
+"""
+
+_EXISTING = """
+SELECT id, event_published_at FROM job_dlq
+WHERE source_topic = $1 AND source_partition = $2 AND source_offset = $3
+"""
+
+# A job no worker recorded (dead before its claim) gets its row here, so status() says
+# failed; a job that already ended keeps its state. A job still processing under a live
+# lease is left to its worker, which records the failure right after the DLQ publish is
+# acknowledged: writing it here would fence that worker (LeaseLostError) and lose its count.
+_FAIL_JOB = """
+WITH failed AS (
+    INSERT INTO jobs AS j (
+        job_id, type, key, tenant_id, priority, dedupe_key, max_attempts, submitted_at,
+        state, attempts, last_error, finished_at, updated_at
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'failed', $9, $10::text::jsonb, now(), now())
+    ON CONFLICT (job_id) DO UPDATE SET
+        state = 'failed',
+        attempts = greatest(j.attempts, EXCLUDED.attempts),
+        last_error = EXCLUDED.last_error,
+        finished_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    WHERE j.state NOT IN ('failed', 'complete', 'cancelled')
+      AND (j.state <> 'processing' OR j.lease_expires_at IS NULL OR j.lease_expires_at < now())
+    RETURNING j.job_id, j.attempts, j.finished_at
+)
+INSERT INTO job_transitions (job_id, state, at, attempt, error)
+SELECT job_id, 'failed', finished_at, attempts, $10::text::jsonb FROM failed
+RETURNING job_id
+"""
+
+_MARK_PUBLISHED = """
+UPDATE job_dlq SET event_published_at = now() WHERE id = $1 AND event_published_at IS NULL
+"""
+
+
+@dataclasses.dataclass
+class DlqSinkStats:
+    """What the sink did (read them; they only grow)."""
+
+    handled: int = 0
+    """DLQ messages committed past, whatever their outcome."""
+    inserted: int = 0
+    """New ``job_dlq`` rows."""
+    duplicates: int = 0
+    """Redelivered messages whose row was already there."""
+    jobs_failed: int = 0
+    """Jobs the sink marked failed (the worker had not)."""
+    events_published: int = 0
+    """JobFailed events acknowledged by the broker."""
+    undecodable: int = 0
+    """DLQ messages that did not decode; skipped."""
+    rejected: int = 0
+    """Decoded messages whose data Postgres or the event contract refused; skipped."""
+    retries: int = 0
+    """Messages tried again after an outage."""
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+def history_json(history: Sequence[Mapping[str, Any]]) -> str:
+    """The ``error_history`` column: the AttemptError records with ISO 8601 times."""
+    return json.dumps([{k: _iso(v) for k, v in error.items()} for error in history])
+
+
+def last_error(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``jobs.last_error`` of a dead job, shaped like the worker's error records."""
+    reason = record["error_reason"]
+    history = record.get("error_history") or []
+    if not history:
+        return {
+            "type": reason,
+            "message": f"dead-lettered ({reason}) without a recorded attempt error",
+            "at": _iso(record["dead_at"]),
+            "reason": reason,
+        }
+    last = history[-1]
+    return {
+        "type": last["error_type"],
+        "message": last["message"],
+        "traceback": last.get("traceback", ""),
+        "attempt": last["attempt"],
+        "at": _iso(last["at"]),
+        "reason": reason,
+    }
+
+
+def job_failed_event(record: Mapping[str, Any], dlq_id: int) -> dict[str, Any]:
+    """The ``JobFailed`` event of a dead job held in ``job_dlq`` row ``dlq_id``."""
+    history = list(record.get("error_history") or [])
+    attempts = int(record["attempts"])
+    return {
+        "kind": "JobFailed",
+        "job_id": str(record["job_id"]),
+        "type": record.get("type") or "unknown",
+        "tenant_id": record.get("tenant_id"),
+        "priority": record.get("priority"),
+        "attempt": max(attempts, 1),
+        "at": dt.datetime.now(dt.UTC),
+        "error_reason": record["error_reason"],
+        "error_message": history[-1]["message"] if history else None,
+        "error_history": history,
+        "attempts": attempts,
+        "dlq_id": dlq_id,
+        "failed_at": record["dead_at"],
+    }
+
+
+class DlqSink:
+    """Consumes the DLQ topic into ``job_dlq`` and emits one JobFailed per dead job.
+
+    Call :meth:`start`, then :meth:`run` until a stop event is set.
+
+    Args:
+        settings: Broker, registry and topic prefix.
+        pool: Connections to conveyor's schema (``conveyor.db.create_pool``).
+        serde: Decodes DLQ records and encodes events.
+        session_timeout_ms: Kafka consumer session timeout.
+        heartbeat_interval_ms: Kafka consumer heartbeat interval.
+        fetch_timeout_ms: How long one fetch waits; also how soon a stop is noticed.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool: asyncpg.Pool[Any],
+        serde: Serde,
+        session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
+        fetch_timeout_ms: int = DEFAULT_FETCH_TIMEOUT_MS,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._serde = serde
+        self._topology = Topology.from_settings(settings)
+        self._session_timeout_ms = session_timeout_ms
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._fetch_timeout_ms = fetch_timeout_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._publisher: RecordPublisher | None = None
+        self.stats = DlqSinkStats()
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group, ``<prefix>.dlq-sink``."""
+        return f"{self._topology.prefix}.dlq-sink"
+
+    async def start(self) -> None:
+        """Registers the event contract, then joins the group on the DLQ topic.
+
+        Raises:
+            RegistryUnavailableError: The registry did not answer.
+            SerializationError: The registry refused the JobEvent contract.
+            BrokerUnavailableError: The consumer could not start.
+        """
+        events = self._topology.events_topic
+        await asyncio.to_thread(self._serde.register, JOB_EVENT, events)
+        self._publisher = RecordPublisher(self._settings, serde=self._serde)
+        self._consumer = AIOKafkaConsumer(
+            self._topology.dlq_topic,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id="conveyor-dlq-sink",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=self._heartbeat_interval_ms,
+            **aiokafka_security(self._settings),
+        )
+        try:
+            await self._consumer.start()
+        except KafkaError as exc:
+            await self.close()
+            raise BrokerUnavailableError(
+                f"cannot consume {self._topology.dlq_topic} from Kafka at "
+                f"{self._settings.kafka_bootstrap}: {exc}; check CONVEYOR_KAFKA_BOOTSTRAP and "
+                "that `conveyor topology apply` created the topics"
+            ) from exc
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Handles DLQ messages until ``stop`` is set, then closes the consumer.
+
+        Each message's offset is committed once it is handled, so nothing is left to
+        commit at the end; a message cut off by the stop is read again next time.
+        """
+        if self._consumer is None:
+            raise RuntimeError("call DlqSink.start() before run()")
+        backoff = MIN_BACKOFF
+        try:
+            while not stop.is_set():
+                batch = await self._consumer.getmany(
+                    timeout_ms=self._fetch_timeout_ms, max_records=MAX_BATCH
+                )
+                if await self._handle_batch(batch, stop):
+                    backoff = MIN_BACKOFF
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Leaves the group and stops the event producer. Idempotent."""
+        consumer, self._consumer = self._consumer, None
+        publisher, self._publisher = self._publisher, None
+        try:
+            if consumer is not None:
+                await consumer.stop()
+        finally:
+            if publisher is not None:
+                await publisher.close()
+
+    async def _handle_batch(
+        self,
+        batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]],
+        stop: asyncio.Event,
+    ) -> bool:
+        """Handles and commits each record; False when an outage left some for later."""
+        assert self._consumer is not None
+        healthy = True
+        for tp, records in batch.items():
+            for record in records:
+                if stop.is_set():
+                    return healthy
+                try:
+                    await self._handle(tp, record)
+                except Exception:
+                    log.exception(
+                        "DLQ message %s[%d]@%d not stored yet; trying again after a pause",
+                        tp.topic,
+                        tp.partition,
+                        record.offset,
+                    )
+                    self.stats.retries += 1
+                    with contextlib.suppress(Exception):  # the partition may be gone
+                        self._consumer.seek(tp, record.offset)
+                    healthy = False
+                    break
+                self.stats.handled += 1
+                await self._commit(tp, record.offset + 1)
+        return healthy
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit({tp: OffsetAndMetadata(offset, "")})
+        except KafkaError as exc:
+            # A rebalance took the partition: its next owner reads the message again and
+            # finds the row (and the published event) already there.
+            log.warning("commit of %s[%d]@%d deferred: %s", tp.topic, tp.partition, offset, exc)
+
+    async def _handle(self, tp: TopicPartition, message: ConsumerRecord[Any, Any]) -> None:
+        where = f"{tp.topic}[{tp.partition}]@{message.offset}"
+        try:
+            record = await asyncio.to_thread(
+                self._serde.decode, DLQ_RECORD, tp.topic, message.value
+            )
+        except DeserializationError as exc:
+            self.stats.undecodable += 1
+            log.error("skipping undecodable DLQ message %s: %s", where, exc)
+            return
+        try:
+            dlq_id, published = await self._store(record)
+            if record.get("job_id") is not None and not published:
+                await self._publish(record, dlq_id)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            self.stats.rejected += 1
+            log.error("skipping DLQ message %s: Postgres refused its data: %s", where, exc)
+        except SerializationError as exc:
+            self.stats.rejected += 1
+            log.error("no JobFailed event for DLQ message %s: %s", where, exc)
+
+    async def _store(self, record: Mapping[str, Any]) -> tuple[int, bool]:
+        """Inserts (or finds) the row; returns its id and whether its event is out."""
+        job_id = record.get("job_id")
+        max_attempts = record.get("max_attempts")
+        if max_attempts is not None and max_attempts < 1:
+            max_attempts = None
+        coordinates = (record["source_topic"], record["source_partition"], record["source_offset"])
+        with database_errors(f"storing the dead job {job_id}"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    _INSERT,
+                    job_id,
+                    record.get("tenant_id"),
+                    record.get("type"),
+                    record["payload"],
+                    record.get("content_type"),
+                    record["error_reason"],
+                    record["attempts"],
+                    history_json(record.get("error_history") or []),
+                    record["dead_at"],
+                    record.get("trace_id"),
+                    *coordinates,
+                    record.get("key"),
+                    record.get("priority"),
+                    record.get("batch_id"),
+                    record.get("dedupe_key"),
+                    max_attempts,
+                    record.get("duration"),
+                    record.get("submitted_at"),
+                )
+                if row is None:
+                    row = await conn.fetchrow(_EXISTING, *coordinates)
+                    if row is None:  # deleted between the two statements: insert it again
+                        raise ConveyorError(f"the DLQ row of job {job_id} vanished; retrying")
+                    self.stats.duplicates += 1
+                else:
+                    self.stats.inserted += 1
+                    if job_id is not None and await self._fail_job(conn, record, max_attempts):
+                        self.stats.jobs_failed += 1
+        return int(row["id"]), row["event_published_at"] is not None
+
+    @staticmethod
+    async def _fail_job(conn: Any, record: Mapping[str, Any], max_attempts: int | None) -> bool:
+        done = await conn.fetchval(
+            _FAIL_JOB,
+            record["job_id"],
+            record.get("type"),
+            record.get("key"),
+            record.get("tenant_id"),
+            record.get("priority"),
+            record.get("dedupe_key"),
+            max_attempts,
+            record.get("submitted_at"),
+            record["attempts"],
+            error_json(last_error(record)),
+        )
+        return done is not None
+
+    async def _publish(self, record: Mapping[str, Any], dlq_id: int) -> None:
+        assert self._publisher is not None
+        job_id = str(record["job_id"])
+        await self._publisher.publish(
+            JOB_EVENT,
+            self._topology.events_topic,
+            job_failed_event(record, dlq_id),
+            key=job_id.encode(),
+            job_id=job_id,
+        )
+        with database_errors(f"recording the JobFailed event of job {job_id}"):
+            await self._pool.execute(_MARK_PUBLISHED, dlq_id)
+        self.stats.events_published += 1
+
+
+__all__ = [
+    "DEFAULT_FETCH_TIMEOUT_MS",
+    "DEFAULT_HEARTBEAT_INTERVAL_MS",
+    "DEFAULT_SESSION_TIMEOUT_MS",
+    "DlqSink",
+    "DlqSinkStats",
+    "history_json",
+    "job_failed_event",
+    "last_error",
+]

@@ -1,0 +1,572 @@
+"""The dead-letter table as operators use it: list, show, replay and purge.
+
+The DLQ sink (``conveyor.consumer.dlq_sink``) writes one ``job_dlq`` row per dead job.
+This module reads those rows as :class:`DlqEntry` and replays them::
+
+    pool = await conveyor.db.create_pool(settings)
+    async with RecordPublisher(settings) as publisher:
+        job_id = await replay(pool, publisher, settings, entry_id)
+
+A replay resubmits the job under its own id, with its stored payload, key, priority,
+tenant and limits, as attempt 1; resets the ``jobs`` row to ``queued`` (attempts 0) and
+appends a ``queued`` transition whose error says which entry it came from, so the
+earlier history stays; and sets ``replayed_at``. All of it happens in one transaction
+that holds the row lock while the broker acknowledges the message, so two replays of
+one entry, even from two processes, publish once: the second waits for the lock, then
+finds ``replayed_at`` set and raises :class:`~conveyor.errors.ReplayRefused`.
+
+If the transaction fails after the broker acknowledged (the connection dropped at
+commit), the message is out but the job still reads ``failed``: the worker skips it as
+finished, and the entry, still pending, can be replayed again.
+
+:func:`purge` runs the retention functions of migration ``0001_jobs``: finished jobs go
+7 days after they ended, replayed DLQ rows 30 days after their replay; pending rows stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from opentelemetry import propagate
+
+from conveyor.consumer.status import error_json
+from conveyor.errors import (
+    DatabaseUnavailableError,
+    DlqEntryNotFound,
+    MigrationError,
+    ReplayRefused,
+)
+from conveyor.producer.delivery import DeliveryCore
+from conveyor.producer.jobs import (
+    DEFAULT_DURATION,
+    DEFAULT_PRIORITY,
+    HEADER_JOB_ID,
+    HEADER_JOB_TYPE,
+    HEADER_PRIORITY,
+    Outgoing,
+)
+from conveyor.schemas.contracts import CONTENT_TYPE_JSON, JOB_ENVELOPE, Contract
+from conveyor.schemas.serde import Serde
+from conveyor.settings import Settings
+from conveyor.topology.model import Topology
+
+log = logging.getLogger("conveyor.dlq")
+
+DEFAULT_LIST_LIMIT = 100
+DEFAULT_PURGE_INTERVAL = 3600.0
+"""Seconds between two purges run by :func:`purge_periodically`."""
+PUBLISH_TIMEOUT = 15.0
+"""Seconds the broker has to acknowledge a replayed job or a JobFailed event."""
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (entries done, entries in total) after each entry of a bulk replay."""
+
+_COLUMNS = """
+id, original_job_id, tenant_id, type, payload, content_type, error_reason, attempts,
+error_history, dlq_at, replayed_at, trace_id, source_topic, source_partition,
+source_offset, key, priority, event_published_at, batch_id, dedupe_key, max_attempts,
+duration, submitted_at
+"""
+
+_LIST = f"""
+SELECT {_COLUMNS} FROM job_dlq
+WHERE ($1::text IS NULL OR type = $1)
+  AND ($2::text IS NULL OR tenant_id = $2)
+  AND (NOT $3 OR replayed_at IS NULL)
+ORDER BY dlq_at, id
+LIMIT $4
+"""
+
+_GET = f"SELECT {_COLUMNS} FROM job_dlq WHERE id = $1"
+
+_LOCK = f"SELECT {_COLUMNS} FROM job_dlq WHERE id = $1 FOR UPDATE"
+
+_PENDING_IDS = """
+SELECT id FROM job_dlq
+WHERE replayed_at IS NULL AND original_job_id IS NOT NULL
+  AND type = $1 AND ($2::text IS NULL OR tenant_id = $2)
+ORDER BY dlq_at, id
+"""
+
+# The jobs row may be gone (purged 7 days after the failure) while its DLQ row lives on.
+_REQUEUE = """
+WITH requeued AS (
+    INSERT INTO jobs AS j (
+        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
+        submitted_at, state, attempts, updated_at
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, now())
+    ON CONFLICT (job_id) DO UPDATE SET
+        state = 'queued',
+        attempts = 0,
+        submitted_at = EXCLUDED.submitted_at,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        cancel_requested_at = NULL,
+        result = NULL,
+        progress_pct = NULL,
+        progress_message = NULL,
+        progress_at = NULL,
+        started_at = NULL,
+        finished_at = NULL,
+        updated_at = now()
+    RETURNING j.job_id
+)
+INSERT INTO job_transitions (job_id, state, at, attempt, error)
+SELECT job_id, 'queued', now(), 0, $10::text::jsonb FROM requeued
+"""
+
+_MARK_REPLAYED = "UPDATE job_dlq SET replayed_at = now() WHERE id = $1"
+
+_PURGE_JOBS = "SELECT purge_finished_jobs(coalesce($1::interval, interval '7 days'))"
+_PURGE_DLQ = "SELECT purge_replayed_dlq(coalesce($1::interval, interval '30 days'))"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DlqEntry:
+    """One ``job_dlq`` row: a dead job, why it died, and whether it was replayed.
+
+    Args:
+        id: The row's id, what ``conveyor dlq show|replay`` take.
+        original_job_id: The dead job's id; None for an undecodable message.
+        tenant_id: The job's tenant.
+        type: The job type; None for an undecodable message.
+        payload: The job's payload, or the raw message bytes when it was undecodable.
+        content_type: How ``payload`` is encoded.
+        error_reason: MaxRetries, Validation, HandlerMissing, Deserialization, Permanent
+            or Timeout.
+        attempts: How many attempts ran.
+        error_history: The error of every attempt, oldest first (``attempt``,
+            ``error_type``, ``message``, ``traceback``, ``at`` as ISO 8601).
+        dlq_at: When the job was dead-lettered.
+        replayed_at: When it was replayed; None while pending.
+        trace_id: The job's OpenTelemetry trace id.
+        source_topic: The topic the job was last consumed from.
+        source_partition: Its partition.
+        source_offset: Its offset.
+        key: The job's entity key.
+        priority: The job's priority.
+        event_published_at: When the JobFailed event was acknowledged; None if not (yet).
+        batch_id: The job's batch.
+        dedupe_key: The job's deduplication key.
+        max_attempts: The job's own attempt limit, if it had one.
+        duration: ``short`` or ``long``.
+        submitted_at: When the job was first submitted.
+    """
+
+    id: int
+    original_job_id: str | None
+    tenant_id: str | None
+    type: str | None
+    payload: bytes
+    content_type: str | None
+    error_reason: str
+    attempts: int
+    error_history: list[dict[str, Any]]
+    dlq_at: dt.datetime
+    replayed_at: dt.datetime | None
+    trace_id: str | None
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    key: str | None
+    priority: str | None
+    event_published_at: dt.datetime | None
+    batch_id: str | None
+    dedupe_key: str | None
+    max_attempts: int | None
+    duration: str | None
+    submitted_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> DlqEntry:
+        """Builds an entry from a ``job_dlq`` row."""
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        job_id = values["original_job_id"]
+        values["original_job_id"] = None if job_id is None else str(job_id)
+        values["payload"] = bytes(values["payload"])
+        values["error_history"] = json.loads(values["error_history"])
+        return cls(**values)
+
+    @property
+    def replayable(self) -> bool:
+        """Whether a replay would be accepted: pending, and holding a job to resubmit."""
+        return self.replayed_at is None and self.original_job_id is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as JSON-ready data; times are ISO 8601.
+
+        The payload appears as ``payload`` (the decoded value) when it is JSON, and as
+        ``payload_base64`` otherwise (Avro payloads, raw bytes of undecodable messages).
+        """
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "payload":
+                out.update(_payload_json(value, self.content_type))
+            elif isinstance(value, dt.datetime):
+                out[f.name] = value.isoformat()
+            else:
+                out[f.name] = value
+        return out
+
+
+def _payload_json(payload: bytes, content_type: str | None) -> dict[str, Any]:
+    if content_type == CONTENT_TYPE_JSON:
+        with contextlib.suppress(ValueError):
+            return {"payload": json.loads(payload)}
+    return {"payload_base64": base64.b64encode(payload).decode("ascii")}
+
+
+class RecordPublisher:
+    """Publishes conveyor records in Confluent wire format and waits for each ack.
+
+    An idempotent confluent-kafka producer (``acks=all``) through
+    :class:`~conveyor.producer.delivery.DeliveryCore`. Replay publishes job envelopes
+    with it, the DLQ sink its JobFailed events. Use it as ``async with``, or call
+    :meth:`close`.
+
+    Args:
+        settings: Where Kafka and the schema registry are.
+        serde: The encoder to use; one is built from ``settings`` (and closed with the
+            publisher) when omitted.
+        delivery_timeout: Seconds the broker has to acknowledge each record.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        serde: Serde | None = None,
+        delivery_timeout: float = PUBLISH_TIMEOUT,
+    ) -> None:
+        self._owns_serde = serde is None
+        self.serde = Serde(settings) if serde is None else serde
+        self._core = DeliveryCore(settings, delivery_timeout=delivery_timeout, linger_ms=0)
+
+    async def publish(
+        self,
+        contract: Contract,
+        topic: str,
+        record: Mapping[str, Any],
+        *,
+        key: bytes,
+        job_id: str,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        """Encodes ``record`` for ``topic`` and returns once the broker acknowledged it.
+
+        Raises:
+            SerializationError: The record does not fit ``contract``.
+            RegistryUnavailableError: The registry did not answer.
+            DeliveryError: The broker did not acknowledge the record in time.
+        """
+        value = await asyncio.to_thread(self.serde.encode, contract, topic, record)
+        message = Outgoing(job_id, topic, key, value, headers or [])
+        futures = self._core.send([message])
+        await asyncio.to_thread(self._core.wait, futures)
+
+    async def close(self) -> None:
+        """Flushes what is queued, stops the producer and, if built here, the serde."""
+        try:
+            await asyncio.to_thread(self._core.close)
+        finally:
+            if self._owns_serde:
+                self.serde.close()
+
+    async def __aenter__(self) -> RecordPublisher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+@contextlib.contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """Translates asyncpg failures while doing ``what`` into conveyor errors."""
+    try:
+        yield
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        raise DatabaseUnavailableError(
+            f"lost the connection to Postgres while {what}: {exc}"
+        ) from exc
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+        raise MigrationError(
+            f"the DLQ tables are missing or out of date ({exc}) while {what}; "
+            "run `conveyor migrate`"
+        ) from exc
+
+
+async def list_entries(
+    pool: asyncpg.Pool[Any],
+    *,
+    type: str | None = None,
+    tenant: str | None = None,
+    pending_only: bool = True,
+    limit: int = DEFAULT_LIST_LIMIT,
+) -> list[DlqEntry]:
+    """DLQ entries, oldest first.
+
+    Args:
+        pool: Connections to conveyor's schema.
+        type: Only entries of this job type.
+        tenant: Only entries of this tenant.
+        pending_only: Leave out entries already replayed.
+        limit: At most this many entries.
+
+    Raises:
+        DatabaseUnavailableError: Postgres cannot be reached.
+        MigrationError: The schema is not migrated.
+    """
+    with database_errors("listing DLQ entries"):
+        rows = await pool.fetch(_LIST, type, tenant, pending_only, limit)
+    return [DlqEntry.from_row(row) for row in rows]
+
+
+async def get_entry(pool: asyncpg.Pool[Any], entry_id: int) -> DlqEntry:
+    """One DLQ entry by id.
+
+    Raises:
+        DlqEntryNotFound: No row has this id.
+        DatabaseUnavailableError: Postgres cannot be reached.
+        MigrationError: The schema is not migrated.
+    """
+    with database_errors(f"reading DLQ entry {entry_id}"):
+        row = await pool.fetchrow(_GET, entry_id)
+    if row is None:
+        raise DlqEntryNotFound(entry_id)
+    return DlqEntry.from_row(row)
+
+
+async def replay(
+    pool: asyncpg.Pool[Any], publisher: RecordPublisher, settings: Settings, entry_id: int
+) -> str:
+    """Resubmits a dead job as attempt 1 and marks its entry replayed, at most once.
+
+    Args:
+        pool: Connections to conveyor's schema.
+        publisher: Publishes the job to the topic of its priority.
+        settings: Names the topics.
+        entry_id: The ``job_dlq`` row.
+
+    Returns:
+        The job id (the dead job's own: status and history continue under it).
+
+    Raises:
+        DlqEntryNotFound: No row has this id.
+        ReplayRefused: The entry was replayed already, or has no job (undecodable).
+        DeliveryError: The broker did not acknowledge the job; nothing changed.
+        RegistryUnavailableError: The registry did not answer; nothing changed.
+        DatabaseUnavailableError: Postgres cannot be reached.
+    """
+    topology = Topology.from_settings(settings)
+    with database_errors(f"replaying DLQ entry {entry_id}"):
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_LOCK, entry_id)
+            if row is None:
+                raise DlqEntryNotFound(entry_id)
+            entry = DlqEntry.from_row(row)
+            _check_replayable(entry)
+            job_id = str(entry.original_job_id)
+            envelope = _envelope(entry, submitted_at=dt.datetime.now(dt.UTC))
+            await conn.execute(
+                _REQUEUE,
+                job_id,
+                envelope["type"],
+                entry.key,
+                entry.tenant_id,
+                envelope["priority"],
+                _uuid_or_none(entry.batch_id),
+                entry.dedupe_key,
+                entry.max_attempts,
+                envelope["submitted_at"],
+                error_json({"type": "Replayed", "message": f"replayed from DLQ entry {entry.id}"}),
+            )
+            # Published while the row lock is held: a concurrent replay of this entry
+            # waits here and then sees replayed_at, so the job goes out once.
+            await publisher.publish(
+                JOB_ENVELOPE,
+                topology.job_topic(envelope["priority"]),
+                envelope,
+                key=(entry.key or job_id).encode(),
+                job_id=job_id,
+                headers=_headers(job_id, envelope["type"], envelope["priority"]),
+            )
+            await conn.execute(_MARK_REPLAYED, entry.id)
+    log.info("replayed DLQ entry %d as job %s", entry.id, job_id)
+    return job_id
+
+
+def _check_replayable(entry: DlqEntry) -> None:
+    if entry.replayed_at is not None:
+        raise ReplayRefused(
+            f"DLQ entry {entry.id} was already replayed at "
+            f"{entry.replayed_at.isoformat(timespec='seconds')}; a DLQ entry is replayed once "
+            "(if the job failed again, it has a newer entry)"
+        )
+    if entry.original_job_id is None or entry.type is None:
+        raise ReplayRefused(
+            f"DLQ entry {entry.id} holds an undecodable message ({entry.error_reason}), "
+            "not a job: there is nothing to resubmit; `conveyor dlq show` has its raw bytes"
+        )
+
+
+def _envelope(entry: DlqEntry, *, submitted_at: dt.datetime) -> dict[str, Any]:
+    return {
+        "job_id": entry.original_job_id,
+        "type": entry.type,
+        "key": entry.key,
+        "priority": entry.priority or DEFAULT_PRIORITY,
+        "payload": entry.payload,
+        "content_type": entry.content_type or CONTENT_TYPE_JSON,
+        "tenant_id": entry.tenant_id,
+        "batch_id": entry.batch_id,
+        "dedupe_key": entry.dedupe_key,
+        "attempt": 1,
+        "max_attempts": entry.max_attempts,
+        "submitted_at": submitted_at,
+        "not_before": None,
+        "duration": entry.duration or DEFAULT_DURATION,
+        "errors": [],
+    }
+
+
+def _headers(job_id: str, job_type: str, priority: str) -> list[tuple[str, str | bytes | None]]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [
+        (HEADER_JOB_ID, job_id.encode()),
+        (HEADER_JOB_TYPE, job_type.encode()),
+        (HEADER_PRIORITY, priority.encode()),
+        *((k, v.encode()) for k, v in carrier.items()),
+    ]
+
+
+def _uuid_or_none(text: str | None) -> uuid.UUID | None:
+    # jobs.batch_id is a uuid; a batch id some other producer wrote may not be one.
+    if text is None:
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+async def replay_all(
+    pool: asyncpg.Pool[Any],
+    publisher: RecordPublisher,
+    settings: Settings,
+    *,
+    type: str,
+    tenant: str | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> list[str]:
+    """Replays every pending entry of a job type (and tenant), oldest first.
+
+    Entries replayed by someone else meanwhile are skipped, not errors.
+
+    Args:
+        pool: Connections to conveyor's schema.
+        publisher: Publishes the jobs.
+        settings: Names the topics.
+        type: The job type whose entries are replayed.
+        tenant: Only entries of this tenant.
+        on_progress: Called with (done, total) after each entry.
+
+    Returns:
+        The ids of the jobs this call replayed, in replay order.
+
+    Raises:
+        DeliveryError: The broker did not acknowledge a job; entries before it stay
+            replayed, it and the rest stay pending.
+        DatabaseUnavailableError: Postgres cannot be reached.
+    """
+    with database_errors(f"listing pending DLQ entries of type {type}"):
+        ids = [row["id"] for row in await pool.fetch(_PENDING_IDS, type, tenant)]
+    replayed: list[str] = []
+    for done, entry_id in enumerate(ids, start=1):
+        try:
+            replayed.append(await replay(pool, publisher, settings, entry_id))
+        except (ReplayRefused, DlqEntryNotFound) as exc:
+            log.info("skipped DLQ entry %d: %s", entry_id, exc)
+        if on_progress is not None:
+            on_progress(done, len(ids))
+    return replayed
+
+
+async def purge(
+    pool: asyncpg.Pool[Any],
+    *,
+    jobs_older_than: dt.timedelta | None = None,
+    dlq_older_than: dt.timedelta | None = None,
+) -> tuple[int, int]:
+    """Deletes finished jobs and replayed DLQ rows past their retention.
+
+    Args:
+        pool: Connections to conveyor's schema.
+        jobs_older_than: Retention of finished jobs (with their history); 7 days by default.
+        dlq_older_than: Retention of replayed DLQ rows; 30 days by default.
+
+    Returns:
+        (jobs deleted, DLQ rows deleted).
+
+    Raises:
+        DatabaseUnavailableError: Postgres cannot be reached.
+        MigrationError: The schema is not migrated.
+    """
+    with database_errors("purging finished jobs and replayed DLQ rows"):
+        async with pool.acquire() as conn:
+            jobs = int(await conn.fetchval(_PURGE_JOBS, jobs_older_than))
+            dlq = int(await conn.fetchval(_PURGE_DLQ, dlq_older_than))
+    return jobs, dlq
+
+
+async def purge_periodically(
+    pool: asyncpg.Pool[Any], interval: float = DEFAULT_PURGE_INTERVAL
+) -> None:
+    """Runs :func:`purge` now and then every ``interval`` seconds, until cancelled.
+
+    A failed purge is logged and tried again at the next interval; it never ends the loop.
+    """
+    while True:
+        try:
+            jobs, dlq = await purge(pool)
+        except (DatabaseUnavailableError, MigrationError, asyncpg.PostgresError) as exc:
+            log.warning("purge failed, trying again in %.0fs: %s", interval, exc)
+        else:
+            if jobs or dlq:
+                log.info("purged %d finished job(s) and %d replayed DLQ row(s)", jobs, dlq)
+        await asyncio.sleep(interval)
+
+
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "DEFAULT_PURGE_INTERVAL",
+    "PUBLISH_TIMEOUT",
+    "DlqEntry",
+    "ProgressCallback",
+    "RecordPublisher",
+    "database_errors",
+    "get_entry",
+    "list_entries",
+    "purge",
+    "purge_periodically",
+    "replay",
+    "replay_all",
+]
