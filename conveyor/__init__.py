@@ -6,6 +6,7 @@ This module only re-exports the public API; see README.md for a tour.
 from __future__ import annotations
 
 from conveyor.consumer.context import JobContext
+from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.worker import Worker
 from conveyor.errors import (
@@ -36,6 +37,7 @@ __all__ = [
     "Problem",
     "Producer",
     "Progress",
+    "RetryPolicy",
     "Secret",
     "SerializationError",
     "Settings",

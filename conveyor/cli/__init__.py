@@ -12,7 +12,21 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.cli import cancel, common, dev, migrate, registry, status, submit, topology, worker
+from conveyor.cli import (
+    cancel,
+    common,
+    dev,
+    dlq,
+    dlq_sink,
+    migrate,
+    purge,
+    registry,
+    relay,
+    status,
+    submit,
+    topology,
+    worker,
+)
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
 
@@ -22,8 +36,12 @@ _SUBCOMMANDS: tuple[Any, ...] = (
     registry,
     submit,
     worker,
+    relay,
     status,
     cancel,
+    dlq,
+    dlq_sink,
+    purge,
     dev,
 )
 

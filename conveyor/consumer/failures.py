@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import inspect
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +30,13 @@ TIMEOUT = "Timeout"
 NOT_RETRYABLE = (VALIDATION, HANDLER_MISSING, DESERIALIZATION, PERMANENT)
 
 TRACEBACK_LINES = 20
+# tenacity renamed wait_exponential_jitter's first wait from `initial` to `multiplier`
+# (9.1) and warns on the old name; use whichever this version takes.
+_FIRST_WAIT = (
+    "multiplier"
+    if "multiplier" in inspect.signature(tenacity.wait_exponential_jitter.__init__).parameters
+    else "initial"
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,7 +74,10 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after attempt ``attempt`` (from 1) failed."""
         wait = tenacity.wait_exponential_jitter(
-            initial=self.initial, max=self.maximum, exp_base=self.multiplier, jitter=self.jitter
+            **{_FIRST_WAIT: self.initial},
+            max=self.maximum,
+            exp_base=self.multiplier,
+            jitter=self.jitter,
         )
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = attempt

@@ -25,6 +25,9 @@ class WorkerOptions:
         heartbeat_interval_ms: Kafka consumer heartbeat interval.
         max_poll_interval_ms: Kafka's limit between fetches; the fetch loop never waits on
             handlers, so long jobs do not approach it.
+        run_relay: Also run the retry relay (``conveyor relay`` runs it on its own).
+        run_dlq_sink: Also run the DLQ sink (``conveyor dlq-sink`` runs it on its own).
+        purge_interval: Seconds between runs of the retention purge; None disables it.
     """
 
     commit_interval: float = 1.0
@@ -36,6 +39,9 @@ class WorkerOptions:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
+    run_relay: bool = True
+    run_dlq_sink: bool = True
+    purge_interval: float | None = 3600.0
 
     def __post_init__(self) -> None:
         for name in ("commit_interval", "lease_seconds", "revoke_timeout", "shutdown_grace"):

@@ -10,13 +10,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conveyor import db
+from conveyor import db, dlq
 from conveyor.consumer.control import ControlListener, run_until_cancelled
+from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.consumer.execution import JobRunner, WorkerStats
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import DEFAULT_MAX_ATTEMPTS, Handler, HandlerRegistry, HandlerSpec
 from conveyor.consumer.options import DEFAULT_CONCURRENCY, WorkerOptions
 from conveyor.consumer.publisher import FailurePublisher
+from conveyor.consumer.relay import RelayOptions, RetryRelay
 from conveyor.consumer.runtime import ConsumerLoop
 from conveyor.consumer.status import StatusStore
 from conveyor.errors import ConfigurationError
@@ -62,6 +64,7 @@ class Worker:
         self._registry = HandlerRegistry()
         self._stop = asyncio.Event()
         self._loop: ConsumerLoop | None = None
+        self._stop_tasks: list[asyncio.Task[Any]] = []
         self.priorities: list[str] = []
         self.concurrency = 0
         self.configure(priorities=priorities, concurrency=concurrency)
@@ -179,18 +182,52 @@ class Worker:
                 stats=self.stats,
                 options=self.options,
             )
+            companions = self._companions(pool, serde)
+            # Each start waits for a group join: start them together, not one after another.
+            await asyncio.gather(self._loop.start(), *(c.start() for c in companions))
+            runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
             try:
-                await self._loop.start()
                 await self._loop.run(self._stop)
             finally:
+                self._stop.set()
+                await asyncio.gather(*runs, return_exceptions=True)
                 control_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await control_task
                 await control.stop()
         finally:
+            for task in self._stop_tasks:
+                task.cancel()
+            await asyncio.gather(*self._stop_tasks, return_exceptions=True)
+            self._stop_tasks.clear()
             await publisher.close()
             await pool.close()
             serde.close()
+
+    def _companions(self, pool: Any, serde: Serde) -> list[RetryRelay | DlqSink]:
+        """The relay and DLQ sink that run beside the jobs, and the purge schedule."""
+        options = self.options
+        companions: list[RetryRelay | DlqSink] = []
+        if options.run_relay:
+            relay_options = RelayOptions(
+                session_timeout_ms=options.session_timeout_ms,
+                heartbeat_interval_ms=options.heartbeat_interval_ms,
+            )
+            companions.append(RetryRelay(self.settings, serde=serde, options=relay_options))
+        if options.run_dlq_sink:
+            companions.append(
+                DlqSink(
+                    self.settings,
+                    pool=pool,
+                    serde=serde,
+                    session_timeout_ms=options.session_timeout_ms,
+                    heartbeat_interval_ms=options.heartbeat_interval_ms,
+                )
+            )
+        if options.purge_interval is not None:
+            purge = asyncio.create_task(dlq.purge_periodically(pool, options.purge_interval))
+            self._stop_tasks.append(purge)
+        return companions
 
     def run_sync(self) -> None:
         """Runs the worker in a new event loop until SIGTERM or SIGINT."""
