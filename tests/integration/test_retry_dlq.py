@@ -84,9 +84,17 @@ async def test_garbage_bytes_go_to_the_dlq_and_the_next_jobs_still_run(live: Set
     with Producer(live) as producer:
         for n in range(5):
             producer.submit("after.garbage", {"n": n}, key="same-key")
-    async with running(worker):
+    async with running(worker), JobStore(live) as store:
         await eventually(lambda: len(done) == 5, what="the jobs after the garbage")
         await eventually(lambda: worker.stats.dead_lettered == 3, what="3 dead letters")
+
+        async def three_rows() -> bool:
+            return len(await store.dlq_list()) == 3
+
+        await eventually(three_rows, what="3 job_dlq rows")
+        entries = await store.dlq_list()
+    assert {e.error_reason for e in entries} == {"Deserialization"}
+    assert {e.original_job_id for e in entries} == {None}
     records = dlq_records(live, 3)
     assert {r["error_reason"] for r in records} == {"Deserialization"}
     assert {r["job_id"] for r in records} == {None}
