@@ -1,10 +1,10 @@
-"""The dead-letter table as operators use it: list, show, replay and purge.
+"""The dead-letter table as operators use it: list, show and replay.
 
 The DLQ sink (``conveyor.consumer.dlq_sink``) writes one ``job_dlq`` row per dead job.
 This module reads those rows as :class:`DlqEntry` and replays them::
 
     pool = await conveyor.db.create_pool(settings)
-    async with RecordPublisher(settings) as publisher:
+    async with conveyor.producer.records.RecordPublisher(settings) as publisher:
         job_id = await replay(pool, publisher, settings, entry_id)
 
 A replay resubmits the job under its own id, with its stored payload, key, priority,
@@ -19,13 +19,13 @@ If the transaction fails after the broker acknowledged (the connection dropped a
 commit), the message is out but the job still reads ``failed``: the worker skips it as
 finished, and the entry, still pending, can be replayed again.
 
-:func:`purge` runs the retention functions of migration ``0001_jobs``: finished jobs go
-7 days after they ended, replayed DLQ rows 30 days after their replay; pending rows stay.
+:class:`~conveyor.producer.records.RecordPublisher` lives in ``conveyor.producer.records``
+and the retention purge (:func:`~conveyor.retention.purge`, which also deletes replayed DLQ
+rows) in ``conveyor.retention``; both are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -34,7 +34,6 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -47,27 +46,22 @@ from conveyor.errors import (
     MigrationError,
     ReplayRefused,
 )
-from conveyor.producer.delivery import DeliveryCore
 from conveyor.producer.jobs import (
     DEFAULT_DURATION,
     DEFAULT_PRIORITY,
     HEADER_JOB_ID,
     HEADER_JOB_TYPE,
     HEADER_PRIORITY,
-    Outgoing,
 )
-from conveyor.schemas.contracts import CONTENT_TYPE_JSON, JOB_ENVELOPE, Contract
-from conveyor.schemas.serde import Serde
+from conveyor.producer.records import PUBLISH_TIMEOUT, RecordPublisher
+from conveyor.retention import DEFAULT_PURGE_INTERVAL, purge, purge_periodically
+from conveyor.schemas.contracts import CONTENT_TYPE_JSON, JOB_ENVELOPE
 from conveyor.settings import Settings
 from conveyor.topology.model import Topology
 
 log = logging.getLogger("conveyor.dlq")
 
 DEFAULT_LIST_LIMIT = 100
-DEFAULT_PURGE_INTERVAL = 3600.0
-"""Seconds between two purges run by :func:`purge_periodically`."""
-PUBLISH_TIMEOUT = 15.0
-"""Seconds the broker has to acknowledge a replayed job or a JobFailed event."""
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (entries done, entries in total) after each entry of a bulk replay."""
@@ -128,9 +122,6 @@ SELECT job_id, 'queued', now(), 0, $10::text::jsonb FROM requeued
 """
 
 _MARK_REPLAYED = "UPDATE job_dlq SET replayed_at = now() WHERE id = $1"
-
-_PURGE_JOBS = "SELECT purge_finished_jobs(coalesce($1::interval, interval '7 days'))"
-_PURGE_DLQ = "SELECT purge_replayed_dlq(coalesce($1::interval, interval '30 days'))"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -227,74 +218,6 @@ def _payload_json(payload: bytes, content_type: str | None) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             return {"payload": json.loads(payload)}
     return {"payload_base64": base64.b64encode(payload).decode("ascii")}
-
-
-class RecordPublisher:
-    """Publishes conveyor records in Confluent wire format and waits for each ack.
-
-    An idempotent confluent-kafka producer (``acks=all``) through
-    :class:`~conveyor.producer.delivery.DeliveryCore`. Replay publishes job envelopes
-    with it, the DLQ sink its JobFailed events. Use it as ``async with``, or call
-    :meth:`close`.
-
-    Args:
-        settings: Where Kafka and the schema registry are.
-        serde: The encoder to use; one is built from ``settings`` (and closed with the
-            publisher) when omitted.
-        delivery_timeout: Seconds the broker has to acknowledge each record.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        serde: Serde | None = None,
-        delivery_timeout: float = PUBLISH_TIMEOUT,
-    ) -> None:
-        self._owns_serde = serde is None
-        self.serde = Serde(settings) if serde is None else serde
-        self._core = DeliveryCore(settings, delivery_timeout=delivery_timeout, linger_ms=0)
-
-    async def publish(
-        self,
-        contract: Contract,
-        topic: str,
-        record: Mapping[str, Any],
-        *,
-        key: bytes,
-        job_id: str,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        """Encodes ``record`` for ``topic`` and returns once the broker acknowledged it.
-
-        Raises:
-            SerializationError: The record does not fit ``contract``.
-            RegistryUnavailableError: The registry did not answer.
-            DeliveryError: The broker did not acknowledge the record in time.
-        """
-        value = await asyncio.to_thread(self.serde.encode, contract, topic, record)
-        message = Outgoing(job_id, topic, key, value, headers or [])
-        futures = self._core.send([message])
-        await asyncio.to_thread(self._core.wait, futures)
-
-    async def close(self) -> None:
-        """Flushes what is queued, stops the producer and, if built here, the serde."""
-        try:
-            await asyncio.to_thread(self._core.close)
-        finally:
-            if self._owns_serde:
-                self.serde.close()
-
-    async def __aenter__(self) -> RecordPublisher:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 @contextlib.contextmanager
@@ -508,51 +431,6 @@ async def replay_all(
         if on_progress is not None:
             on_progress(done, len(ids))
     return replayed
-
-
-async def purge(
-    pool: asyncpg.Pool[Any],
-    *,
-    jobs_older_than: dt.timedelta | None = None,
-    dlq_older_than: dt.timedelta | None = None,
-) -> tuple[int, int]:
-    """Deletes finished jobs and replayed DLQ rows past their retention.
-
-    Args:
-        pool: Connections to conveyor's schema.
-        jobs_older_than: Retention of finished jobs (with their history); 7 days by default.
-        dlq_older_than: Retention of replayed DLQ rows; 30 days by default.
-
-    Returns:
-        (jobs deleted, DLQ rows deleted).
-
-    Raises:
-        DatabaseUnavailableError: Postgres cannot be reached.
-        MigrationError: The schema is not migrated.
-    """
-    with database_errors("purging finished jobs and replayed DLQ rows"):
-        async with pool.acquire() as conn:
-            jobs = int(await conn.fetchval(_PURGE_JOBS, jobs_older_than))
-            dlq = int(await conn.fetchval(_PURGE_DLQ, dlq_older_than))
-    return jobs, dlq
-
-
-async def purge_periodically(
-    pool: asyncpg.Pool[Any], interval: float = DEFAULT_PURGE_INTERVAL
-) -> None:
-    """Runs :func:`purge` now and then every ``interval`` seconds, until cancelled.
-
-    A failed purge is logged and tried again at the next interval; it never ends the loop.
-    """
-    while True:
-        try:
-            jobs, dlq = await purge(pool)
-        except (DatabaseUnavailableError, MigrationError, asyncpg.PostgresError) as exc:
-            log.warning("purge failed, trying again in %.0fs: %s", interval, exc)
-        else:
-            if jobs or dlq:
-                log.info("purged %d finished job(s) and %d replayed DLQ row(s)", jobs, dlq)
-        await asyncio.sleep(interval)
 
 
 __all__ = [

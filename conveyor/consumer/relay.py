@@ -29,24 +29,19 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import threading
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from confluent_kafka import KafkaError as ProducerKafkaError
-from confluent_kafka import KafkaException, Message
-from confluent_kafka import Producer as KafkaProducer
 
+from conveyor.consumer.republish import Republisher
 from conveyor.consumer.runtime import aiokafka_security
 from conveyor.errors import (
     BrokerUnavailableError,
     ConfigurationError,
     ConveyorError,
-    DeliveryError,
     DeserializationError,
 )
-from conveyor.producer.delivery import producer_config
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
@@ -63,7 +58,6 @@ REPUBLISH_BATCH = 100
 RETRY_BACKOFF = 1.0
 #: librdkafka batches for at most this long; small, because every ms is added to the delay.
 LINGER_MS = 1
-_POLL_INTERVAL = 0.1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -170,15 +164,22 @@ class RetryRelay:
         self.stats = RelayStats()
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: KafkaProducer | None = None
-        self._producer_closed = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._republisher: Republisher | None = None
         self._commit_lock = asyncio.Lock()
 
     @property
     def retry_topics(self) -> tuple[str, ...]:
         """The topics the relay consumes, by increasing delay."""
         return tuple(rung.name for rung in self._topology.retry_topics)
+
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        """The offset last committed per owned partition (what a restart resumes from)."""
+        return {
+            tp: state.committed
+            for tp, state in self._partitions.items()
+            if state.committed is not None
+        }
 
     @property
     def owned(self) -> frozenset[TopicPartition]:
@@ -211,19 +212,14 @@ class RetryRelay:
                 f"the retry relay could not reach Kafka at {self._settings.kafka_bootstrap}: "
                 f"{exc}; check CONVEYOR_KAFKA_BOOTSTRAP"
             ) from exc
-        config = producer_config(
-            self._settings, delivery_timeout=self._options.delivery_timeout, linger_ms=LINGER_MS
-        )
         try:
-            self._producer = KafkaProducer(config)
-        except KafkaException as exc:
+            self._republisher = Republisher(
+                self._settings, delivery_timeout=self._options.delivery_timeout, linger_ms=LINGER_MS
+            )
+        except ConfigurationError:
             await consumer.stop()
-            raise ConfigurationError("kafka", f"cannot create the relay's producer: {exc}") from exc
+            raise
         self._consumer = consumer
-        self._poller = threading.Thread(
-            target=self._poll_producer, name="conveyor-relay-poll", daemon=True
-        )
-        self._poller.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relays until ``stop`` is set, then commits and closes the consumer and producer."""
@@ -365,26 +361,10 @@ class RetryRelay:
 
     def _republish(self, item: _Item) -> asyncio.Future[None]:
         """Queues the original bytes, key and headers for the item's job topic."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
         record = item.record
-
-        def on_delivery(err: ProducerKafkaError | None, _msg: Message) -> None:
-            # Runs on the poll thread; the future belongs to the event loop.
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, future, err, item.topic)
-
-        try:
-            self._require_producer().produce(
-                item.topic,
-                value=record.value,
-                key=record.key,
-                headers=list(record.headers or ()),
-                on_delivery=on_delivery,
-            )
-        except (BufferError, KafkaException) as exc:
-            future.set_exception(DeliveryError(f"could not queue a retry for {item.topic}: {exc}"))
-        return future
+        return self._require_republisher().send(
+            item.topic, value=record.value, key=record.key, headers=list(record.headers or ())
+        )
 
     async def _settle(
         self, state: _Partition, batch: list[tuple[_Item, asyncio.Future[None] | None]]
@@ -489,39 +469,17 @@ class RetryRelay:
             with contextlib.suppress(Exception):
                 await consumer.stop()
         self._partitions.clear()
-        await asyncio.to_thread(self._close_producer)
-
-    def _close_producer(self) -> None:
-        producer = self._producer
-        if producer is None:
-            return
-        # Everything counted as republished was acknowledged; the flush only ends stray sends.
-        producer.flush(self._options.delivery_timeout)
-        self._producer_closed.set()
-        if self._poller is not None:
-            self._poller.join()
-        self._producer = None
-
-    def _poll_producer(self) -> None:
-        producer = self._require_producer()
-        while not self._producer_closed.is_set():
-            producer.poll(_POLL_INTERVAL)
+        republisher = self._republisher
+        if republisher is not None:
+            await asyncio.to_thread(republisher.close)
+            self._republisher = None
 
     def _require_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             raise RuntimeError("RetryRelay.start() was not called")
         return self._consumer
 
-    def _require_producer(self) -> KafkaProducer:
-        if self._producer is None:
+    def _require_republisher(self) -> Republisher:
+        if self._republisher is None:
             raise RuntimeError("RetryRelay.start() was not called")
-        return self._producer
-
-
-def _resolve(future: asyncio.Future[None], err: ProducerKafkaError | None, topic: str) -> None:
-    if future.done():
-        return
-    if err is None:
-        future.set_result(None)
-    else:
-        future.set_exception(DeliveryError(f"retry not delivered to {topic}: {err.str()}"))
+        return self._republisher
