@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 
-from conveyor.errors import DatabaseUnavailableError
+from conveyor.errors import DatabaseUnavailableError, MigrationError
 from conveyor.settings import Settings, mask_url
 
 CONNECT_TIMEOUT = 10.0
@@ -17,6 +19,27 @@ def _unavailable(settings: Settings, exc: BaseException) -> DatabaseUnavailableE
         f"cannot connect to Postgres at {mask_url(settings.database_url)}: {exc}; "
         "check CONVEYOR_DATABASE_URL and that the server is running"
     )
+
+
+@contextlib.contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """Translates asyncpg failures while doing ``what`` into conveyor errors.
+
+    Raises:
+        DatabaseUnavailableError: The connection was lost.
+        MigrationError: conveyor's tables are missing or older than this code.
+    """
+    try:
+        yield
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        raise DatabaseUnavailableError(
+            f"lost the connection to Postgres while {what}: {exc}"
+        ) from exc
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+        raise MigrationError(
+            f"conveyor's tables are missing or out of date ({exc}) while {what}; "
+            "run `conveyor migrate`"
+        ) from exc
 
 
 def quote_ident(name: str) -> str:

@@ -33,17 +33,16 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
 from opentelemetry import propagate
 
 from conveyor.consumer.status import error_json
+from conveyor.db import database_errors
 from conveyor.errors import (
-    DatabaseUnavailableError,
     DlqEntryNotFound,
-    MigrationError,
     ReplayRefused,
 )
 from conveyor.producer.jobs import (
@@ -218,22 +217,6 @@ def _payload_json(payload: bytes, content_type: str | None) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             return {"payload": json.loads(payload)}
     return {"payload_base64": base64.b64encode(payload).decode("ascii")}
-
-
-@contextlib.contextmanager
-def database_errors(what: str) -> Iterator[None]:
-    """Translates asyncpg failures while doing ``what`` into conveyor errors."""
-    try:
-        yield
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-        raise DatabaseUnavailableError(
-            f"lost the connection to Postgres while {what}: {exc}"
-        ) from exc
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
-        raise MigrationError(
-            f"the DLQ tables are missing or out of date ({exc}) while {what}; "
-            "run `conveyor migrate`"
-        ) from exc
 
 
 async def list_entries(

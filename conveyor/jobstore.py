@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -36,7 +36,8 @@ from conveyor import db, dlq
 from conveyor.consumer.commands import ControlPublisher
 from conveyor.consumer.job import FINAL_STATES
 from conveyor.consumer.status import AnyConnection, error_json, progress_channel
-from conveyor.errors import ConveyorError, DatabaseUnavailableError, MigrationError
+from conveyor.db import database_errors
+from conveyor.errors import ConveyorError
 from conveyor.jobstatus import UNKNOWN, JobStatus, Progress, Transition
 from conveyor.settings import Settings
 
@@ -211,21 +212,6 @@ class JobStore:
             raise ConveyorError("the JobStore is not open; use `async with JobStore(settings)`")
         return self._pool
 
-    @contextlib.contextmanager
-    def _database_errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (asyncpg.PostgresConnectionError, OSError) as exc:
-            raise DatabaseUnavailableError(
-                f"lost the connection to Postgres at {self._settings.safe_database_url} "
-                f"while {what}: {exc}"
-            ) from exc
-        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
-            raise MigrationError(
-                f"schema {self._settings.database_schema} has no up-to-date job tables "
-                f"({exc}); run `conveyor migrate`"
-            ) from exc
-
     async def status(self, job_id: str) -> JobStatus:
         """The job's state, attempts, full history, result, last error and progress.
 
@@ -239,7 +225,7 @@ class JobStore:
             MigrationError: The schema is not migrated.
         """
         job_id = parse_job_id(job_id)
-        with self._database_errors(f"reading job {job_id}"):
+        with database_errors(f"reading job {job_id}"):
             async with self._require_pool().acquire() as conn:
                 return await _read_status(conn, job_id)
 
@@ -267,7 +253,7 @@ class JobStore:
             RegistryUnavailableError: The schema registry did not answer.
         """
         job_id = parse_job_id(job_id)
-        with self._database_errors(f"cancelling job {job_id}"):
+        with database_errors(f"cancelling job {job_id}"):
             async with self._require_pool().acquire() as conn, conn.transaction():
                 state = await self._cancel_row(conn, job_id, _cancel_error(reason))
         if state == "processing":
@@ -378,12 +364,12 @@ class JobStore:
 
         conn = await db.connect(self._settings)
         try:
-            with self._database_errors(f"following job {job_id}"):
+            with database_errors(f"following job {job_id}"):
                 await conn.add_listener(progress_channel(self._settings.database_schema), on_notify)
             seen: tuple[Any, ...] | None = None
             while True:
                 changed.clear()
-                with self._database_errors(f"following job {job_id}"):
+                with database_errors(f"following job {job_id}"):
                     status = await _read_status(conn, job_id)
                 if _marker(status) != seen:
                     seen = _marker(status)

@@ -9,14 +9,13 @@ The worker runs :func:`purge_periodically` beside the jobs; ``conveyor purge`` r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 
+from conveyor.db import database_errors
 from conveyor.errors import DatabaseUnavailableError, MigrationError
 
 # The logger the purge has always used, so existing log filters keep matching.
@@ -27,23 +26,6 @@ DEFAULT_PURGE_INTERVAL = 3600.0
 
 _PURGE_JOBS = "SELECT purge_finished_jobs(coalesce($1::interval, interval '7 days'))"
 _PURGE_DLQ = "SELECT purge_replayed_dlq(coalesce($1::interval, interval '30 days'))"
-
-
-@contextlib.contextmanager
-def _database_errors(what: str) -> Iterator[None]:
-    # The same translation as conveyor.dlq.database_errors, kept here because conveyor.dlq
-    # re-exports this module's names: importing it back would make the two circular.
-    try:
-        yield
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-        raise DatabaseUnavailableError(
-            f"lost the connection to Postgres while {what}: {exc}"
-        ) from exc
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
-        raise MigrationError(
-            f"the DLQ tables are missing or out of date ({exc}) while {what}; "
-            "run `conveyor migrate`"
-        ) from exc
 
 
 async def purge(
@@ -66,7 +48,7 @@ async def purge(
         DatabaseUnavailableError: Postgres cannot be reached.
         MigrationError: The schema is not migrated.
     """
-    with _database_errors("purging finished jobs and replayed DLQ rows"):
+    with database_errors("purging finished jobs and replayed DLQ rows"):
         async with pool.acquire() as conn:
             jobs = int(await conn.fetchval(_PURGE_JOBS, jobs_older_than))
             dlq = int(await conn.fetchval(_PURGE_DLQ, dlq_older_than))

@@ -23,13 +23,12 @@ job id whenever a job's state or progress changes; ``JobStore.progress`` listens
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -37,11 +36,10 @@ import asyncpg.pool
 
 from conveyor.consumer import queries
 from conveyor.consumer.job import JobMessage
+from conveyor.db import database_errors
 from conveyor.errors import (
     ConfigurationError,
-    DatabaseUnavailableError,
     LeaseLostError,
-    MigrationError,
 )
 
 DEFAULT_LEASE_SECONDS = 30.0
@@ -126,21 +124,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-@contextlib.contextmanager
-def _database_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (asyncpg.PostgresConnectionError, OSError) as exc:
-        raise DatabaseUnavailableError(
-            f"lost the connection to Postgres while {what}: {exc}"
-        ) from exc
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
-        raise MigrationError(
-            f"the job tables are missing or out of date ({exc}) while {what}; "
-            "run `conveyor migrate`"
-        ) from exc
-
-
 class StatusStore:
     """Records the lifecycle of the jobs a worker runs, fenced by lease epochs.
 
@@ -182,7 +165,7 @@ class StatusStore:
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        with _database_errors(f"claiming job {job.job_id}"):
+        with database_errors(f"claiming job {job.job_id}"):
             async with self._pool.acquire() as conn:
                 epoch = await conn.fetchval(
                     queries.CLAIM,
@@ -220,7 +203,7 @@ class StatusStore:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
         encoded = result_json(result)
-        with _database_errors(f"completing job {lease.job_id}"):
+        with database_errors(f"completing job {lease.job_id}"):
             done = await conn.fetchval(
                 queries.COMPLETE, lease.job_id, lease.owner, lease.epoch, encoded
             )
@@ -272,7 +255,7 @@ class StatusStore:
         await self._end(queries.CANCELLED, lease, "record the cancel of", error)
 
     async def _end(self, query: str, lease: Lease, action: str, error: str | None) -> None:
-        with _database_errors(f"recording job {lease.job_id}"):
+        with database_errors(f"recording job {lease.job_id}"):
             async with self._pool.acquire() as conn:
                 done = await conn.fetchval(query, lease.job_id, lease.owner, lease.epoch, error)
         if done is None:
@@ -310,7 +293,7 @@ class StatusStore:
         return await self._fenced(queries.PROGRESS, lease, float(pct), message)
 
     async def _fenced(self, query: str, lease: Lease, *args: Any) -> bool:
-        with _database_errors(f"updating job {lease.job_id}"):
+        with database_errors(f"updating job {lease.job_id}"):
             async with self._pool.acquire() as conn:
                 done = await conn.fetchval(query, lease.job_id, lease.owner, lease.epoch, *args)
         return done is not None
@@ -324,7 +307,7 @@ class StatusStore:
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        with _database_errors(f"reading job {job_id}"):
+        with database_errors(f"reading job {job_id}"):
             async with self._pool.acquire() as conn:
                 requested = await conn.fetchval(queries.CANCEL_REQUESTED, job_id)
         return bool(requested)

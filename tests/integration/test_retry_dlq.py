@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -155,4 +154,3 @@ async def test_an_ordering_key_failure_holds_only_its_own_key(live: Settings) ->
     # B finished while A was waiting out its 1 s backoff.
     assert b[-1][1] < a[0][1]
     assert worker.stats.retried == 1
-    await asyncio.sleep(0)
