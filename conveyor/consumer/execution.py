@@ -155,7 +155,7 @@ class JobRunner:
                 self._stats.duplicates_skipped += 1
             return Outcome.SKIPPED, None, 0.0
         self._stats.started += 1
-        if await self._status.is_cancel_requested(job.job_id):
+        if claim.cancel_requested:
             return await self._record_cancel(claim), None, 0.0
         spec = self._registry.get(job.type)
         if spec is None:

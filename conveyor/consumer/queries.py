@@ -41,7 +41,8 @@ WITH claimed AS (
         progress_at = NULL,
         updated_at = now()
     WHERE j.state NOT IN ('complete', 'failed', 'cancelled')
-    RETURNING j.job_id, j.lease_epoch, (j.xmax = 0) AS inserted
+    RETURNING j.job_id, j.lease_epoch, (j.xmax = 0) AS inserted,
+        (j.cancel_requested_at IS NOT NULL) AS cancel_requested
 ), history AS (
     INSERT INTO job_transitions (job_id, state, at, attempt)
     SELECT c.job_id, t.state, t.at, $10
@@ -51,9 +52,10 @@ WITH claimed AS (
     WHERE c.inserted OR t.state = 'processing'
     ORDER BY t.ord
 )
-SELECT lease_epoch FROM claimed
+SELECT lease_epoch, cancel_requested FROM claimed
 """
-"""Claims a job under a new lease unless it already ended; returns the new epoch.
+"""Claims a job under a new lease unless it already ended; returns the new epoch and
+whether a cancel was already requested (read in the same statement, so no race).
 
 $1 job_id (uuid), $2 type, $3 key, $4 tenant_id, $5 priority, $6 batch_id, $7 dedupe_key,
 $8 max_attempts (int), $9 submitted_at (timestamptz), $10 attempt (int), $11 lease owner,

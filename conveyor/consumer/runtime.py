@@ -140,7 +140,6 @@ class ConsumerLoop:
         # One fetch never adds more than the pause threshold, so a partition's buffer stays
         # below twice the limit whatever the backlog.
         self._fetch_records = min(500, options.max_buffered_per_partition)
-        self.assignment_changed = asyncio.Event()
 
     @property
     def in_flight(self) -> int:
@@ -362,7 +361,6 @@ class ConsumerLoop:
         for tp in assigned:
             self._generation[tp] += 1
         log.info("assigned %s: %s", priority, sorted(tp.partition for tp in assigned))
-        self.assignment_changed.set()
 
     async def release(self, priority: str, revoked: set[TopicPartition]) -> None:
         """Drops not-started jobs, waits (bounded) for running ones, commits, then lets go."""
@@ -390,7 +388,6 @@ class ConsumerLoop:
             self._owned.discard(tp)
             self._paused.discard(tp)
             self._offsets.forget(tp)
-        self.assignment_changed.set()
 
     # -- shutdown -----------------------------------------------------------------------
 

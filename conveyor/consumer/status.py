@@ -61,12 +61,15 @@ class Lease:
         owner: The worker id that claimed it.
         epoch: The grant's number; every claim of the job increments it.
         attempt: The attempt this run is.
+        cancel_requested: A cancel was requested before this claim; the worker records
+            the job cancelled instead of running it.
     """
 
     job_id: str
     owner: str
     epoch: int
     attempt: int
+    cancel_requested: bool = False
 
 
 def progress_channel(schema: str) -> str:
@@ -167,7 +170,7 @@ class StatusStore:
         """
         with database_errors(f"claiming job {job.job_id}"):
             async with self._pool.acquire() as conn:
-                epoch = await conn.fetchval(
+                row = await conn.fetchrow(
                     queries.CLAIM,
                     job.job_id,
                     job.type,
@@ -182,11 +185,17 @@ class StatusStore:
                     self.worker_id,
                     self.lease_seconds,
                 )
-                if epoch is None:
+                if row is None:
                     # Final states are terminal, so this fresh read cannot go stale.
                     state: str = await conn.fetchval(queries.STATE, job.job_id)
                     return state
-        return Lease(job_id=job.job_id, owner=self.worker_id, epoch=int(epoch), attempt=job.attempt)
+        return Lease(
+            job_id=job.job_id,
+            owner=self.worker_id,
+            epoch=int(row["lease_epoch"]),
+            attempt=job.attempt,
+            cancel_requested=bool(row["cancel_requested"]),
+        )
 
     async def complete(self, lease: Lease, result: Any, conn: AnyConnection) -> None:
         """Records the job complete with its result, inside the handler's transaction.
@@ -301,8 +310,8 @@ class StatusStore:
     async def is_cancel_requested(self, job_id: str) -> bool:
         """Whether someone asked to cancel the job while it was processing.
 
-        The worker asks right after ``claim``, to catch a cancel that raced the start and
-        whose control command it may have read before it had the job.
+        For inspection; the worker does not need it, because ``claim`` returns the same
+        flag on the lease (``Lease.cancel_requested``) in the statement that takes it.
 
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.

@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import propagate
@@ -267,8 +267,3 @@ def as_items(payload_or_list: Any) -> tuple[list[Any], bool]:
     if isinstance(payload_or_list, list):
         return payload_or_list, True
     return [payload_or_list], False
-
-
-def header_map(headers: Sequence[tuple[str, bytes]] | None) -> Mapping[str, str]:
-    """Decodes Kafka headers into a mapping (the last value of a repeated header wins)."""
-    return {k: v.decode() for k, v in headers or ()}

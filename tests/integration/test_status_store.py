@@ -347,6 +347,19 @@ async def test_is_cancel_requested_reflects_cancel_requested_at(
     assert await worker_a.is_cancel_requested(str(uuid.uuid4())) is False
 
 
+async def test_a_claim_reports_a_cancel_requested_before_it(
+    pool: asyncpg.Pool[Any], worker_a: StatusStore, worker_b: StatusStore
+) -> None:
+    """A cancel asked of a running job reaches the next owner in the claim itself."""
+    job = make_job()
+    first = await claimed(worker_a, job)
+    await pool.execute("UPDATE jobs SET cancel_requested_at = now() WHERE job_id = $1", job.job_id)
+
+    second = await claimed(worker_b, job)
+
+    assert (first.cancel_requested, second.cancel_requested) == (False, True)
+
+
 async def test_state_and_progress_changes_notify_the_schema_channel_after_commit(
     pool: asyncpg.Pool[Any], migrated: Settings, worker_a: StatusStore
 ) -> None:
