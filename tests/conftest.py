@@ -70,6 +70,7 @@ def settings(kafka_bootstrap: str, database_url: str) -> Iterator[Settings]:
         database_url=database_url,
         topic_prefix=unique_name("t"),
         database_schema=unique_name("cv_"),
+        metrics_port=0,  # workers serve no HTTP unless a test gives them a free port
     )
     yield isolated
     asyncio.run(_drop_schema(database_url, isolated.database_schema))
@@ -126,6 +127,7 @@ def settings_env(s: Settings) -> dict[str, str]:
         "CONVEYOR_TOPIC_PREFIX": s.topic_prefix,
         "CONVEYOR_PARTITION_UNIT": str(s.partition_unit),
         "CONVEYOR_SCHEMA_REGISTRY_URL": s.schema_registry_url,
+        "CONVEYOR_METRICS_PORT": str(s.metrics_port),
     }
 
 

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from conveyor.observability import exporters, logs
 from conveyor.settings import Settings
 
 EXIT_OK = 0
@@ -32,3 +33,13 @@ def set_handler(parser: argparse.ArgumentParser, handler: Handler) -> None:
 def run(coro: Coroutine[Any, Any, int]) -> int:
     """Runs a coroutine to completion and returns its exit code."""
     return asyncio.run(coro)
+
+
+def observe(service: str, settings: Settings, log_level: str = "INFO") -> None:
+    """Sets up logging (text or JSON lines) and, as ``OTEL_*`` asks, a trace exporter.
+
+    Raises:
+        ConfigurationError: An ``OTEL_*`` variable names an unknown or missing exporter.
+    """
+    logs.configure_logging(log_level, json_lines=settings.log_json)
+    exporters.configure_tracing(service)

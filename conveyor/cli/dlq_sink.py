@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 
 from conveyor import db
@@ -34,9 +33,7 @@ def register(subparsers: common.SubParsers) -> None:
 
 
 def _dlq_sink(args: argparse.Namespace, settings: Settings) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    common.observe("conveyor-dlq-sink", settings, args.log_level)
     return common.run(_run(settings))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 
 from conveyor.cli import common
@@ -30,9 +29,7 @@ def register(subparsers: common.SubParsers) -> None:
 
 
 def _relay(args: argparse.Namespace, settings: Settings) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    common.observe("conveyor-relay", settings, args.log_level)
     return common.run(_run(settings))
 
 

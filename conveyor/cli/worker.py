@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
@@ -61,9 +60,7 @@ def load_worker(app: str) -> Worker:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    common.observe("conveyor-worker", settings, args.log_level)
     worker = load_worker(args.app)
     priorities = args.priorities.split(",") if args.priorities else None
     worker.configure(priorities=priorities, concurrency=args.concurrency)

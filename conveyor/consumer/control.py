@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from conveyor.consumer.execution import JobRunner
-from conveyor.consumer.runtime import aiokafka_security
+from conveyor.consumer.kafka import aiokafka_security
 from conveyor.errors import ContractError
 from conveyor.schemas.contracts import CONTROL_COMMAND
 from conveyor.schemas.serde import Serde

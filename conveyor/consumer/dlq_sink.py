@@ -41,8 +41,9 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from opentelemetry.trace import Span
 
-from conveyor.consumer.runtime import aiokafka_security
+from conveyor.consumer.kafka import aiokafka_security
 from conveyor.consumer.status import error_json
 from conveyor.dlq import RecordPublisher, database_errors
 from conveyor.errors import (
@@ -51,6 +52,7 @@ from conveyor.errors import (
     DeserializationError,
     SerializationError,
 )
+from conveyor.observability import tracing
 from conveyor.schemas.contracts import DLQ_RECORD, JOB_EVENT
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
@@ -337,6 +339,23 @@ class DlqSink:
             log.warning("commit of %s[%d]@%d deferred: %s", tp.topic, tp.partition, offset, exc)
 
     async def _handle(self, tp: TopicPartition, message: ConsumerRecord[Any, Any]) -> None:
+        """Stores one DLQ message in a CONSUMER span that continues the job's trace."""
+        attributes = tracing.kafka_attributes(
+            operation="process",
+            destination=tp.topic,
+            partition=tp.partition,
+            offset=message.offset,
+            group=self.group_id,
+            key=message.key,
+        )
+        with tracing.process_span(
+            message.headers, destination=tp.topic, attributes=attributes
+        ) as span:
+            await self._store_and_announce(tp, message, span)
+
+    async def _store_and_announce(
+        self, tp: TopicPartition, message: ConsumerRecord[Any, Any], span: Span
+    ) -> None:
         where = f"{tp.topic}[{tp.partition}]@{message.offset}"
         try:
             record = await asyncio.to_thread(
@@ -346,6 +365,15 @@ class DlqSink:
             self.stats.undecodable += 1
             log.error("skipping undecodable DLQ message %s: %s", where, exc)
             return
+        span.set_attributes(
+            tracing.job_attributes(
+                job_id=None if record.get("job_id") is None else str(record["job_id"]),
+                job_type=record.get("type"),
+                priority=record.get("priority"),
+                attempt=record.get("attempts"),
+            )
+        )
+        span.set_attribute("conveyor.dlq.reason", record["error_reason"])
         try:
             dlq_id, published = await self._store(record)
             if record.get("job_id") is not None and not published:
@@ -424,6 +452,7 @@ class DlqSink:
             job_failed_event(record, dlq_id),
             key=job_id.encode(),
             job_id=job_id,
+            headers=tracing.with_current_context([]),
         )
         with database_errors(f"recording the JobFailed event of job {job_id}"):
             await self._pool.execute(_MARK_PUBLISHED, dlq_id)

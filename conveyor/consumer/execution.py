@@ -14,9 +14,11 @@ import dataclasses
 import enum
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
+from opentelemetry import trace
 
 from conveyor.consumer import failures
 from conveyor.consumer.context import JobContext, JobTransaction
@@ -26,6 +28,8 @@ from conveyor.consumer.job import JobMessage
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.status import Lease, LeaseLostError, StatusStore
 from conveyor.errors import ContractError, Problem, ValidationError
+from conveyor.observability import logs, tracing
+from conveyor.observability.metrics import WorkerMetrics
 from conveyor.schemas.contracts import CONTENT_TYPE_JSON
 from conveyor.schemas.payload import PayloadCodec
 
@@ -83,6 +87,8 @@ class JobRunner:
         registry: The worker's handlers.
         codec: Decodes payloads (JSON, or Avro for types with a schema).
         stats: Where outcomes are counted.
+        metrics: The Prometheus metrics outcomes and timings go to.
+        consumer_groups: The consumer group of each job topic, for span attributes.
         lease_seconds: The lease length; long jobs renew it every third of it.
         publisher: Sends failed jobs to the retry topics or the DLQ.
     """
@@ -95,6 +101,8 @@ class JobRunner:
         registry: HandlerRegistry,
         codec: PayloadCodec,
         stats: WorkerStats,
+        metrics: WorkerMetrics,
+        consumer_groups: Mapping[str, str],
         lease_seconds: float,
         publisher: FailurePublisher,
     ) -> None:
@@ -104,6 +112,8 @@ class JobRunner:
         self._registry = registry
         self._codec = codec
         self._stats = stats
+        self._metrics = metrics
+        self._groups = consumer_groups
         self._lease_seconds = lease_seconds
         self._running: dict[str, _Running] = {}
         # Cancels that arrived before their job's handler started here (claim races them).
@@ -140,23 +150,58 @@ class JobRunner:
                 and stays with its lease, so it is redelivered and taken over later.
         """
         while True:
-            outcome, again, delay = await self._attempt(job)
+            outcome, again, delay = await self._traced_attempt(job)
             if again is None:
                 return outcome
             await asyncio.sleep(delay)
             job = again
 
+    async def _traced_attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
+        """One attempt in a CONSUMER span that continues the submitter's trace."""
+        attributes = {
+            **tracing.kafka_attributes(
+                operation="process",
+                destination=job.topic,
+                partition=job.partition,
+                offset=job.offset,
+                group=self._groups.get(job.topic),
+                key=job.key,
+            ),
+            **tracing.job_attributes(
+                job_id=job.job_id, job_type=job.type, priority=job.priority, attempt=job.attempt
+            ),
+        }
+        with (
+            tracing.process_span(job.headers, destination=job.topic, attributes=attributes) as span,
+            logs.job_fields(
+                job_id=job.job_id, job_type=job.type, priority=job.priority, attempt=job.attempt
+            ),
+        ):
+            outcome, again, delay = await self._attempt(job)
+            span.set_attribute("job.outcome", outcome.value)
+            return outcome, again, delay
+
     async def _attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
+        labels = self._metrics.labels(job.type, job.priority)
         claim = await self._status.claim(job)
         if isinstance(claim, str):
             if claim == "cancelled":
                 self._stats.cancelled += 1
+                self._metrics.cancelled.labels(*labels).inc()
             else:
                 self._stats.duplicates_skipped += 1
+                self._metrics.duplicates_skipped.labels(*labels).inc()
             return Outcome.SKIPPED, None, 0.0
         self._stats.started += 1
+        self._metrics.observe_start(
+            job.type,
+            job.priority,
+            attempt=job.attempt,
+            submitted_at=job.submitted_at,
+            not_before=job.not_before,
+        )
         if claim.cancel_requested:
-            return await self._record_cancel(claim), None, 0.0
+            return await self._record_cancel(job, claim), None, 0.0
         spec = self._registry.get(job.type)
         if spec is None:
             error = LookupError(f"no handler is registered for job type {job.type!r}")
@@ -182,7 +227,10 @@ class JobRunner:
             await self._status.progress(lease, pct, message)
 
         ctx = JobContext(job, transaction=transaction, report=report, logger=log)
-        task = asyncio.create_task(self._invoke(spec, ctx, payload), name=f"job-{job.job_id}")
+        task = asyncio.create_task(
+            self._invoke(spec, ctx, payload, self._metrics.labels(job.type, job.priority)),
+            name=f"job-{job.job_id}",
+        )
         running = _Running(task)
         self._running[job.job_id] = running
         if self._early_cancels.pop(job.job_id, None) is not None:
@@ -203,7 +251,7 @@ class JobRunner:
                 self._stats.fenced += 1
                 return Outcome.FENCED, None, 0.0
             if running.cancel_requested:
-                return await self._record_cancel(lease), None, 0.0
+                return await self._record_cancel(job, lease), None, 0.0
             raise
         except Exception as exc:
             await transaction.finish(commit=False)
@@ -216,11 +264,17 @@ class JobRunner:
                     await heartbeat
         return await self._complete(job, lease, spec, transaction, result)
 
-    async def _invoke(self, spec: HandlerSpec, ctx: JobContext, payload: Any) -> Any:
-        async with asyncio.timeout(spec.timeout):
-            if spec.is_async:
-                return await spec.func(ctx, payload)
-            return await asyncio.to_thread(spec.func, ctx, payload)
+    async def _invoke(
+        self, spec: HandlerSpec, ctx: JobContext, payload: Any, labels: tuple[str, str]
+    ) -> Any:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(spec.timeout):
+                if spec.is_async:
+                    return await spec.func(ctx, payload)
+                return await asyncio.to_thread(spec.func, ctx, payload)
+        finally:
+            self._metrics.duration.labels(*labels).observe(time.perf_counter() - started)
 
     async def _complete(
         self,
@@ -246,6 +300,7 @@ class JobRunner:
             raise
         await transaction.finish(commit=True)
         self._stats.completed += 1
+        self._metrics.completed.labels(*self._metrics.labels(job.type, job.priority)).inc()
         return Outcome.COMPLETED, None, 0.0
 
     async def _failed(
@@ -265,6 +320,10 @@ class JobRunner:
         )
         verdict = failures.classify(exc, attempt=job.attempt, max_attempts=limit, reason=reason)
         log.warning("job %s attempt %d failed: %r", job.job_id, job.attempt, exc)
+        span = trace.get_current_span()
+        span.record_exception(exc)
+        span.set_status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+        labels = self._metrics.labels(job.type, job.priority)
         try:
             if verdict.retry:
                 delay = (policy or failures.DEFAULT_POLICY).delay(job.attempt)
@@ -272,11 +331,13 @@ class JobRunner:
                     # Retry in place: only this key's mailbox waits out the backoff.
                     await self._status.retry(lease, failures.error_json(latest))
                     self._stats.retried += 1
+                    self._metrics.retried.labels(*labels).inc()
                     again = dataclasses.replace(job, attempt=job.attempt + 1, errors=errors)
                     return Outcome.RETRIED, again, delay
                 await self._publisher.retry(job, errors, delay)
                 await self._status.retry(lease, failures.error_json(latest))
                 self._stats.retried += 1
+                self._metrics.retried.labels(*labels).inc()
                 return Outcome.RETRIED, None, 0.0
             assert verdict.reason is not None
             await self._publisher.dead(job, errors, verdict.reason)
@@ -286,15 +347,18 @@ class JobRunner:
             return Outcome.FENCED, None, 0.0
         self._stats.failed += 1
         self._stats.dead_lettered += 1
+        self._metrics.failed.labels(*labels, verdict.reason).inc()
+        self._metrics.dead_lettered.labels(job.priority).inc()
         return Outcome.FAILED, None, 0.0
 
-    async def _record_cancel(self, lease: Lease) -> Outcome:
+    async def _record_cancel(self, job: JobMessage, lease: Lease) -> Outcome:
         try:
             await self._status.cancelled(lease, "cancel requested")
         except LeaseLostError:
             self._stats.fenced += 1
             return Outcome.FENCED
         self._stats.cancelled += 1
+        self._metrics.cancelled.labels(*self._metrics.labels(job.type, job.priority)).inc()
         return Outcome.CANCELLED
 
     async def _heartbeat(self, lease: Lease, running: _Running) -> None:

@@ -28,6 +28,9 @@ class WorkerOptions:
         run_relay: Also run the retry relay (``conveyor relay`` runs it on its own).
         run_dlq_sink: Also run the DLQ sink (``conveyor dlq-sink`` runs it on its own).
         purge_interval: Seconds between runs of the retention purge; None disables it.
+        metrics_host: The address ``/metrics``, ``/healthz`` and ``/readyz`` are served on
+            (the port is ``Settings.metrics_port``; 0 there serves nothing).
+        metrics_interval: Seconds between refreshes of the lag and DLQ-size gauges.
     """
 
     commit_interval: float = 1.0
@@ -42,9 +45,17 @@ class WorkerOptions:
     run_relay: bool = True
     run_dlq_sink: bool = True
     purge_interval: float | None = 3600.0
+    metrics_host: str = "0.0.0.0"  # all interfaces: a pod's probes come from outside
+    metrics_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("commit_interval", "lease_seconds", "revoke_timeout", "shutdown_grace"):
+        for name in (
+            "commit_interval",
+            "lease_seconds",
+            "revoke_timeout",
+            "shutdown_grace",
+            "metrics_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be > 0, got {getattr(self, name)}")
         if self.max_buffered_per_partition < 2:

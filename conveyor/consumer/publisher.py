@@ -1,5 +1,7 @@
 """Where failed jobs go: the retry topic that fits their backoff, or the DLQ.
 
+Each publish is a PRODUCER span (a child of the job's run) whose context replaces the
+trace headers of the message, so the relay hop and the DLQ sink continue the trace.
 The worker commits a failed job's offset only after its retry or DLQ message is
 acknowledged (``acks=all``, idempotent producer), so a failure is never lost between
 the two topics.
@@ -14,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor.consumer.job import JobMessage
+from conveyor.observability import tracing
 from conveyor.producer.delivery import DeliveryCore
 from conveyor.producer.jobs import HEADER_JOB_ID, HEADER_JOB_TYPE, HEADER_PRIORITY, Outgoing
 from conveyor.schemas.contracts import CONTENT_TYPE_RAW, DLQ_RECORD, JOB_ENVELOPE
@@ -82,7 +85,12 @@ class FailurePublisher:
             job, attempt=job.attempt + 1, not_before=not_before, errors=list(errors)
         )
         value = self._serde.encode(JOB_ENVELOPE, topic, envelope)
-        await self._send(Outgoing(job.job_id, topic, job.key.encode(), value, self._headers(job)))
+        attributes = tracing.job_attributes(
+            job_id=job.job_id, job_type=job.type, priority=job.priority, attempt=job.attempt + 1
+        )
+        with tracing.send_span(topic, attributes):
+            headers = tracing.with_current_context(self._headers(job))
+            await self._send(Outgoing(job.job_id, topic, job.key.encode(), value, headers))
         return not_before
 
     async def dead(self, job: JobMessage, errors: Sequence[Mapping[str, Any]], reason: str) -> None:
@@ -109,7 +117,16 @@ class FailurePublisher:
             "trace_id": trace_id(job.headers),
             "dead_at": _now_ms(),
         }
-        await self._dead_record(job.job_id, job.key.encode(), record, self._headers(job))
+        attributes = tracing.job_attributes(
+            job_id=job.job_id, job_type=job.type, priority=job.priority, attempt=job.attempt
+        )
+        await self._dead_record(
+            job.job_id,
+            job.key.encode(),
+            record,
+            self._headers(job),
+            {**attributes, "conveyor.dlq.reason": reason},
+        )
 
     async def dead_raw(
         self,
@@ -138,7 +155,10 @@ class FailurePublisher:
             "dead_at": _now_ms(),
         }
         label = f"{topic}[{partition}]@{offset}"
-        await self._dead_record(label, key or label.encode(), record, list(headers.items()))
+        attributes = {"conveyor.dlq.reason": reason, "conveyor.dlq.source": label}
+        await self._dead_record(
+            label, key or label.encode(), record, list(headers.items()), attributes
+        )
 
     async def _dead_record(
         self,
@@ -146,10 +166,13 @@ class FailurePublisher:
         key: bytes,
         record: Mapping[str, Any],
         headers: Sequence[tuple[str, str | bytes | None]],
+        attributes: Mapping[str, Any],
     ) -> None:
         topic = self._topology.dlq_topic
         value = self._serde.encode(DLQ_RECORD, topic, record)
-        await self._send(Outgoing(label, topic, key, value, list(headers)))
+        with tracing.send_span(topic, attributes):
+            traced = tracing.with_current_context(headers)
+            await self._send(Outgoing(label, topic, key, value, traced))
 
     @staticmethod
     def _headers(job: JobMessage) -> list[tuple[str, str | bytes | None]]:

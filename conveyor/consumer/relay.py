@@ -29,19 +29,21 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from conveyor.consumer.kafka import aiokafka_security
 from conveyor.consumer.republish import Republisher
-from conveyor.consumer.runtime import aiokafka_security
 from conveyor.errors import (
     BrokerUnavailableError,
     ConfigurationError,
     ConveyorError,
     DeserializationError,
 )
+from conveyor.observability import tracing
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
@@ -117,6 +119,7 @@ class _Item:
     skip: bool = False
     topic: str = ""
     not_before: dt.datetime | None = None
+    attributes: dict[str, Any] = dataclasses.field(default_factory=dict)  # the job's, for spans
 
 
 @dataclasses.dataclass(eq=False)
@@ -349,6 +352,12 @@ class RetryRelay:
             )
             priority = FALLBACK_PRIORITY
         item.topic = self._topology.job_topic(str(priority))
+        item.attributes = tracing.job_attributes(
+            job_id=str(envelope.get("job_id")),
+            job_type=envelope.get("type"),
+            priority=str(priority),
+            attempt=envelope.get("attempt"),
+        )
         not_before = envelope.get("not_before")
         item.not_before = not_before if isinstance(not_before, dt.datetime) else None
         item.decoded = True
@@ -360,11 +369,28 @@ class RetryRelay:
         state.timer = loop.call_at(loop.time() + wait, self._kick, state)
 
     def _republish(self, item: _Item) -> asyncio.Future[None]:
-        """Queues the original bytes, key and headers for the item's job topic."""
+        """Queues the original bytes and key for the item's job topic, in a hop span.
+
+        The headers are the original ones with the hop span's trace context, which ends
+        when the broker answers.
+        """
         record = item.record
-        return self._require_republisher().send(
-            item.topic, value=record.value, key=record.key, headers=list(record.headers or ())
+        span, headers = tracing.start_hop_span(
+            list(record.headers or ()),
+            source=record.topic,
+            destination=item.topic,
+            attributes=item.attributes,
         )
+        future = self._require_republisher().send(
+            item.topic, value=record.value, key=record.key, headers=headers
+        )
+
+        def end(done: asyncio.Future[None]) -> None:
+            error = asyncio.CancelledError() if done.cancelled() else done.exception()
+            tracing.end_with(span, error)
+
+        future.add_done_callback(end)
+        return future
 
     async def _settle(
         self, state: _Partition, batch: list[tuple[_Item, asyncio.Future[None] | None]]

@@ -25,41 +25,20 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from conveyor.consumer import failures
 from conveyor.consumer.execution import JobRunner, WorkerStats
 from conveyor.consumer.job import JobMessage
+from conveyor.consumer.kafka import aiokafka_security, consumer_lag
 from conveyor.consumer.mailbox import Entry, Mailboxes
 from conveyor.consumer.offsets import OffsetTracker
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.scheduler import WeightedScheduler
 from conveyor.errors import DeserializationError
+from conveyor.observability.metrics import WorkerMetrics
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITY_WEIGHTS, Topology
 
 log = logging.getLogger("conveyor.worker")
-
-
-def aiokafka_security(settings: Settings) -> dict[str, Any]:
-    """aiokafka keyword arguments for the settings' security options."""
-    kwargs: dict[str, Any] = {}
-    if settings.security_protocol:
-        kwargs["security_protocol"] = settings.security_protocol
-    if settings.sasl_mechanism:
-        kwargs["sasl_mechanism"] = settings.sasl_mechanism
-        kwargs["sasl_plain_username"] = settings.sasl_username
-        password = settings.sasl_password
-        kwargs["sasl_plain_password"] = None if password is None else password.get_secret_value()
-    if settings.ssl_ca_location:
-        from aiokafka.helpers import create_ssl_context  # noqa: PLC0415 - only with TLS
-
-        key_password = settings.ssl_key_password
-        kwargs["ssl_context"] = create_ssl_context(
-            cafile=settings.ssl_ca_location,
-            certfile=settings.ssl_certificate_location,
-            keyfile=settings.ssl_key_location,
-            password=None if key_password is None else key_password.get_secret_value(),
-        )
-    return kwargs
 
 
 def _tp(key: Hashable) -> TopicPartition:
@@ -91,6 +70,7 @@ class ConsumerLoop:
         serde: Decodes envelopes.
         publisher: Dead-letters messages that do not decode.
         stats: Where counters go.
+        metrics: Where gauges and counters for Prometheus go.
         options: Tuning (intervals, limits, timeouts).
     """
 
@@ -104,6 +84,7 @@ class ConsumerLoop:
         serde: Serde,
         publisher: FailurePublisher,
         stats: WorkerStats,
+        metrics: WorkerMetrics,
         options: WorkerOptions,
     ) -> None:
         self._settings = settings
@@ -114,6 +95,7 @@ class ConsumerLoop:
         self._serde = serde
         self._publisher = publisher
         self._stats = stats
+        self._metrics = metrics
         self._options = options
         self._scheduler = WeightedScheduler({p: PRIORITY_WEIGHTS[p] for p in self._priorities})
         self._mailboxes: dict[str, Mailboxes[JobMessage]] = {
@@ -121,6 +103,8 @@ class ConsumerLoop:
         }
         self._offsets = OffsetTracker()
         self._consumers: dict[str, AIOKafkaConsumer] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._joined: set[str] = set()
         self._owned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
         self._running_per_tp: defaultdict[TopicPartition, int] = defaultdict(int)
@@ -151,6 +135,30 @@ class ConsumerLoop:
         """The partitions this worker holds now."""
         return frozenset(self._owned)
 
+    @property
+    def joined(self) -> bool:
+        """Every priority's consumer has joined its group (its assignment may be empty)."""
+        return self._joined == set(self._priorities)
+
+    @property
+    def alive(self) -> bool:
+        """No fetch, dispatch or commit loop has ended (true before they start)."""
+        return not any(task.done() for task in self._loops)
+
+    async def _measure_lag(self) -> None:
+        """Sets the queue-depth gauge of each priority every ``metrics_interval`` seconds."""
+        while True:
+            for priority, consumer in self._consumers.items():
+                topic = self._topology.job_topic(priority)
+                owned = [tp for tp in self._owned if tp.topic == topic]
+                try:
+                    lag = await consumer_lag(consumer, owned)
+                except (KafkaError, KeyError) as exc:  # a rebalance or an outage: next round
+                    log.debug("lag of %s not measured: %s", topic, exc)
+                    continue
+                self._metrics.queue_depth.labels(priority).set(lag)
+            await asyncio.sleep(self._options.metrics_interval)
+
     async def start(self) -> None:
         """Creates one consumer per priority and starts them together.
 
@@ -180,6 +188,8 @@ class ConsumerLoop:
         loops = [asyncio.create_task(self._fetch(p, c)) for p, c in self._consumers.items()]
         loops.append(asyncio.create_task(self._dispatch()))
         loops.append(asyncio.create_task(self._commit_periodically()))
+        self._loops = loops[:]  # the loops whose death makes the worker unhealthy
+        loops.append(asyncio.create_task(self._measure_lag()))
         try:
             await stop.wait()
         finally:
@@ -259,6 +269,7 @@ class ConsumerLoop:
             log.exception("could not dead-letter %s[%d]@%d", tp.topic, tp.partition, record.offset)
             return
         self._stats.dead_lettered += 1
+        self._metrics.dead_lettered.labels(self._topology.priority_of(tp.topic) or "").inc()
         if tp in self._owned and self._generation[tp] == generation:
             self._offsets.finish(tp, record.offset)
 
@@ -277,6 +288,7 @@ class ConsumerLoop:
                 if entry is None:
                     break
                 self._in_flight += 1
+                self._metrics.in_flight.labels(priority).inc()
                 self._stats.max_in_flight = max(self._stats.max_in_flight, self._in_flight)
                 self._running_per_tp[_tp(entry.tp)] += 1
                 generation = self._generation[_tp(entry.tp)]
@@ -307,6 +319,7 @@ class ConsumerLoop:
         finally:
             self._mailboxes[priority].release(entry)
             self._in_flight -= 1
+            self._metrics.in_flight.labels(priority).dec()
             self._running_per_tp[tp] -= 1
             if finished and tp in self._owned and self._generation[tp] == generation:
                 self._offsets.finish(tp, entry.offset)
@@ -358,8 +371,10 @@ class ConsumerLoop:
     def assigned(self, priority: str, assigned: set[TopicPartition]) -> None:
         """Takes ownership of newly assigned partitions."""
         self._owned.update(assigned)
+        self._joined.add(priority)
         for tp in assigned:
             self._generation[tp] += 1
+        self._count_assigned(priority)
         log.info("assigned %s: %s", priority, sorted(tp.partition for tp in assigned))
 
     async def release(self, priority: str, revoked: set[TopicPartition]) -> None:
@@ -388,6 +403,12 @@ class ConsumerLoop:
             self._owned.discard(tp)
             self._paused.discard(tp)
             self._offsets.forget(tp)
+        self._count_assigned(priority)
+
+    def _count_assigned(self, priority: str) -> None:
+        topic = self._topology.job_topic(priority)
+        held = sum(1 for tp in self._owned if tp.topic == topic)
+        self._metrics.assigned_partitions.labels(priority).set(held)
 
     # -- shutdown -----------------------------------------------------------------------
 

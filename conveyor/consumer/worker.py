@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import uuid
@@ -17,15 +18,20 @@ from conveyor.consumer.execution import JobRunner, WorkerStats
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import DEFAULT_MAX_ATTEMPTS, Handler, HandlerRegistry, HandlerSpec
 from conveyor.consumer.options import DEFAULT_CONCURRENCY, WorkerOptions
+from conveyor.consumer.probes import WorkerProbes
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.relay import RelayOptions, RetryRelay
 from conveyor.consumer.runtime import ConsumerLoop
 from conveyor.consumer.status import StatusStore
 from conveyor.errors import ConfigurationError
+from conveyor.observability.http import ProbeServer
+from conveyor.observability.metrics import WorkerMetrics
 from conveyor.schemas.payload import PayloadCodec
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
-from conveyor.topology.model import PRIORITIES
+from conveyor.topology.model import PRIORITIES, Topology
+
+log = logging.getLogger("conveyor.worker")
 
 
 class Worker:
@@ -61,6 +67,8 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.options = options or WorkerOptions()
         self.stats = WorkerStats()
+        self.metrics = WorkerMetrics()
+        self.http_port: int | None = None
         self._registry = HandlerRegistry()
         self._stop = asyncio.Event()
         self._loop: ConsumerLoop | None = None
@@ -153,11 +161,14 @@ class Worker:
         pool = await db.create_pool(self.settings, min_size=1, max_size=self.concurrency + 2)
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
+        server: ProbeServer | None = None
+        topology = Topology.from_settings(self.settings)
         try:
             codec = PayloadCodec(serde, self.settings.topic_prefix)
             for spec in self._registry:
                 if spec.schema is not None:
                     codec.register_type(spec.type, spec.schema)
+            self.metrics.know_types(spec.type for spec in self._registry)
             runner = JobRunner(
                 status=StatusStore(
                     pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
@@ -166,6 +177,10 @@ class Worker:
                 registry=self._registry,
                 codec=codec,
                 stats=self.stats,
+                metrics=self.metrics,
+                consumer_groups={
+                    topology.job_topic(p): topology.consumer_group(p) for p in PRIORITIES
+                },
                 lease_seconds=self.options.lease_seconds,
                 publisher=publisher,
             )
@@ -180,8 +195,15 @@ class Worker:
                 serde=serde,
                 publisher=publisher,
                 stats=self.stats,
+                metrics=self.metrics,
                 options=self.options,
             )
+            probes = WorkerProbes(
+                asyncio.get_running_loop(), self._loop, pool, self.metrics, self._stop.is_set
+            )
+            server = self._serve(probes)
+            gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
+            self._stop_tasks.append(gauges)
             companions = self._companions(pool, serde)
             # Each start waits for a group join: start them together, not one after another.
             await asyncio.gather(self._loop.start(), *(c.start() for c in companions))
@@ -200,9 +222,31 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*self._stop_tasks, return_exceptions=True)
             self._stop_tasks.clear()
+            if server is not None:
+                await asyncio.to_thread(server.stop)
             await publisher.close()
             await pool.close()
             serde.close()
+
+    def _serve(self, probes: WorkerProbes) -> ProbeServer | None:
+        """Starts the /metrics, /healthz and /readyz endpoint, unless the port is 0."""
+        if not self.settings.metrics_port:
+            return None
+        server = ProbeServer(
+            self.options.metrics_host,
+            self.settings.metrics_port,
+            metrics=self.metrics.render,
+            health=probes.health,
+            ready=probes.ready,
+        )
+        server.start()
+        self.http_port = server.port
+        log.info(
+            "serving /metrics, /healthz and /readyz on %s:%d",
+            self.options.metrics_host,
+            server.port,
+        )
+        return server
 
     def _companions(self, pool: Any, serde: Serde) -> list[RetryRelay | DlqSink]:
         """The relay and DLQ sink that run beside the jobs, and the purge schedule."""

@@ -87,12 +87,10 @@ class AsyncProducer(ProducerBase):
         items, batch = as_items(payload_or_list)
         options = Options(key, priority, dedupe_key, tenant_id, max_attempts, delay, duration)
 
-        def build_and_send() -> tuple[list[str], list[Any]]:
-            messages = self._builder.build(job_type, items, options, batch=batch)
-            return [m.job_id for m in messages], self._core.send(messages)
-
         # to_thread copies contextvars, so the caller's trace context reaches the headers.
-        ids, futures = await asyncio.to_thread(build_and_send)
+        ids, futures = await asyncio.to_thread(
+            self._build_and_send, job_type, items, options, batch=batch
+        )
         if wait:
             await asyncio.to_thread(self._core.wait, futures)
         return ids if batch else ids[0]

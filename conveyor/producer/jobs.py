@@ -76,6 +76,7 @@ class Outgoing:
     key: bytes
     value: bytes
     headers: list[tuple[str, str | bytes | None]]
+    priority: str | None = None  # a job's priority, for metrics; None for other records
 
 
 def dedupe_job_id(job_type: str, dedupe_key: str, tenant_id: str | None = None) -> str:
@@ -258,7 +259,7 @@ class MessageBuilder:
                 *trace_headers,
             ]
             value = self._serde.encode(JOB_ENVELOPE, topic, envelope)
-            out.append(Outgoing(job_id, topic, (key or job_id).encode(), value, headers))
+            out.append(Outgoing(job_id, topic, (key or job_id).encode(), value, headers, priority))
         return out
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self, overload
 
 from conveyor.errors import Problem
+from conveyor.observability import tracing
+from conveyor.observability.metrics import SUBMITTED
 from conveyor.producer.delivery import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_LINGER_MS,
@@ -75,6 +78,37 @@ class ProducerBase:
     def stats(self) -> DeliveryStats:
         """Counts of submitted, delivered and failed messages."""
         return self._core.stats
+
+    def _build_and_send(
+        self, job_type: str, items: list[Any], options: Options, *, batch: bool
+    ) -> tuple[list[str], list[concurrent.futures.Future[None]]]:
+        """Validates, encodes and queues a submission inside its PRODUCER span.
+
+        The span is current while the messages are built, so their trace headers carry
+        its context, and the run of each job becomes its child.
+        """
+        with tracing.send_span(None, {"job.type": job_type}) as span:
+            messages = self._builder.build(job_type, items, options, batch=batch)
+            topics = {m.topic for m in messages}
+            if len(topics) == 1:
+                [topic] = topics
+                span.update_name(f"send {topic}")
+                span.set_attribute("messaging.destination.name", topic)
+            if batch:
+                span.set_attribute("messaging.batch.message_count", len(messages))
+            else:
+                span.set_attributes(
+                    tracing.job_attributes(
+                        job_id=messages[0].job_id,
+                        job_type=job_type,
+                        priority=messages[0].priority,
+                        attempt=1,
+                    )
+                )
+            futures = self._core.send(messages)
+        for message in messages:
+            SUBMITTED.labels(job_type, message.priority or "").inc()
+        return [m.job_id for m in messages], futures
 
     def register_schema(self, job_type: str, schema: Any) -> None:
         """Declares the Avro schema of a job type's payload (validated before sending)."""
@@ -171,11 +205,9 @@ class Producer(ProducerBase):
         """
         items, batch = as_items(payload_or_list)
         options = Options(key, priority, dedupe_key, tenant_id, max_attempts, delay, duration)
-        messages = self._builder.build(job_type, items, options, batch=batch)
-        futures = self._core.send(messages)
+        ids, futures = self._build_and_send(job_type, items, options, batch=batch)
         if wait:
             self._core.wait(futures)
-        ids = [m.job_id for m in messages]
         return ids if batch else ids[0]
 
     def flush(self, timeout: float | None = None) -> None:

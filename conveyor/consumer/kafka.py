@@ -1,0 +1,54 @@
+"""aiokafka plumbing shared by the worker's consumers: security options and lag."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from conveyor.settings import Settings
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the settings' security options."""
+    kwargs: dict[str, Any] = {}
+    if settings.security_protocol:
+        kwargs["security_protocol"] = settings.security_protocol
+    if settings.sasl_mechanism:
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        password = settings.sasl_password
+        kwargs["sasl_plain_password"] = None if password is None else password.get_secret_value()
+    if settings.ssl_ca_location:
+        from aiokafka.helpers import create_ssl_context  # noqa: PLC0415 - only with TLS
+
+        key_password = settings.ssl_key_password
+        kwargs["ssl_context"] = create_ssl_context(
+            cafile=settings.ssl_ca_location,
+            certfile=settings.ssl_certificate_location,
+            keyfile=settings.ssl_key_location,
+            password=None if key_password is None else key_password.get_secret_value(),
+        )
+    return kwargs
+
+
+async def consumer_lag(consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]) -> int:
+    """Messages of ``partitions`` past the group's committed offsets (Kafka's consumer lag).
+
+    A partition the group never committed counts from its beginning offset, where a new
+    group with ``auto_offset_reset="earliest"`` starts reading.
+    """
+    if not partitions:
+        return 0
+    ends = await consumer.end_offsets(list(partitions))
+    starts: dict[TopicPartition, int] | None = None
+    lag = 0
+    for tp in partitions:
+        committed = await consumer.committed(tp)
+        if committed is None:
+            if starts is None:
+                starts = await consumer.beginning_offsets(list(partitions))
+            committed = starts[tp]
+        lag += max(0, ends[tp] - committed)
+    return lag

@@ -1,0 +1,91 @@
+"""Logging with job fields: text lines, or one JSON object per line (``CONVEYOR_LOG_JSON``).
+
+While a job runs, every log record made in its task (the worker's and the handler's
+own, through ``ctx.logger`` or any logger) carries ``job_id``, ``job_type``,
+``priority`` and ``attempt``; with a recording span, also ``trace_id`` and ``span_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry import trace
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_JOB_FIELDS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "conveyor_job_fields", default=None
+)
+
+
+@contextlib.contextmanager
+def job_fields(**fields: Any) -> Iterator[None]:
+    """Adds fields to every log record made in this context (and tasks it starts)."""
+    token = _JOB_FIELDS.set(fields)
+    try:
+        yield
+    finally:
+        _JOB_FIELDS.reset(token)
+
+
+def current_fields() -> dict[str, Any]:
+    """The job fields and trace ids of the current context."""
+    fields = dict(_JOB_FIELDS.get() or {})
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        fields["trace_id"] = format(span.trace_id, "032x")
+        fields["span_id"] = format(span.span_id, "016x")
+    return fields
+
+
+class JobFieldsFilter(logging.Filter):
+    """Puts the current job fields on each record as ``record.job_fields``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job_fields = current_fields()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, job fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "job_fields", None) or current_fields())
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The plain format, with ``key=value`` job fields appended when there are any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "job_fields", None)
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return line
+
+
+def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    """Sends the root logger's records to stderr, as text or JSON lines, with job fields."""
+    handler = logging.StreamHandler()
+    handler.addFilter(JobFieldsFilter())
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -1,0 +1,250 @@
+"""The worker's /metrics counts a known workload exactly; /healthz and /readyz tell the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from conveyor import JobContext, PermanentError, Producer, Settings, Worker, embedded
+from conveyor.consumer import probes
+from conveyor.consumer.failures import RetryPolicy
+from conveyor.topology.model import Topology
+from tests.tcp_proxy import TcpProxy
+from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
+
+FAST = RetryPolicy(initial=0.2, multiplier=2.0, maximum=1.0, jitter=0.0)
+OPTIONS = dataclasses.replace(TEST_OPTIONS, metrics_host="127.0.0.1", metrics_interval=0.2)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+async def live(settings: Settings, schema_registry_url: str) -> Settings:
+    prepared = await prepare(settings.replace(partition_unit=1), schema_registry_url)
+    return prepared.replace(metrics_port=embedded.free_port())
+
+
+async def get(url: str) -> httpx.Response:
+    # From a thread: the probes run on this event loop, which must stay free to answer.
+    return await asyncio.to_thread(httpx.get, url, timeout=30)
+
+
+async def scrape(worker: Worker) -> Samples:
+    response = await get(f"http://127.0.0.1:{worker.http_port}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def submitted(job_type: str) -> float:
+    labels = {"type": job_type, "priority": "normal"}
+    return REGISTRY.get_sample_value("conveyor_jobs_submitted_total", labels) or 0.0
+
+
+def workload_worker(live: Settings, gate: asyncio.Event) -> Worker:
+    """A worker whose handlers succeed, fail once, always fail, or wait for ``gate``."""
+    worker = Worker(live, priorities=["normal"], concurrency=8, options=OPTIONS)
+
+    @worker.handler("ok.job")
+    async def ok(ctx: JobContext, payload: Any) -> None:
+        return None
+
+    @worker.handler("flaky.job", retry=FAST)
+    async def flaky(ctx: JobContext, payload: Any) -> None:
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+    @worker.handler("bad.job")
+    async def bad(ctx: JobContext, payload: Any) -> None:
+        raise PermanentError("never works")
+
+    @worker.handler("gate.job")
+    async def gated(ctx: JobContext, payload: Any) -> None:
+        await gate.wait()
+
+    return worker
+
+
+async def test_metrics_count_a_known_workload_exactly(live: Settings) -> None:
+    gate = asyncio.Event()
+    worker = workload_worker(live, gate)
+
+    ok_before = submitted("ok.job")
+    with Producer(live) as producer:
+        # One batch each, so the lag holds them even where a broker counts batches.
+        for n in range(3):
+            producer.submit("gate.job", {"n": n}, key="gate", wait=True)
+        for n in range(9):
+            producer.submit("ok.job", {"n": n})
+        producer.submit("ok.job", {"n": 9}, dedupe_key="once")
+        producer.submit("ok.job", {"n": 9}, dedupe_key="once")  # a duplicate: skipped
+        for n in range(2):
+            producer.submit("flaky.job", {"n": n})
+        for n in range(3):
+            producer.submit("bad.job", {"n": n})
+        producer.submit("nobody.home", {})  # no handler: HandlerMissing, counted as "other"
+    assert submitted("ok.job") - ok_before == 11
+
+    async with running(worker):
+        stats = worker.stats
+        await eventually(
+            lambda: (stats.completed, stats.failed, stats.duplicates_skipped) == (12, 4, 1),
+            what="every job but the gated ones final",
+        )
+
+        async def backlog_held() -> bool:
+            s = await scrape(worker)
+            return value(s, "conveyor_queue_depth", priority="normal") >= 3
+
+        await eventually(backlog_held, what="the gated jobs counted as lag")
+        held = await scrape(worker)
+        assert value(held, "conveyor_jobs_in_flight", priority="normal") == 1
+        gate.set()
+
+        async def drained() -> bool:
+            s = await scrape(worker)
+            return (
+                value(s, "conveyor_queue_depth", priority="normal") == 0
+                and value(s, "conveyor_dlq_pending") == 4
+                and value(s, "conveyor_jobs_completed_total", type="gate.job", priority="normal")
+                == 3
+            )
+
+        await eventually(drained, what="no lag, 4 DLQ rows, the gated jobs complete")
+        s = await scrape(worker)
+
+    def job(name: str, job_type: str, **extra: str) -> float:
+        return value(s, name, type=job_type, priority="normal", **extra)
+
+    assert job("conveyor_jobs_started_total", "ok.job") == 10
+    assert job("conveyor_jobs_completed_total", "ok.job") == 10
+    assert job("conveyor_jobs_duplicates_skipped_total", "ok.job") == 1
+    assert job("conveyor_jobs_started_total", "flaky.job") == 4
+    assert job("conveyor_jobs_retried_total", "flaky.job") == 2
+    assert job("conveyor_jobs_completed_total", "flaky.job") == 2
+    assert job("conveyor_jobs_started_total", "bad.job") == 3
+    assert job("conveyor_jobs_failed_total", "bad.job", reason="Permanent") == 3
+    assert job("conveyor_jobs_completed_total", "bad.job") == 0
+    assert job("conveyor_jobs_started_total", "other") == 1
+    assert job("conveyor_jobs_failed_total", "other", reason="HandlerMissing") == 1
+    assert job("conveyor_jobs_started_total", "gate.job") == 3
+    assert value(s, "conveyor_jobs_dead_lettered_total", priority="normal") == 4
+    assert value(s, "conveyor_jobs_in_flight", priority="normal") == 0
+    partitions = Topology.from_settings(live).spec(Topology.from_settings(live).job_topic("normal"))
+    assert value(s, "conveyor_assigned_partitions", priority="normal") == partitions.partitions
+    # Every attempt whose handler ran has a duration; only first attempts have a wait.
+    durations = {"ok.job": 10, "flaky.job": 4, "bad.job": 3, "gate.job": 3, "other": 0}
+    waits = {"ok.job": 10, "flaky.job": 2, "bad.job": 3, "gate.job": 3, "other": 1}
+    for job_type, count in durations.items():
+        assert job("conveyor_job_duration_seconds_count", job_type) == count, job_type
+        assert job("conveyor_job_duration_seconds_bucket", job_type, le="+Inf") == count
+    for job_type, count in waits.items():
+        assert job("conveyor_job_wait_seconds_count", job_type) == count, job_type
+    # The gated jobs waited for the gate: their duration sum shows it, the others' do not.
+    assert job("conveyor_job_duration_seconds_sum", "gate.job") > job(
+        "conveyor_job_duration_seconds_sum", "ok.job"
+    )
+    # Bounded labels: no job ids or keys anywhere.
+    labels = {v for (_name, pairs) in s for _k, v in pairs}
+    assert not any(len(v) == 36 and v.count("-") == 4 for v in labels)
+    assert "gate" not in labels
+
+
+@pytest.fixture
+async def proxied(live: Settings) -> AsyncIterator[tuple[Settings, TcpProxy]]:
+    """The settings with Postgres reached through a proxy the test can stop."""
+    url = urllib.parse.urlsplit(live.database_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    netloc = url.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    netloc_new = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
+    try:
+        yield live.replace(database_url=url._replace(netloc=netloc_new).geturl()), proxy
+    finally:
+        await proxy.stop()
+
+
+async def probe(worker: Worker, path: str) -> tuple[int, dict[str, str]]:
+    response = await get(f"http://127.0.0.1:{worker.http_port}{path}")
+    body = response.json()
+    return response.status_code, body["checks"]
+
+
+async def test_readyz_waits_for_the_group_join_and_follows_the_database(
+    proxied: tuple[Settings, TcpProxy],
+) -> None:
+    settings, proxy = proxied
+    worker = Worker(settings, priorities=["normal"], concurrency=2, options=OPTIONS)
+    async with running(worker):
+        await eventually(lambda: worker.http_port is not None, what="the endpoint to listen")
+        status, checks = await probe(worker, "/readyz")
+        # Served before the consumer joins its group, and honest about it.
+        assert status == 503
+        assert checks["consumer_groups"] != "ok"
+        assert checks["database"] == "ok"
+        assert (await probe(worker, "/healthz"))[0] == 200
+
+        async def ready() -> bool:
+            return (await probe(worker, "/readyz"))[0] == 200
+
+        await eventually(ready, what="ready after the join")
+
+        await proxy.stop()
+        status, checks = await probe(worker, "/readyz")
+        assert status == 503
+        assert checks["database"] != "ok"
+        assert checks["consumer_groups"] == "ok"
+        assert (await probe(worker, "/healthz"))[0] == 200  # alive: restarting would not help
+
+        await proxy.start()
+        await eventually(ready, what="ready again once the database is back")
+
+
+async def test_healthz_fails_while_the_event_loop_is_blocked(
+    live: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(probes, "LOOP_TIMEOUT", 0.5)
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=OPTIONS)
+    blocking = asyncio.Event()
+
+    @worker.handler("block.loop")
+    async def block(ctx: JobContext, payload: Any) -> None:
+        blocking.set()
+        time.sleep(2.0)  # blocks the worker's event loop, on purpose  # noqa: ASYNC251
+
+    async with running(worker):
+        await eventually(lambda: worker.http_port is not None, what="the endpoint to listen")
+        assert (await probe(worker, "/healthz"))[0] == 200
+        url = f"http://127.0.0.1:{worker.http_port}/healthz"
+
+        def probe_when_blocked() -> httpx.Response:
+            deadline = time.monotonic() + 60
+            while not blocking.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return httpx.get(url, timeout=30)
+
+        probing = asyncio.create_task(asyncio.to_thread(probe_when_blocked))
+        with Producer(live) as producer:
+            producer.submit("block.loop", {})
+        response = await probing
+        assert response.status_code == 503
+        assert response.json()["checks"]["event_loop"].startswith("no answer")
+        assert (await probe(worker, "/healthz"))[0] == 200
