@@ -57,6 +57,7 @@ def registry_process(settings: Settings, host: str = "127.0.0.1") -> Iterator[st
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         preexec_fn=embedded.die_with_parent,  # noqa: PLW1509 - no threads before exec
+        process_group=0,  # a terminal's Ctrl-C reaches only the parent, which stops it in order
     )
     url = f"http://{host}:{port}"
     try:

@@ -112,6 +112,9 @@ class TansuBroker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads are started before exec
+            # Its own process group: a terminal's Ctrl-C reaches only the parent, which then
+            # stops the broker after everything that uses it.
+            process_group=0,
         )
         try:
             wait_for_broker(self.bootstrap, timeout)

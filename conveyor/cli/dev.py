@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import signal
+import socket
 import sys
 from collections import Counter
+from typing import Any
 
-from conveyor import db, devstack, examples, migrations
+import asyncpg
+
+from conveyor import db, devstack, devsummary, embedded, examples, migrations
 from conveyor.cli import common
+from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.worker import Worker
 from conveyor.producer import Producer
 from conveyor.schemas import contracts
 from conveyor.schemas.serde import Serde
-from conveyor.settings import Settings, explicitly_set
+from conveyor.settings import DEFAULT_METRICS_PORT, Settings, explicitly_set
 from conveyor.topology import admin
 from conveyor.topology.model import PRIORITIES, Topology
 
 DEFAULT_JOBS = 200
 STATUS_EVERY = 2.0
+METRICS_HOST = "127.0.0.1"
+#: Tansu holds an empty fetch for its whole max wait even when a record arrives meanwhile
+#: (Kafka answers at once), so a short wait keeps the dev waits honest.
+DEV_OPTIONS = WorkerOptions(metrics_host=METRICS_HOST, fetch_max_wait_ms=50)
 
 
 def register(subparsers: common.SubParsers) -> None:
@@ -34,8 +44,10 @@ def register(subparsers: common.SubParsers) -> None:
             "`conveyor registry serve` (unless CONVEYOR_SCHEMA_REGISTRY_URL); apply migrations "
             "and the topology; submit a mixed set of sample jobs of every priority; run a worker "
             "with example handlers (one succeeds, one reports progress, one fails, one is long) "
-            "and show what happens. Stops on Ctrl-C, or after --duration seconds, with a summary; "
-            "every child process stops with it."
+            "and show what happens: per-priority counts, in-flight jobs, retries, the DLQ and "
+            "p50/p99 wait, refreshed every 2s, and where /metrics is served (port 9464, or a "
+            "free one if taken; CONVEYOR_METRICS_PORT sets it). Stops on Ctrl-C, or after "
+            "--duration seconds, with a summary; every child process stops with it."
         ),
     )
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="sample jobs to submit")
@@ -48,7 +60,10 @@ def register(subparsers: common.SubParsers) -> None:
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # live lines even through a pipe or tee
-    with devstack.dev_stack(settings, explicitly_set()) as (live, services):
+    explicit = explicitly_set()
+    # The example failures are expected; the summary counts them instead of a log line each.
+    common.observe("conveyor-dev", settings, "ERROR")
+    with devstack.dev_stack(settings, explicit) as (live, services):
         for service in services:
             print(f"{service.name:>9}: {service.address}  ({service.origin})")
         asyncio.run(migrations.migrate(live))
@@ -56,17 +71,33 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         result = admin.apply(live)
         print(f"   topics: {len(result.created)} created, prefix {live.topic_prefix!r}")
         _register_contracts(live)
-        counts = _submit_samples(live, args.jobs)
-        shown = ", ".join(f"{p} {counts[p]}" for p in PRIORITIES)
-        print(f"submitted: {sum(counts.values())} jobs ({shown})")
-        worker = examples.build_worker(live)
+        served = live.replace(metrics_port=_metrics_port(settings, explicit))
+        worker = examples.build_worker(served, options=DEV_OPTIONS)
         print(f"   worker: {worker.worker_id}, priorities {','.join(worker.priorities)}")
-        asyncio.run(_run(worker, live, args.duration))
+        if served.metrics_port:
+            print(
+                f"  metrics: http://{METRICS_HOST}:{served.metrics_port}/metrics "
+                "(and /healthz, /readyz)"
+            )
+        asyncio.run(_run(worker, served, args.jobs, args.duration))
     print("stopped: every service of the stack has exited")
     return common.EXIT_OK
 
 
-async def _run(worker: Worker, settings: Settings, duration: float | None) -> None:
+def _metrics_port(settings: Settings, explicit: frozenset[str]) -> int:
+    """CONVEYOR_METRICS_PORT when set; else the default port, or a free one if it is taken."""
+    if "metrics_port" in explicit:
+        return settings.metrics_port
+    with socket.socket() as sock:
+        try:
+            sock.bind((METRICS_HOST, DEFAULT_METRICS_PORT))
+        except OSError:
+            return embedded.free_port(METRICS_HOST)
+    return DEFAULT_METRICS_PORT
+
+
+async def _run(worker: Worker, settings: Settings, jobs: int, duration: float | None) -> None:
+    """Runs the worker, submits the samples once it has joined, reports, then summarises."""
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, worker.stop)
     if duration is not None:
@@ -74,40 +105,54 @@ async def _run(worker: Worker, settings: Settings, duration: float | None) -> No
     else:
         # Only now is Ctrl-C handled as "stop", so only now say so.
         print("running; press Ctrl-C to stop")
-    reporter = asyncio.create_task(_report(worker))
-    try:
-        await worker.run()
-    finally:
-        reporter.cancel()
-        loop.remove_signal_handler(signal.SIGINT)
-    await _summary(settings)
-
-
-async def _report(worker: Worker) -> None:
-    while True:
-        await asyncio.sleep(STATUS_EVERY)
-        s = worker.stats
-        print(
-            f"   status: started {s.started}, completed {s.completed}, failed {s.failed}, "
-            f"cancelled {s.cancelled}, duplicates skipped {s.duplicates_skipped}"
-        )
-
-
-async def _summary(settings: Settings) -> None:
     conn = await db.connect(settings)
     try:
-        rows = await conn.fetch("SELECT priority, state, count(*) AS n FROM jobs GROUP BY 1, 2")
+        run = asyncio.create_task(worker.run())
+        reporter: asyncio.Task[None] | None = None
+        try:
+            # Submitting once the worker is in its groups makes the waits shown the real
+            # submit-to-start latency, not the worker's start-up.
+            while not worker.joined and not run.done():  # noqa: ASYNC110 - two conditions
+                await asyncio.sleep(0.05)
+            if not run.done():
+                counts = await asyncio.to_thread(_submit_samples, settings, jobs)
+                shown = ", ".join(f"{p} {counts[p]}" for p in PRIORITIES)
+                print(f"submitted: {sum(counts.values())} jobs ({shown})")
+                reporter = asyncio.create_task(_report(worker, conn))
+            await run
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+            if not run.done():
+                worker.stop()
+                await run
+        print("  summary:")
+        for line in devsummary.table(await devsummary.take(conn, worker)):
+            print(f"           {line}")
     finally:
         await conn.close()
-    table: dict[str, Counter[str]] = {p: Counter() for p in PRIORITIES}
-    for row in rows:
-        table.setdefault(row["priority"], Counter())[row["state"]] = row["n"]
-    print("  summary: priority  complete  failed  processing")
-    for priority in PRIORITIES:
-        c = table[priority]
-        print(
-            f"           {priority:<8}  {c['complete']:>8}  {c['failed']:>6}  {c['processing']:>10}"
-        )
+
+
+async def _report(worker: Worker, conn: asyncpg.Connection[Any]) -> None:
+    """Redraws the table in a terminal; prints a status line per refresh to a pipe."""
+    drawn = 0
+    while True:
+        await asyncio.sleep(STATUS_EVERY)
+        try:
+            snapshot = await devsummary.take(conn, worker)
+        except (asyncpg.PostgresError, OSError) as exc:
+            print(f"   status: unavailable ({exc})")
+            continue
+        if sys.stdout.isatty():
+            lines = devsummary.table(snapshot)
+            sys.stdout.write(devsummary.redraw(drawn, lines))
+            sys.stdout.flush()
+            drawn = len(lines)
+        else:
+            print(f"   status: {devsummary.status_line(snapshot)}")
 
 
 def _register_contracts(settings: Settings) -> None:

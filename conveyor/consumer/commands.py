@@ -91,6 +91,7 @@ class ControlPublisher:
         try:
             self._producer.flush(CONTROL_DELIVERY_TIMEOUT + EXPIRY_MARGIN)
         finally:
+            self._producer.close()  # drops its broker connections now, not at collection
             self._serde.close()
 
 

@@ -18,6 +18,8 @@ class WorkerOptions:
         max_buffered_per_partition: Jobs held per partition before it is paused; it resumes
             at half of this, so memory stays bounded whatever the backlog.
         fetch_timeout_ms: How long one fetch waits for records.
+        fetch_max_wait_ms: How long the broker holds a fetch that found no records. Kafka
+            answers as soon as a record arrives, so this bounds idle fetches, not latency.
         lease_seconds: A job's lease; long jobs renew it every third of it.
         revoke_timeout: Seconds a revoke waits for running jobs of the revoked partitions.
         shutdown_grace: Seconds in-flight jobs get to finish on SIGTERM.
@@ -36,6 +38,7 @@ class WorkerOptions:
     commit_interval: float = 1.0
     max_buffered_per_partition: int = 1000
     fetch_timeout_ms: int = 200
+    fetch_max_wait_ms: int = 500
     lease_seconds: float = 30.0
     revoke_timeout: float = 20.0
     shutdown_grace: float = 30.0

@@ -90,6 +90,7 @@ class Republisher:
         self._producer.flush(self._delivery_timeout)
         self._closed.set()
         self._poller.join()
+        self._producer.close()  # drops its broker connections now, not at collection
 
     def _poll(self) -> None:
         while not self._closed.is_set():

@@ -175,6 +175,7 @@ class ConsumerLoop:
                 session_timeout_ms=self._options.session_timeout_ms,
                 heartbeat_interval_ms=self._options.heartbeat_interval_ms,
                 max_poll_interval_ms=self._options.max_poll_interval_ms,
+                fetch_max_wait_ms=self._options.fetch_max_wait_ms,
                 **aiokafka_security(self._settings),
             )
             consumer.subscribe(

@@ -151,6 +151,16 @@ class Worker:
             return frozenset()
         return frozenset((tp.topic, tp.partition) for tp in self._loop.owned)
 
+    @property
+    def joined(self) -> bool:
+        """Every consumer has joined its group: the worker receives jobs (see ``/readyz``)."""
+        return self._loop is not None and self._loop.joined
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs running now."""
+        return 0 if self._loop is None else self._loop.in_flight
+
     def stop(self) -> None:
         """Asks the worker to stop: no new fetches, in-flight jobs get the grace period."""
         self._stop.set()

@@ -226,3 +226,4 @@ class DeliveryCore:
         finally:
             self._closed.set()
             self._poller.join()
+            self._producer.close()  # drops its broker connections now, not at collection

