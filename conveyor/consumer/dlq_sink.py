@@ -31,8 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +41,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import Span
 
+from conveyor.consumer import dlq_rows
 from conveyor.consumer.kafka import aiokafka_security
 from conveyor.consumer.status import error_json
 from conveyor.dlq import RecordPublisher, database_errors
@@ -67,57 +66,6 @@ MAX_BATCH = 100
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 
-_INSERT = """
-INSERT INTO job_dlq (
-    original_job_id, tenant_id, type, payload, content_type, error_reason, attempts,
-    error_history, dlq_at, trace_id, source_topic, source_partition, source_offset, key,
-    priority, batch_id, dedupe_key, max_attempts, duration, submitted_at
-)
-VALUES (
-    $1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, $15, $16,
-    $17, $18, $19, $20
-)
-ON CONFLICT ON CONSTRAINT job_dlq_source_unique DO NOTHING
-RETURNING id, event_published_at
-"""
-
-_EXISTING = """
-SELECT id, event_published_at FROM job_dlq
-WHERE source_topic = $1 AND source_partition = $2 AND source_offset = $3
-"""
-
-# A job no worker recorded (dead before its claim) gets its row here, so status() says
-# failed; a job that already ended keeps its state. A job still processing under a live
-# lease is left to its worker, which records the failure right after the DLQ publish is
-# acknowledged: writing it here would fence that worker (LeaseLostError) and lose its count.
-_FAIL_JOB = """
-WITH failed AS (
-    INSERT INTO jobs AS j (
-        job_id, type, key, tenant_id, priority, dedupe_key, max_attempts, submitted_at,
-        state, attempts, last_error, finished_at, updated_at
-    )
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'failed', $9, $10::text::jsonb, now(), now())
-    ON CONFLICT (job_id) DO UPDATE SET
-        state = 'failed',
-        attempts = greatest(j.attempts, EXCLUDED.attempts),
-        last_error = EXCLUDED.last_error,
-        finished_at = now(),
-        lease_owner = NULL,
-        lease_expires_at = NULL,
-        updated_at = now()
-    WHERE j.state NOT IN ('failed', 'complete', 'cancelled')
-      AND (j.state <> 'processing' OR j.lease_expires_at IS NULL OR j.lease_expires_at < now())
-    RETURNING j.job_id, j.attempts, j.finished_at
-)
-INSERT INTO job_transitions (job_id, state, at, attempt, error)
-SELECT job_id, 'failed', finished_at, attempts, $10::text::jsonb FROM failed
-RETURNING job_id
-"""
-
-_MARK_PUBLISHED = """
-UPDATE job_dlq SET event_published_at = now() WHERE id = $1 AND event_published_at IS NULL
-"""
-
 
 @dataclasses.dataclass
 class DlqSinkStats:
@@ -139,58 +87,6 @@ class DlqSinkStats:
     """Decoded messages whose data Postgres or the event contract refused; skipped."""
     retries: int = 0
     """Messages tried again after an outage."""
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, dt.datetime) else value
-
-
-def history_json(history: Sequence[Mapping[str, Any]]) -> str:
-    """The ``error_history`` column: the AttemptError records with ISO 8601 times."""
-    return json.dumps([{k: _iso(v) for k, v in error.items()} for error in history])
-
-
-def last_error(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``jobs.last_error`` of a dead job, shaped like the worker's error records."""
-    reason = record["error_reason"]
-    history = record.get("error_history") or []
-    if not history:
-        return {
-            "type": reason,
-            "message": f"dead-lettered ({reason}) without a recorded attempt error",
-            "at": _iso(record["dead_at"]),
-            "reason": reason,
-        }
-    last = history[-1]
-    return {
-        "type": last["error_type"],
-        "message": last["message"],
-        "traceback": last.get("traceback", ""),
-        "attempt": last["attempt"],
-        "at": _iso(last["at"]),
-        "reason": reason,
-    }
-
-
-def job_failed_event(record: Mapping[str, Any], dlq_id: int) -> dict[str, Any]:
-    """The ``JobFailed`` event of a dead job held in ``job_dlq`` row ``dlq_id``."""
-    history = list(record.get("error_history") or [])
-    attempts = int(record["attempts"])
-    return {
-        "kind": "JobFailed",
-        "job_id": str(record["job_id"]),
-        "type": record.get("type") or "unknown",
-        "tenant_id": record.get("tenant_id"),
-        "priority": record.get("priority"),
-        "attempt": max(attempts, 1),
-        "at": dt.datetime.now(dt.UTC),
-        "error_reason": record["error_reason"],
-        "error_message": history[-1]["message"] if history else None,
-        "error_history": history,
-        "attempts": attempts,
-        "dlq_id": dlq_id,
-        "failed_at": record["dead_at"],
-    }
 
 
 class DlqSink:
@@ -395,7 +291,7 @@ class DlqSink:
         with database_errors(f"storing the dead job {job_id}"):
             async with self._pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
-                    _INSERT,
+                    dlq_rows.INSERT,
                     job_id,
                     record.get("tenant_id"),
                     record.get("type"),
@@ -403,7 +299,7 @@ class DlqSink:
                     record.get("content_type"),
                     record["error_reason"],
                     record["attempts"],
-                    history_json(record.get("error_history") or []),
+                    dlq_rows.history_json(record.get("error_history") or []),
                     record["dead_at"],
                     record.get("trace_id"),
                     *coordinates,
@@ -416,7 +312,7 @@ class DlqSink:
                     record.get("submitted_at"),
                 )
                 if row is None:
-                    row = await conn.fetchrow(_EXISTING, *coordinates)
+                    row = await conn.fetchrow(dlq_rows.EXISTING, *coordinates)
                     if row is None:  # deleted between the two statements: insert it again
                         raise ConveyorError(f"the DLQ row of job {job_id} vanished; retrying")
                     self.stats.duplicates += 1
@@ -429,7 +325,7 @@ class DlqSink:
     @staticmethod
     async def _fail_job(conn: Any, record: Mapping[str, Any], max_attempts: int | None) -> bool:
         done = await conn.fetchval(
-            _FAIL_JOB,
+            dlq_rows.FAIL_JOB,
             record["job_id"],
             record.get("type"),
             record.get("key"),
@@ -439,7 +335,7 @@ class DlqSink:
             max_attempts,
             record.get("submitted_at"),
             record["attempts"],
-            error_json(last_error(record)),
+            error_json(dlq_rows.last_error(record)),
         )
         return done is not None
 
@@ -449,13 +345,13 @@ class DlqSink:
         await self._publisher.publish(
             JOB_EVENT,
             self._topology.events_topic,
-            job_failed_event(record, dlq_id),
+            dlq_rows.job_failed_event(record, dlq_id),
             key=job_id.encode(),
             job_id=job_id,
             headers=tracing.with_current_context([]),
         )
         with database_errors(f"recording the JobFailed event of job {job_id}"):
-            await self._pool.execute(_MARK_PUBLISHED, dlq_id)
+            await self._pool.execute(dlq_rows.MARK_PUBLISHED, dlq_id)
         self.stats.events_published += 1
 
 
@@ -465,7 +361,4 @@ __all__ = [
     "DEFAULT_SESSION_TIMEOUT_MS",
     "DlqSink",
     "DlqSinkStats",
-    "history_json",
-    "job_failed_event",
-    "last_error",
 ]

@@ -24,34 +24,30 @@ once, and the worker's dedupe and lease fencing absorb a rare duplicate.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from aiokafka.structs import OffsetAndMetadata
 
 from conveyor.consumer.kafka import aiokafka_security
+from conveyor.consumer.relay_items import HeldPartition, Item
 from conveyor.consumer.republish import Republisher
 from conveyor.errors import (
     BrokerUnavailableError,
     ConfigurationError,
     ConveyorError,
-    DeserializationError,
 )
 from conveyor.observability import tracing
-from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
-from conveyor.topology.model import PRIORITIES, Topology
+from conveyor.topology.model import Topology
 
 log = logging.getLogger("conveyor.relay")
 
-FALLBACK_PRIORITY = "normal"
 #: Records one fetch may return; with ``max_held_per_partition`` it bounds memory.
 FETCH_MAX_RECORDS = 500
 #: Republishes awaited together; their acks are awaited as one batch.
@@ -110,32 +106,6 @@ class RelayStats:
     undecodable: int = 0
 
 
-@dataclasses.dataclass(eq=False)
-class _Item:
-    """One fetched record and, once decoded, where and when it goes."""
-
-    record: ConsumerRecord[bytes, bytes]
-    decoded: bool = False
-    skip: bool = False
-    topic: str = ""
-    not_before: dt.datetime | None = None
-    attributes: dict[str, Any] = dataclasses.field(default_factory=dict)  # the job's, for spans
-
-
-@dataclasses.dataclass(eq=False)
-class _Partition:
-    """What the relay holds for one owned retry partition."""
-
-    tp: TopicPartition
-    pending: collections.deque[_Item] = dataclasses.field(default_factory=collections.deque)
-    done: int | None = None  # the offset after the last republished or skipped record
-    committed: int | None = None
-    paused: bool = False
-    released: bool = False
-    timer: asyncio.TimerHandle | None = None
-    task: asyncio.Task[None] | None = None
-
-
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, relay: RetryRelay) -> None:
         self._relay = relay
@@ -165,7 +135,7 @@ class RetryRelay:
         self._topology = Topology.from_settings(settings)
         self.group_id = f"{settings.topic_prefix}.relay"
         self.stats = RelayStats()
-        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._partitions: dict[TopicPartition, HeldPartition] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._republisher: Republisher | None = None
         self._commit_lock = asyncio.Lock()
@@ -259,7 +229,7 @@ class RetryRelay:
                 state = self._partitions.get(tp)
                 if state is None or state.released:
                     continue
-                state.pending.extend(_Item(record) for record in records)
+                state.pending.extend(Item(record) for record in records)
                 if len(state.pending) >= self._options.max_held_per_partition:
                     self._set_paused(state, True)
                 self._kick(state)
@@ -267,7 +237,7 @@ class RetryRelay:
                 held = sum(len(s.pending) for s in self._partitions.values())
                 self.stats.held_max = max(self.stats.held_max, held)
 
-    def _kick(self, state: _Partition) -> None:
+    def _kick(self, state: HeldPartition) -> None:
         """Starts the partition's drain unless one runs (it then sees the new records)."""
         if state.timer is not None:
             state.timer.cancel()
@@ -276,7 +246,7 @@ class RetryRelay:
             return
         state.task = asyncio.create_task(self._drain_guarded(state))
 
-    async def _drain_guarded(self, state: _Partition) -> None:
+    async def _drain_guarded(self, state: HeldPartition) -> None:
         try:
             await self._drain(state)
         except Exception:
@@ -292,14 +262,14 @@ class RetryRelay:
 
     # -- republishing ---------------------------------------------------------------------
 
-    async def _drain(self, state: _Partition) -> None:
+    async def _drain(self, state: HeldPartition) -> None:
         """Republishes the partition's due records in offset order until one is not due."""
         while state.pending and not state.released:
             wait = self._seconds_until_due(state.pending[0])
             if wait > 0:
                 self._hold(state, wait)
                 return
-            batch: list[tuple[_Item, asyncio.Future[None] | None]] = []
+            batch: list[tuple[Item, asyncio.Future[None] | None]] = []
             for item in state.pending:
                 if len(batch) >= REPUBLISH_BATCH or self._seconds_until_due(item) > 0:
                     break
@@ -312,7 +282,7 @@ class RetryRelay:
         if not state.pending:
             self._set_paused(state, False)
 
-    def _seconds_until_due(self, item: _Item) -> float:
+    def _seconds_until_due(self, item: Item) -> float:
         """Decodes the item on first sight; 0 when it can go now (or be skipped)."""
         if not item.decoded:
             try:
@@ -325,50 +295,17 @@ class RetryRelay:
             return 0.0
         return (item.not_before - dt.datetime.now(dt.UTC)).total_seconds()
 
-    def _decode(self, item: _Item) -> None:
-        record = item.record
-        try:
-            envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value or b"")
-        except DeserializationError as exc:
+    def _decode(self, item: Item) -> None:
+        if not item.decode(self._serde, self._topology):
             self.stats.undecodable += 1
-            log.error(
-                "skipping undecodable retry message %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                exc,
-            )
-            item.skip = item.decoded = True
-            return
-        priority = envelope.get("priority")
-        if priority not in PRIORITIES:
-            log.warning(
-                "retry message %s[%d]@%d has unknown priority %r; relaying it as %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                priority,
-                FALLBACK_PRIORITY,
-            )
-            priority = FALLBACK_PRIORITY
-        item.topic = self._topology.job_topic(str(priority))
-        item.attributes = tracing.job_attributes(
-            job_id=str(envelope.get("job_id")),
-            job_type=envelope.get("type"),
-            priority=str(priority),
-            attempt=envelope.get("attempt"),
-        )
-        not_before = envelope.get("not_before")
-        item.not_before = not_before if isinstance(not_before, dt.datetime) else None
-        item.decoded = True
 
-    def _hold(self, state: _Partition, wait: float) -> None:
+    def _hold(self, state: HeldPartition, wait: float) -> None:
         """Pauses the partition and wakes it when its head record is due."""
         self._set_paused(state, True)
         loop = asyncio.get_running_loop()
         state.timer = loop.call_at(loop.time() + wait, self._kick, state)
 
-    def _republish(self, item: _Item) -> asyncio.Future[None]:
+    def _republish(self, item: Item) -> asyncio.Future[None]:
         """Queues the original bytes and key for the item's job topic, in a hop span.
 
         The headers are the original ones with the hop span's trace context, which ends
@@ -393,7 +330,7 @@ class RetryRelay:
         return future
 
     async def _settle(
-        self, state: _Partition, batch: list[tuple[_Item, asyncio.Future[None] | None]]
+        self, state: HeldPartition, batch: list[tuple[Item, asyncio.Future[None] | None]]
     ) -> bool:
         """Awaits the batch's acks; marks the acknowledged prefix done. False on a failure."""
         futures = [f for _, f in batch if f is not None]
@@ -413,7 +350,7 @@ class RetryRelay:
             state.done = item.record.offset + 1
         return True
 
-    def _set_paused(self, state: _Partition, paused: bool) -> None:
+    def _set_paused(self, state: HeldPartition, paused: bool) -> None:
         if paused == state.paused or state.released:
             return
         consumer = self._require_consumer()
@@ -458,7 +395,7 @@ class RetryRelay:
 
     def _assign(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
-            self._partitions[tp] = _Partition(tp)
+            self._partitions[tp] = HeldPartition(tp)
         log.info("relay assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     async def _release(self, revoked: set[TopicPartition]) -> None:
@@ -469,7 +406,7 @@ class RetryRelay:
         for state in states:
             del self._partitions[state.tp]
 
-    async def _quiesce(self, states: list[_Partition]) -> None:
+    async def _quiesce(self, states: list[HeldPartition]) -> None:
         for state in states:
             state.released = True
             if state.timer is not None:
