@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -9,9 +11,10 @@ import sys
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
-from conveyor import Producer, Settings
+from conveyor import Producer, Settings, embedded
 from tests.conftest import run_cli, settings_env
 from tests.worker_helpers import eventually, prepare
 
@@ -69,6 +72,49 @@ async def test_sigterm_finishes_in_flight_jobs_and_exits_cleanly(
     )
     assert {r["job_id"] for r in per_job} == set(ids)
     assert {r["n"] for r in per_job} == {1}
+
+
+async def test_a_cli_worker_serves_probes_and_metrics_and_logs_json(
+    settings: Settings, schema_registry_url: str, db: asyncpg.Connection[Any]
+) -> None:
+    live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
+    await db.execute(f'CREATE TABLE "{live.database_schema}".side_effects (job_id text NOT NULL)')
+    port = embedded.free_port()
+    env = {**settings_env(live), "CONVEYOR_METRICS_PORT": str(port), "CONVEYOR_LOG_JSON": "true"}
+    proc = start_worker(env)
+    base = f"http://127.0.0.1:{port}"
+
+    async def answers(path: str) -> bool:
+        try:
+            response = await asyncio.to_thread(httpx.get, base + path, timeout=5)
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    try:
+        await eventually(lambda: answers("/readyz"), timeout=60, what="/readyz 200")
+        assert await answers("/healthz")
+        with Producer(live) as producer:
+            producer.submit("slow.effect", {"n": 1})
+
+        async def counted() -> bool:
+            metrics = await asyncio.to_thread(httpx.get, base + "/metrics", timeout=5)
+            return (
+                'conveyor_jobs_completed_total{priority="normal",type="slow.effect"} 1.0'
+                in metrics.text
+            )
+
+        await eventually(counted, timeout=60, what="the job counted on /metrics")
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(r["message"].startswith("serving /metrics") for r in records), err
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
 
 
 async def _positive(count: Any, state: str) -> bool:
