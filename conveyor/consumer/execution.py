@@ -285,8 +285,13 @@ class JobRunner:
         result: Any,
     ) -> tuple[Outcome, JobMessage | None, float]:
         try:
-            conn = await transaction.connection()
-            await self._status.complete(lease, result, conn)
+            if transaction.opened:
+                await self._status.complete(lease, result, await transaction.connection())
+            else:
+                # The handler wrote nothing through ctx.db: the completion is one statement
+                # on its own, with no BEGIN and COMMIT round trips around it.
+                async with self._pool.acquire() as conn:
+                    await self._status.complete(lease, result, conn)
         except LeaseLostError:
             await transaction.finish(commit=False)
             self._stats.fenced += 1

@@ -1,0 +1,296 @@
+"""BENCHMARKS.md from a run's results: a table per scenario and a closing summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.topology.model import PRIORITIES
+
+_INTRO = """\
+# Benchmarks
+
+Measured side by side in one run on one machine by `python -m bench` (see `bench/`).
+Every scenario starts its own workers against its own topics and Postgres schema; the
+broker, Postgres and the registry are the ones the tests use (Tansu, memory only, unless
+`CONVEYOR_KAFKA_BOOTSTRAP` names a broker). These are figures, not pass/fail checks:
+re-run them on your hardware with `python -m bench` (a full run) or
+`python -m bench --quick` (a smoke run whose figures mean nothing).
+"""
+
+
+def render(result: dict[str, Any]) -> str:
+    """The whole of BENCHMARKS.md for one run's result."""
+    meta = result["meta"]
+    scenarios = result["scenarios"]
+    parts = [_INTRO, _run_section(meta)]
+    renderers = {
+        "throughput": _throughput,
+        "latency": _latency,
+        "priority": _priority,
+        "keys": _keys,
+        "memory": _memory,
+    }
+    for name, render_one in renderers.items():
+        if name not in scenarios:
+            continue
+        scenario = scenarios[name]
+        if "error" in scenario:
+            parts.append(f"## {_TITLES[name]}\n\nFailed in this run: `{scenario['error']}`\n")
+        else:
+            parts.append(render_one(scenario))
+    parts.append(_summary(scenarios))
+    return "\n".join(parts)
+
+
+_TITLES = {
+    "throughput": "1. Throughput (no-op handler, durable status)",
+    "latency": "2. Latency at a fixed submit rate",
+    "priority": "3. Priority under overload",
+    "keys": "4. Key concurrency (2 partitions, 10 ms handler)",
+    "memory": "5. Memory with a large backlog",
+}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _run_section(meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    services = ", ".join(f"{k}: {v}" for k, v in meta["services"].items())
+    sizes = ", ".join(f"{k}={v}" for k, v in meta["sizes"].items())
+    lines = [
+        "## This run\n",
+        f"- Date: {meta['date']} ({'quick smoke run' if meta['quick'] else 'full run'}, "
+        f"{meta['duration_s']:.0f} s in all)",
+        f"- Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB RAM, "
+        f"Linux {m['kernel']}, load average {', '.join(str(x) for x in m['load_average'])} "
+        "at the start",
+        f"- Versions: {versions}",
+        f"- Services: {services}",
+        f"- Settings: {sizes}",
+        "- Worker settings: `WorkerOptions(session_timeout_ms=6000, heartbeat_interval_ms=1000,"
+        " fetch_max_wait_ms=20)` (Tansu holds an empty fetch for the whole wait, where Kafka"
+        " answers when a record arrives), relay, DLQ sink and purge off, `/metrics` served on"
+        " a free port; everything else default",
+    ]
+    if meta.get("note"):
+        lines.append(f"- Note: {meta['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def _throughput(s: dict[str, Any]) -> str:
+    p = s["params"]
+    c = s["contenders"]
+    raw_rate = c["raw"].get("jobs_per_s") or 0
+    celery_rate = c["celery"].get("jobs_per_s") or 0
+    labels = {
+        "raw": "raw confluent-kafka consume + commit loop",
+        "conveyor": f"conveyor worker (concurrency {p['conveyor_concurrency']})",
+        "celery": f"Celery on Redis, acks_late ({c['celery'].get('pool', '')})",
+    }
+    rows = []
+    for name, label in labels.items():
+        f = c[name]
+        if "skipped" in f:
+            rows.append([label, f"skipped: {f['skipped']}", "", "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                label,
+                f["jobs_per_s"],
+                _ratio(f["jobs_per_s"], raw_rate),
+                _ratio(f["jobs_per_s"], celery_rate),
+                f["cpu_s_per_1000"],
+                f["peak_rss_mb"],
+                f["wall_s"],
+                f"{f['machine_busy_pct']:.0f}",
+            ]
+        )
+    header = [
+        "contender",
+        "jobs/s",
+        "x raw",
+        "x Celery",
+        "CPU s / 1,000 jobs",
+        "peak RSS MB",
+        "wall s (with start-up)",
+        "machine CPU busy %",
+    ]
+    return (
+        f"## {_TITLES['throughput']}\n\n"
+        f"{p['jobs']:,} jobs preloaded on one `{p['priority']}` topic ({p['partitions']} "
+        f"partitions, {p['keys']:,} distinct keys; submitted at {p['preload_jobs_per_s']:,.0f}"
+        " jobs/s), then one worker process. Jobs/s count from the first job started to the last"
+        " one complete (conveyor: `state = 'complete'` in Postgres; Celery: the task's record"
+        " in Redis; raw loop: first to last commit). CPU and RSS are of the worker's process"
+        " tree; machine CPU busy is all CPUs over the same time (database, broker and"
+        " anything else on the machine included). The raw loop does no work per job (no"
+        " decoding, no database), so conveyor/raw is the share of the broker's delivery rate"
+        " that conveyor's per-job work leaves, not a broker limit.\n\n" + _table(header, rows)
+    )
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.3g}" if base else ""
+
+
+def _latency(s: dict[str, Any]) -> str:
+    p = s["params"]
+    rows = []
+    for name, figures in s["contenders"].items():
+        if "skipped" in figures:
+            rows.append([name, f"skipped: {figures['skipped']}", *[""] * 7])
+            continue
+        for step in figures["steps"]:
+            start, done = step["submit_to_start"], step["submit_to_complete"]
+            rows.append(
+                [
+                    name,
+                    step["rate"],
+                    step["jobs"],
+                    start["p50"],
+                    start["p95"],
+                    start["p99"],
+                    done["p50"],
+                    done["p95"],
+                    done["p99"],
+                ]
+            )
+    header = ["contender", "jobs/s offered", "jobs", "start p50 ms", "start p95 ms"]
+    header += ["start p99 ms", "complete p50 ms", "complete p95 ms", "complete p99 ms"]
+    half = " and half of conveyor's measured maximum" if p["half_of_measured_max"] else ""
+    return (
+        f"## {_TITLES['latency']}\n\n"
+        f"No-op jobs submitted one by one for {p['seconds_per_rate']:.0f} s at each rate (the"
+        f" fixed rates{half}) to a running worker; times from submit to the handler's start"
+        " and to the recorded completion.\n\n" + _table(header, rows)
+    )
+
+
+def _priority(s: dict[str, Any]) -> str:
+    p = s["params"]
+    c = s["contenders"]["conveyor"]
+    rows = [
+        [
+            name,
+            c["priorities"][name]["share_pct"],
+            c["priorities"][name]["expected_pct"],
+            c["priorities"][name]["median_wait_s"],
+        ]
+        for name in PRIORITIES
+    ]
+    return (
+        f"## {_TITLES['priority']}\n\n"
+        f"{p['backlog_per_priority']:,} jobs preloaded in each priority, a handler awaiting"
+        f" {p['handler_ms']:g} ms, one worker with concurrency {p['concurrency']}. Shares are of"
+        f" the {c['window_jobs']:,} jobs started while all four priorities still had jobs"
+        f" waiting ({c['window_s']:.1f} s); waits are from the worker's first job.\n\n"
+        + _table(["priority", "share %", "expected %", "median wait s"], rows)
+    )
+
+
+def _keys(s: dict[str, Any]) -> str:
+    p = s["params"]
+    series = s["contenders"]["conveyor"]["series"]
+    rows = [[x["keys"], x["jobs"], x["jobs_per_s"], x["ideal_jobs_per_s"]] for x in series]
+    return (
+        f"## {_TITLES['keys']}\n\n"
+        f"One worker (concurrency {p['concurrency']}) on a topic of {p['partitions']}"
+        f" partitions; each job awaits {p['handler_ms']:g} ms; jobs of one key run one at a"
+        " time. Ideal is min(keys, concurrency) / handler time.\n\n"
+        + _table(["distinct keys", "jobs", "jobs/s", "ideal jobs/s"], rows)
+    )
+
+
+def _memory(s: dict[str, Any]) -> str:
+    p = s["params"]
+    c = s["contenders"]["conveyor"]
+    row = [
+        p["backlog"],
+        p["seconds"],
+        c["jobs_done"],
+        c["rss_mb_first_job"],
+        c["rss_mb_end"],
+        c["rss_mb_mean_first_half"],
+        c["rss_mb_mean_second_half"],
+        c["peak_rss_mb"],
+    ]
+    header = ["backlog", "seconds run", "jobs done", "RSS MB at first job", "RSS MB at end"]
+    header += ["mean RSS MB, first half", "mean RSS MB, second half", "peak RSS MB"]
+    return (
+        f"## {_TITLES['memory']}\n\n"
+        f"{p['backlog']:,} jobs preloaded (at {p['preload_jobs_per_s']:,.0f} jobs/s), then one"
+        f" worker (concurrency {p['concurrency']}) runs for {p['seconds']:.0f} s while its RSS"
+        " is read every second.\n\n" + _table(header, [row])
+    )
+
+
+def _ms(percentiles: dict[str, float]) -> str:
+    return "/".join(_cell(float(percentiles[p])) for p in ("p50", "p95", "p99"))
+
+
+def _summary(scenarios: dict[str, Any]) -> str:
+    lines = ["## Summary\n"]
+    tp = scenarios.get("throughput", {})
+    if "ratios" in tp:
+        c = tp["contenders"]
+        ratios = tp["ratios"]
+        text = (
+            f"- Throughput: conveyor {c['conveyor']['jobs_per_s']:,.0f} jobs/s with durable"
+            f" status, {ratios.get('conveyor_to_raw', 0):.3g}x the raw loop"
+            f" ({c['raw']['jobs_per_s']:,.0f}/s)"
+        )
+        if "conveyor_to_celery" in ratios:
+            text += (
+                f" and {ratios['conveyor_to_celery']:.3g}x Celery/Redis"
+                f" ({c['celery']['jobs_per_s']:,.0f}/s)"
+            )
+        lines.append(text + ".")
+    lat = scenarios.get("latency", {}).get("contenders", {})
+    for name, figures in lat.items():
+        for step in figures.get("steps", []):
+            a, b = step["submit_to_start"], step["submit_to_complete"]
+            lines.append(
+                f"- Latency, {name} at {step['rate']:,.0f}/s: submit-to-start p50/p95/p99"
+                f" {_ms(a)} ms, submit-to-complete {_ms(b)} ms."
+            )
+    prio = scenarios.get("priority", {}).get("contenders", {}).get("conveyor")
+    if prio:
+        shares = "/".join(f"{prio['priorities'][p]['share_pct']:g}" for p in PRIORITIES)
+        lines.append(f"- Priority shares critical/high/normal/low: {shares}% (design 40/30/20/10).")
+    keys = scenarios.get("keys", {}).get("contenders", {}).get("conveyor")
+    if keys:
+        series = ", ".join(
+            f"{x['keys']:,} key{'s' if x['keys'] > 1 else ''} {x['jobs_per_s']:,.0f}/s"
+            for x in keys["series"]
+        )
+        lines.append(f"- Key concurrency on 2 partitions: {series}.")
+    mem = scenarios.get("memory", {}).get("contenders", {}).get("conveyor")
+    if mem:
+        backlog = scenarios["memory"]["params"]["backlog"]
+        text = (
+            f"- Memory: with a {backlog:,}-job backlog the worker's peak RSS was"
+            f" {mem['peak_rss_mb']:g} MB (mean {mem['rss_mb_mean_first_half']:g} MB over the"
+            f" first half of the run, {mem['rss_mb_mean_second_half']:g} MB over the second)"
+        )
+        if "ratios" in tp:
+            small = tp["params"]["jobs"]
+            text += (
+                f"; with a {small:,}-job backlog (throughput) it peaked at"
+                f" {tp['contenders']['conveyor']['peak_rss_mb']:g} MB"
+            )
+        lines.append(text + ".")
+    return "\n".join(lines) + "\n"

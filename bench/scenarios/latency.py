@@ -1,0 +1,128 @@
+"""Scenario 2, latency: jobs submitted one by one at a fixed rate to a running worker.
+
+For each rate (``sizes.latency_rates``, plus 50% of conveyor's maximum measured by the
+throughput scenario in the same run) it reports submit-to-start and submit-to-complete
+p50/p95/p99. conveyor's times come from Postgres (``submitted_at`` is set by the
+producer, ``started_at`` by the claim, ``finished_at`` by the completion); Celery's
+from the task's own record (submit time as an argument, start and end measured in the
+task). Each worker has done one warm-up job before the clock starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bench import celery_runner, contenders, jobs, stack
+from bench.context import Context
+from conveyor import Producer
+
+PRIORITY = "normal"
+
+
+def rates(ctx: Context) -> list[float]:
+    """The rates to offer: the fixed ones, and half of conveyor's measured maximum."""
+    offered = list(ctx.sizes.latency_rates)
+    measured = ctx.results.get("throughput", {}).get("contenders", {}).get("conveyor", {})
+    if measured.get("jobs_per_s"):
+        offered.append(round(measured["jobs_per_s"] / 2))
+    return offered
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    """Offers each rate to conveyor, then to Celery."""
+    offered = rates(ctx)
+    results: dict[str, Any] = {"conveyor": await _conveyor(ctx, offered)}
+    reason = celery_runner.unavailable()
+    if reason is None:
+        results["celery"] = await _celery(ctx, offered)
+    else:
+        ctx.log(f"latency: Celery skipped: {reason}")
+        results["celery"] = {"skipped": reason}
+    params = {
+        "rates": offered,
+        "seconds_per_rate": ctx.sizes.latency_seconds,
+        "half_of_measured_max": len(offered) > len(ctx.sizes.latency_rates),
+        "conveyor_concurrency": ctx.sizes.throughput_concurrency,
+    }
+    return {"params": params, "contenders": results}
+
+
+async def _conveyor(ctx: Context, offered: list[float]) -> dict[str, Any]:
+    sizes = ctx.sizes
+    steps = []
+    async with stack.workspace(ctx.stack, "lat") as settings:
+        conn = await jobs.connect(settings)
+        try:
+            with (
+                contenders.conveyor_worker(
+                    settings, priorities=[PRIORITY], concurrency=sizes.throughput_concurrency
+                ) as child,
+                Producer(settings) as producer,
+            ):
+                producer.submit("bench.noop", {}, key="warm-up", priority=PRIORITY, wait=True)
+                await jobs.wait_complete(
+                    conn,
+                    1,
+                    key_prefix="warm-up",
+                    alive=child.check_alive,
+                    timeout=sizes.job_timeout,
+                )
+                for index, rate in enumerate(offered):
+                    prefix = f"r{index}-"
+                    ctx.log(f"latency: conveyor at {rate:.0f} jobs/s")
+
+                    def submit(i: int, prefix: str = prefix) -> object:
+                        return producer.submit(
+                            "bench.noop", {}, key=f"{prefix}{i}", priority=PRIORITY
+                        )
+
+                    sent = await asyncio.to_thread(
+                        jobs.submit_at_rate, submit, rate=rate, seconds=sizes.latency_seconds
+                    )
+                    await asyncio.to_thread(producer.flush)
+                    await jobs.wait_complete(
+                        conn,
+                        sent,
+                        key_prefix=prefix,
+                        alive=child.check_alive,
+                        timeout=sizes.job_timeout,
+                    )
+                    steps.append(
+                        {"rate": rate, "jobs": sent, **await jobs.latency_ms(conn, prefix)}
+                    )
+        finally:
+            await conn.close()
+    return {"steps": steps}
+
+
+async def _celery(ctx: Context, offered: list[float]) -> dict[str, Any]:
+    sizes = ctx.sizes
+    celery = celery_runner.CeleryRun()
+    steps = []
+    try:
+        with celery.worker() as child:
+            celery.send()
+            await celery.wait_done(1, alive=child.check_alive, timeout=sizes.job_timeout)
+            for rate in offered:
+                celery.reset()
+                ctx.log(f"latency: Celery at {rate:.0f} jobs/s")
+                sent = await asyncio.to_thread(
+                    jobs.submit_at_rate,
+                    lambda _i: celery.send(),
+                    rate=rate,
+                    seconds=sizes.latency_seconds,
+                )
+                await celery.wait_done(sent, alive=child.check_alive, timeout=sizes.job_timeout)
+                records = celery.records()
+                steps.append(
+                    {
+                        "rate": rate,
+                        "jobs": sent,
+                        "submit_to_start": jobs.percentiles_ms([s - q for q, s, _ in records]),
+                        "submit_to_complete": jobs.percentiles_ms([f - q for q, _, f in records]),
+                    }
+                )
+    finally:
+        celery.close()
+    return {"steps": steps, "pool": f"prefork x{celery.concurrency}"}

@@ -1,0 +1,84 @@
+"""How big each scenario is: the issue's defaults for a full run, and a smoke size.
+
+``QUICK`` shrinks every scenario so that a whole run takes well under two minutes; its
+figures only show that the harness works (startup dominates them), never speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sizes:
+    """Scenario parameters.
+
+    Args:
+        throughput_jobs: Jobs preloaded for the throughput scenario.
+        throughput_keys: Distinct keys among them.
+        throughput_concurrency: The conveyor worker's concurrency there (its default).
+        latency_rates: Fixed submit rates (jobs/s); 50% of conveyor's measured maximum
+            is added when the throughput scenario ran first.
+        latency_seconds: How long each rate is offered.
+        priority_backlog: Jobs preloaded in each of the four priorities.
+        priority_handler_ms: What the priority scenario's handler awaits.
+        priority_concurrency: The worker's (limited) concurrency there.
+        key_counts: The distinct-key counts of the key-concurrency series.
+        key_jobs: Most jobs in one step of that series.
+        key_step_seconds: A step with few keys gets the jobs a perfectly parallel run
+            would finish in this many seconds (see ``key_step_jobs``).
+        key_handler_ms: What the key scenario's handler awaits.
+        key_concurrency: The worker's concurrency there.
+        memory_backlog: Jobs preloaded for the memory scenario.
+        memory_seconds: How long the worker runs against that backlog.
+        job_timeout: Longest wait for one step's jobs to finish.
+        poll_interval: Seconds between two readings of progress and process usage (each
+            reading of conveyor's progress is a count over the jobs table).
+    """
+
+    throughput_jobs: int
+    throughput_keys: int = 10_000
+    throughput_concurrency: int = 32
+    latency_rates: tuple[float, ...] = (1000.0,)
+    latency_seconds: float
+    priority_backlog: int
+    priority_handler_ms: float = 2.0
+    priority_concurrency: int = 8
+    key_counts: tuple[int, ...] = (1, 10, 100, 1000)
+    key_jobs: int
+    key_step_seconds: float = 3.0
+    key_handler_ms: float = 10.0
+    key_concurrency: int = 64
+    memory_backlog: int
+    memory_seconds: float
+    job_timeout: float = 900.0
+    poll_interval: float = 1.0
+
+    def key_step_jobs(self, keys: int) -> int:
+        """Jobs for the step with ``keys`` distinct keys."""
+        per_key = int(self.key_step_seconds * 1000 / self.key_handler_ms)
+        return min(self.key_jobs, max(keys * per_key, 20))
+
+
+FULL = Sizes(
+    throughput_jobs=100_000,
+    latency_seconds=20.0,
+    priority_backlog=5_000,
+    key_jobs=5_000,
+    memory_backlog=1_000_000,
+    memory_seconds=60.0,
+)
+
+QUICK = Sizes(
+    throughput_jobs=3_000,
+    throughput_keys=1_000,
+    latency_rates=(200.0,),
+    latency_seconds=3.0,
+    priority_backlog=300,
+    key_jobs=600,
+    key_step_seconds=0.5,
+    memory_backlog=10_000,
+    memory_seconds=6.0,
+    job_timeout=60.0,
+    poll_interval=0.25,
+)

@@ -1,0 +1,110 @@
+"""The benchmark harness's smoke run (``python -m bench --quick``) keeps working.
+
+It proves the harness runs every scenario against the real services and yields figures
+for every contender; it asserts nothing about speed (the figures are only checked to be
+there and positive).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import celery_runner
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = {"throughput", "latency", "priority", "keys", "memory"}
+
+
+def _run_quick(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], str]:
+    out, markdown = tmp_path / "result.json", tmp_path / "BENCHMARKS.md"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--markdown", str(markdown)],
+        cwd=REPO_ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), markdown.read_text()
+
+
+def _assert_celery(figures: dict[str, Any], redis_down: str | None) -> bool:
+    """Celery is skipped exactly when Redis is unreachable; returns whether it ran."""
+    if redis_down is not None:
+        assert figures == {"skipped": redis_down}
+        return False
+    assert "skipped" not in figures, figures
+    return True
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_reports_every_scenario_and_contender(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, schema_registry_url: str
+) -> None:
+    repo_markdown = REPO_ROOT / "BENCHMARKS.md"
+    before = repo_markdown.read_bytes() if repo_markdown.exists() else None
+    redis_down = celery_runner.unavailable()
+
+    result, markdown = _run_quick(
+        tmp_path,
+        {
+            "CONVEYOR_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "CONVEYOR_DATABASE_URL": database_url,
+            "CONVEYOR_SCHEMA_REGISTRY_URL": schema_registry_url,
+        },
+    )
+
+    assert result["meta"]["quick"] is True
+    assert set(result["scenarios"]) == SCENARIOS
+    errors = {k: v["error"] for k, v in result["scenarios"].items() if "error" in v}
+    assert errors == {}
+
+    throughput = result["scenarios"]["throughput"]["contenders"]
+    ran = ["raw", "conveyor"]
+    if _assert_celery(throughput["celery"], redis_down):
+        ran.append("celery")
+    for name in ran:
+        figures = throughput[name]
+        assert figures["jobs_per_s"] > 0, (name, figures)
+        assert figures["peak_rss_mb"] > 0, (name, figures)
+        assert figures["cpu_s_per_1000"] >= 0, (name, figures)
+    assert result["scenarios"]["throughput"]["ratios"]["conveyor_to_raw"] > 0
+
+    latency = result["scenarios"]["latency"]["contenders"]
+    timed = ["conveyor"]
+    if _assert_celery(latency["celery"], redis_down):
+        timed.append("celery")
+    for name in timed:
+        steps = latency[name]["steps"]
+        assert len(steps) == len(result["scenarios"]["latency"]["params"]["rates"]), name
+        for step in steps:
+            assert step["jobs"] > 0
+            assert step["submit_to_complete"]["p99"] >= step["submit_to_complete"]["p50"] > 0
+
+    priorities = result["scenarios"]["priority"]["contenders"]["conveyor"]["priorities"]
+    assert set(priorities) == {"critical", "high", "normal", "low"}
+    assert all(p["share_pct"] > 0 for p in priorities.values()), priorities
+    assert sum(p["share_pct"] for p in priorities.values()) == pytest.approx(100, abs=0.5)
+
+    series = result["scenarios"]["keys"]["contenders"]["conveyor"]["series"]
+    assert [s["keys"] for s in series] == [1, 10, 100, 1000]
+    assert all(s["jobs_per_s"] > 0 for s in series), series
+
+    memory = result["scenarios"]["memory"]["contenders"]["conveyor"]
+    assert memory["jobs_done"] > 0
+    assert memory["peak_rss_mb"] > 0
+
+    for title in ("1. Throughput", "2. Latency", "3. Priority", "4. Key concurrency", "5. Memory"):
+        assert f"## {title}" in markdown
+    after = repo_markdown.read_bytes() if repo_markdown.exists() else None
+    assert after == before, "the smoke run must not rewrite the repository's BENCHMARKS.md"
