@@ -174,7 +174,11 @@ class JobRunner:
         with (
             tracing.process_span(job.headers, destination=job.topic, attributes=attributes) as span,
             logs.job_fields(
-                job_id=job.job_id, job_type=job.type, priority=job.priority, attempt=job.attempt
+                job_id=job.job_id,
+                job_type=job.type,
+                priority=job.priority,
+                attempt=job.attempt,
+                **({"tenant_id": job.tenant_id} if job.tenant_id is not None else {}),
             ),
         ):
             outcome, again, delay = await self._attempt(job)
