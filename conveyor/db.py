@@ -66,9 +66,17 @@ async def connect(
 
 
 async def create_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 10
+    settings: Settings, *, min_size: int = 1, max_size: int = 10, custom_plans: bool = False
 ) -> asyncpg.Pool[Any]:
     """Opens a connection pool with conveyor's schema first on the search path.
+
+    Args:
+        settings: The database URL and schema.
+        min_size: Connections kept open.
+        max_size: Connections opened at most.
+        custom_plans: Plan every statement for its parameters. The worker's batched
+            statements join arrays of job ids to ``jobs``; a generic plan made while the
+            table was small keeps seq-scanning it as it grows, until an ANALYZE.
 
     Raises:
         DatabaseUnavailableError: The server did not answer or refused the connection.
@@ -79,7 +87,10 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
-            server_settings={"search_path": f"{quote_ident(settings.database_schema)}, public"},
+            server_settings={
+                "search_path": f"{quote_ident(settings.database_schema)}, public",
+                **({"plan_cache_mode": "force_custom_plan"} if custom_plans else {}),
+            },
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise _unavailable(settings, exc) from exc

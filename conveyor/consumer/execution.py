@@ -292,10 +292,9 @@ class JobRunner:
             if transaction.opened:
                 await self._status.complete(lease, result, await transaction.connection())
             else:
-                # The handler wrote nothing through ctx.db: the completion is one statement
-                # on its own, with no BEGIN and COMMIT round trips around it.
-                async with self._pool.acquire() as conn:
-                    await self._status.complete(lease, result, conn)
+                # The handler wrote nothing through ctx.db: its completion needs no
+                # transaction of its own and shares one statement with others finishing now.
+                await self._status.complete_alone(lease, result)
         except LeaseLostError:
             await transaction.finish(commit=False)
             self._stats.fenced += 1

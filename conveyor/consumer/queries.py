@@ -62,6 +62,74 @@ $8 max_attempts (int), $9 submitted_at (timestamptz), $10 attempt (int), $11 lea
 $12 lease seconds (float). No row when the job is complete, failed or cancelled.
 """
 
+CLAIM_MANY = """
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
+        $8::int[], $9::timestamptz[], $10::int[]
+    ) AS t (
+        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
+        submitted_at, attempt
+    )
+), claimed AS (
+    INSERT INTO jobs AS j (
+        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
+        submitted_at, state, attempts, started_at, lease_owner, lease_epoch,
+        lease_expires_at, updated_at
+    )
+    SELECT
+        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
+        submitted_at, 'processing', attempt, now(), $11, 1,
+        now() + make_interval(secs => $12), now()
+    FROM input
+    -- One lock order for every batch, so two workers' batches never deadlock.
+    ORDER BY job_id
+    ON CONFLICT (job_id) DO UPDATE SET
+        type = EXCLUDED.type,
+        key = EXCLUDED.key,
+        tenant_id = EXCLUDED.tenant_id,
+        priority = EXCLUDED.priority,
+        batch_id = EXCLUDED.batch_id,
+        dedupe_key = EXCLUDED.dedupe_key,
+        max_attempts = EXCLUDED.max_attempts,
+        submitted_at = EXCLUDED.submitted_at,
+        state = 'processing',
+        attempts = EXCLUDED.attempts,
+        started_at = now(),
+        lease_owner = EXCLUDED.lease_owner,
+        lease_epoch = j.lease_epoch + 1,
+        lease_expires_at = EXCLUDED.lease_expires_at,
+        progress_pct = NULL,
+        progress_message = NULL,
+        progress_at = NULL,
+        updated_at = now()
+    WHERE j.state NOT IN ('complete', 'failed', 'cancelled')
+    RETURNING j.job_id, j.lease_epoch, (j.xmax = 0) AS inserted,
+        (j.cancel_requested_at IS NOT NULL) AS cancel_requested
+), history AS (
+    INSERT INTO job_transitions (job_id, state, at, attempt)
+    SELECT c.job_id, t.state, t.at, i.attempt
+    FROM claimed AS c
+    JOIN input AS i USING (job_id)
+    CROSS JOIN LATERAL (VALUES (1, 'queued', i.submitted_at), (2, 'processing', now()))
+        AS t (ord, state, at)
+    WHERE c.inserted OR t.state = 'processing'
+    ORDER BY c.job_id, t.ord
+)
+SELECT c.job_id, c.lease_epoch, c.cancel_requested, NULL::text AS state FROM claimed AS c
+UNION ALL
+-- Final states are terminal, so this read of the rows not claimed cannot go stale.
+SELECT j.job_id, NULL, NULL, j.state FROM jobs AS j
+WHERE j.job_id = ANY($1::uuid[]) AND j.job_id NOT IN (SELECT job_id FROM claimed)
+"""
+"""``CLAIM`` for many jobs in one statement (group commit); distinct job ids only.
+
+$1..$10 are arrays, one element per job, of CLAIM's $1..$10; $11 lease owner, $12 lease
+seconds. One row per job: its new ``lease_epoch`` and ``cancel_requested`` when claimed,
+else its final ``state``.
+"""
+
 STATE = "SELECT state FROM jobs WHERE job_id = $1"
 """The job's state. $1 job_id."""
 
@@ -80,6 +148,34 @@ SELECT job_id, 'complete', finished_at, attempts FROM done
 RETURNING job_id
 """
 """Fenced: records the job complete. $4 result (JSON text)."""
+
+COMPLETE_MANY = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[])
+        AS t (job_id, owner, epoch, result)
+), locked AS (
+    -- Rows are locked in one order for every batch, so batches never deadlock.
+    SELECT j.job_id FROM jobs AS j JOIN input AS i USING (job_id)
+    ORDER BY j.job_id
+    FOR UPDATE OF j
+), done AS (
+    UPDATE jobs AS j
+    SET state = 'complete', result = i.result::jsonb, finished_at = clock_timestamp(),
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()
+    FROM input AS i JOIN locked AS l USING (job_id)
+    WHERE j.job_id = i.job_id AND j.lease_owner = i.owner AND j.lease_epoch = i.epoch
+        AND j.state = 'processing'
+    RETURNING j.job_id, j.attempts, j.finished_at
+)
+INSERT INTO job_transitions (job_id, state, at, attempt)
+SELECT job_id, 'complete', finished_at, attempts FROM done ORDER BY job_id
+RETURNING job_id
+"""
+"""``COMPLETE`` for many jobs whose handlers wrote nothing through ``ctx.db``.
+
+$1 job ids, $2 lease owners, $3 lease epochs, $4 results (JSON text): arrays, one element
+per job. Returns the job ids it completed; a job missing from them lost its lease.
+"""
 
 FAIL = """
 WITH done AS (

@@ -28,13 +28,15 @@ import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+import uuid
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
 import asyncpg.pool
 
 from conveyor.consumer import queries
+from conveyor.consumer.batching import Coalescer
 from conveyor.consumer.job import JobMessage
 from conveyor.db import database_errors
 from conveyor.errors import (
@@ -102,6 +104,36 @@ def result_json(result: Any) -> str:
         ) from exc
 
 
+def _canonical(job_id: str) -> str:
+    """The job id as Postgres returns a uuid: lower case, with hyphens."""
+    return str(uuid.UUID(job_id))
+
+
+def _claim_args(job: JobMessage) -> tuple[Any, ...]:
+    """One job's values for ``CLAIM_MANY``'s arrays $1..$10."""
+    return (
+        job.job_id,
+        job.type,
+        job.key,
+        job.tenant_id,
+        job.priority,
+        job.batch_id,
+        job.dedupe_key,
+        job.max_attempts,
+        job.submitted_at,
+        job.attempt,
+    )
+
+
+async def _outcome(batch: Awaitable[list[Lease | str | Exception]]) -> Lease | str | Exception:
+    """The one result of a batch of one, or the exception it raised."""
+    try:
+        [result] = await batch
+    except Exception as exc:
+        return exc
+    return result
+
+
 def error_json(error: Mapping[str, Any]) -> str:
     """Encodes an error record (``type``, ``message``, ``traceback``, ``at``) as JSON.
 
@@ -154,12 +186,21 @@ class StatusStore:
         self._pool = pool
         self.worker_id = worker_id
         self.lease_seconds = float(lease_seconds)
+        # Group commit: claims (and completions without ctx.db) of jobs running at the same
+        # time share one statement.
+        self._claims: Coalescer[JobMessage, Lease | str] = Coalescer(
+            self._claim_many, key=lambda job: job.job_id
+        )
+        self._completions: Coalescer[tuple[Lease, str], bool] = Coalescer(
+            self._complete_many, key=lambda item: item[0].job_id
+        )
 
     async def claim(self, job: JobMessage) -> Lease | str:
         """Marks the job processing under a new lease, unless it already ended.
 
         A job another worker holds is taken over: Kafka gave this worker the partition,
-        and the new epoch fences the previous owner.
+        and the new epoch fences the previous owner. Claims made at the same time go to
+        Postgres together, in one statement.
 
         Returns:
             The new lease; or, when the job is already ``complete``, ``failed`` or
@@ -168,34 +209,67 @@ class StatusStore:
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        with database_errors(f"claiming job {job.job_id}"):
-            async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(
-                    queries.CLAIM,
-                    job.job_id,
-                    job.type,
-                    job.key,
-                    job.tenant_id,
-                    job.priority,
-                    job.batch_id,
-                    job.dedupe_key,
-                    job.max_attempts,
-                    job.submitted_at,
-                    job.attempt,
-                    self.worker_id,
-                    self.lease_seconds,
+        return await self._claims.submit(job)
+
+    async def _claim_many(self, jobs: Sequence[JobMessage]) -> list[Lease | str | Exception]:
+        try:
+            with database_errors(f"claiming {len(jobs)} job(s)"):
+                async with self._pool.acquire() as conn:
+                    rows = await conn.fetch(
+                        queries.CLAIM_MANY,
+                        *(list(column) for column in zip(*map(_claim_args, jobs), strict=True)),
+                        self.worker_id,
+                        self.lease_seconds,
+                    )
+        except asyncpg.PostgresError:
+            if len(jobs) == 1:
+                raise
+            # One job's data was refused: claim each alone, so only that one fails.
+            return [await _outcome(self._claim_many([job])) for job in jobs]
+        by_id = {str(row["job_id"]): row for row in rows}
+        claimed: list[Lease | str | Exception] = []
+        for job in jobs:
+            row = by_id[_canonical(job.job_id)]
+            if row["state"] is not None:
+                claimed.append(str(row["state"]))
+                continue
+            claimed.append(
+                Lease(
+                    job_id=job.job_id,
+                    owner=self.worker_id,
+                    epoch=int(row["lease_epoch"]),
+                    attempt=job.attempt,
+                    cancel_requested=bool(row["cancel_requested"]),
                 )
-                if row is None:
-                    # Final states are terminal, so this fresh read cannot go stale.
-                    state: str = await conn.fetchval(queries.STATE, job.job_id)
-                    return state
-        return Lease(
-            job_id=job.job_id,
-            owner=self.worker_id,
-            epoch=int(row["lease_epoch"]),
-            attempt=job.attempt,
-            cancel_requested=bool(row["cancel_requested"]),
-        )
+            )
+        return claimed
+
+    async def complete_alone(self, lease: Lease, result: Any) -> None:
+        """Records the job complete when its handler wrote nothing through ``ctx.db``.
+
+        Completions made at the same time go to Postgres together, in one statement.
+
+        Raises:
+            TypeError: ``result`` is not JSON-serialisable (nothing was written).
+            LeaseLostError: The lease is no longer current; nothing was written.
+            DatabaseUnavailableError: The connection to Postgres was lost.
+        """
+        if not await self._completions.submit((lease, result_json(result))):
+            raise LeaseLostError(lease, "complete")
+
+    async def _complete_many(self, items: Sequence[tuple[Lease, str]]) -> list[bool | Exception]:
+        leases = [lease for lease, _ in items]
+        with database_errors(f"completing {len(items)} job(s)"):
+            async with self._pool.acquire() as conn:
+                done = await conn.fetch(
+                    queries.COMPLETE_MANY,
+                    [lease.job_id for lease in leases],
+                    [lease.owner for lease in leases],
+                    [lease.epoch for lease in leases],
+                    [encoded for _, encoded in items],
+                )
+        completed = {str(row["job_id"]) for row in done}
+        return [_canonical(lease.job_id) in completed for lease in leases]
 
     async def complete(self, lease: Lease, result: Any, conn: AnyConnection) -> None:
         """Records the job complete with its result, inside the handler's transaction.

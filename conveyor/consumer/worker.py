@@ -168,7 +168,9 @@ class Worker:
     async def run(self) -> None:
         """Runs until ``stop()``; then finishes or cuts off in-flight jobs, commits, leaves."""
         self._stop = asyncio.Event()
-        pool = await db.create_pool(self.settings, min_size=1, max_size=self.concurrency + 2)
+        pool = await db.create_pool(
+            self.settings, min_size=1, max_size=self.concurrency + 2, custom_plans=True
+        )
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
         server: ProbeServer | None = None

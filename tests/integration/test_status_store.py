@@ -413,3 +413,38 @@ async def drop_schema(database_url: str, schema: str) -> None:
         await conn.execute(f"DROP SCHEMA IF EXISTS {db.quote_ident(schema)} CASCADE")
     finally:
         await conn.close()
+
+
+async def test_concurrent_claims_and_completions_share_statements_and_keep_their_outcomes(
+    worker_a: StatusStore, db: asyncpg.Connection[Any], migrated: Settings
+) -> None:
+    schema = f'"{migrated.database_schema}"'
+    done = make_job()
+    [lease] = [await worker_a.claim(done)]
+    assert isinstance(lease, Lease)
+    await worker_a.complete_alone(lease, "first")
+    jobs = [make_job() for _ in range(40)]
+    again = make_job(jobs[0].job_id)  # the same job twice at once: never in one statement
+    results = await asyncio.gather(*(worker_a.claim(j) for j in [*jobs, again, done]))
+    *leases, second, finished = results
+    assert finished == "complete"  # already final: skipped, not claimed
+    assert all(isinstance(r, Lease) and r.epoch == 1 for r in leases)
+    assert isinstance(second, Lease)
+    assert second.epoch == 2  # claimed after the first, so it fences it
+    claimed = [r for r in leases if isinstance(r, Lease)]
+    outcomes = await asyncio.gather(
+        *(worker_a.complete_alone(r, {"n": i}) for i, r in enumerate(claimed)),
+        return_exceptions=True,
+    )
+    # The first job's lease was taken over by its second claim: only that completion fails.
+    assert isinstance(outcomes[0], LeaseLostError)
+    assert outcomes[1:] == [None] * 39
+    rows = await db.fetch(
+        f"SELECT state, count(*) AS n FROM {schema}.jobs GROUP BY state ORDER BY state"
+    )
+    assert {r["state"]: r["n"] for r in rows} == {"complete": 40, "processing": 1}
+    history = await db.fetch(
+        f"SELECT state FROM {schema}.job_transitions WHERE job_id = $1 ORDER BY id",
+        uuid.UUID(jobs[1].job_id),
+    )
+    assert [r["state"] for r in history] == ["queued", "processing", "complete"]
