@@ -9,59 +9,6 @@ wrote (no row when the lease was lost).
 
 from __future__ import annotations
 
-CLAIM = """
-WITH claimed AS (
-    INSERT INTO jobs AS j (
-        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
-        submitted_at, state, attempts, started_at, lease_owner, lease_epoch,
-        lease_expires_at, updated_at
-    )
-    VALUES (
-        $1, $2, $3, $4, $5, $6, $7, $8,
-        $9, 'processing', $10, now(), $11, 1,
-        now() + make_interval(secs => $12), now()
-    )
-    ON CONFLICT (job_id) DO UPDATE SET
-        type = EXCLUDED.type,
-        key = EXCLUDED.key,
-        tenant_id = EXCLUDED.tenant_id,
-        priority = EXCLUDED.priority,
-        batch_id = EXCLUDED.batch_id,
-        dedupe_key = EXCLUDED.dedupe_key,
-        max_attempts = EXCLUDED.max_attempts,
-        submitted_at = EXCLUDED.submitted_at,
-        state = 'processing',
-        attempts = EXCLUDED.attempts,
-        started_at = now(),
-        lease_owner = EXCLUDED.lease_owner,
-        lease_epoch = j.lease_epoch + 1,
-        lease_expires_at = EXCLUDED.lease_expires_at,
-        progress_pct = NULL,
-        progress_message = NULL,
-        progress_at = NULL,
-        updated_at = now()
-    WHERE j.state NOT IN ('complete', 'failed', 'cancelled')
-    RETURNING j.job_id, j.lease_epoch, (j.xmax = 0) AS inserted,
-        (j.cancel_requested_at IS NOT NULL) AS cancel_requested
-), history AS (
-    INSERT INTO job_transitions (job_id, state, at, attempt)
-    SELECT c.job_id, t.state, t.at, $10
-    FROM claimed AS c
-    CROSS JOIN (VALUES (1, 'queued', $9::timestamptz), (2, 'processing', now()))
-        AS t (ord, state, at)
-    WHERE c.inserted OR t.state = 'processing'
-    ORDER BY t.ord
-)
-SELECT lease_epoch, cancel_requested FROM claimed
-"""
-"""Claims a job under a new lease unless it already ended; returns the new epoch and
-whether a cancel was already requested (read in the same statement, so no race).
-
-$1 job_id (uuid), $2 type, $3 key, $4 tenant_id, $5 priority, $6 batch_id, $7 dedupe_key,
-$8 max_attempts (int), $9 submitted_at (timestamptz), $10 attempt (int), $11 lease owner,
-$12 lease seconds (float). No row when the job is complete, failed or cancelled.
-"""
-
 CLAIM_MANY = """
 WITH input AS (
     SELECT *
@@ -123,15 +70,15 @@ UNION ALL
 SELECT j.job_id, NULL, NULL, j.state FROM jobs AS j
 WHERE j.job_id = ANY($1::uuid[]) AND j.job_id NOT IN (SELECT job_id FROM claimed)
 """
-"""``CLAIM`` for many jobs in one statement (group commit); distinct job ids only.
+"""Claims jobs under new leases unless they already ended, in one statement (group
+commit); distinct job ids only. A job another worker holds is taken over with the next
+epoch; the cancel flag is read in the same statement, so no race.
 
-$1..$10 are arrays, one element per job, of CLAIM's $1..$10; $11 lease owner, $12 lease
-seconds. One row per job: its new ``lease_epoch`` and ``cancel_requested`` when claimed,
-else its final ``state``.
+$1..$10 are arrays, one element per job: job_id (uuid), type, key, tenant_id, priority,
+batch_id (uuid), dedupe_key, max_attempts (int), submitted_at (timestamptz), attempt
+(int); $11 lease owner, $12 lease seconds (float). One row per job: its new
+``lease_epoch`` and ``cancel_requested`` when claimed, else its final ``state``.
 """
-
-STATE = "SELECT state FROM jobs WHERE job_id = $1"
-"""The job's state. $1 job_id."""
 
 # clock_timestamp(), not now(): this runs at the end of the handler's transaction, and
 # now() would say when that transaction began.
@@ -241,11 +188,11 @@ CANCEL_REQUESTED = "SELECT cancel_requested_at IS NOT NULL FROM jobs WHERE job_i
 __all__ = [
     "CANCELLED",
     "CANCEL_REQUESTED",
-    "CLAIM",
+    "CLAIM_MANY",
     "COMPLETE",
+    "COMPLETE_MANY",
     "FAIL",
     "HEARTBEAT",
     "PROGRESS",
     "RETRY",
-    "STATE",
 ]
