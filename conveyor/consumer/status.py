@@ -30,7 +30,7 @@ import json
 import math
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import asyncpg.pool
@@ -45,6 +45,8 @@ from conveyor.errors import (
 )
 
 DEFAULT_LEASE_SECONDS = 30.0
+
+R = TypeVar("R")
 
 AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 """A connection, or one acquired from a pool: every method here takes either."""
@@ -125,7 +127,7 @@ def _claim_args(job: JobMessage) -> tuple[Any, ...]:
     )
 
 
-async def _outcome(batch: Awaitable[list[Lease | str | Exception]]) -> Lease | str | Exception:
+async def _outcome(batch: Awaitable[list[R | Exception]]) -> R | Exception:
     """The one result of a batch of one, or the exception it raised."""
     try:
         [result] = await batch
@@ -259,15 +261,21 @@ class StatusStore:
 
     async def _complete_many(self, items: Sequence[tuple[Lease, str]]) -> list[bool | Exception]:
         leases = [lease for lease, _ in items]
-        with database_errors(f"completing {len(items)} job(s)"):
-            async with self._pool.acquire() as conn:
-                done = await conn.fetch(
-                    queries.COMPLETE_MANY,
-                    [lease.job_id for lease in leases],
-                    [lease.owner for lease in leases],
-                    [lease.epoch for lease in leases],
-                    [encoded for _, encoded in items],
-                )
+        try:
+            with database_errors(f"completing {len(items)} job(s)"):
+                async with self._pool.acquire() as conn:
+                    done = await conn.fetch(
+                        queries.COMPLETE_MANY,
+                        [lease.job_id for lease in leases],
+                        [lease.owner for lease in leases],
+                        [lease.epoch for lease in leases],
+                        [encoded for _, encoded in items],
+                    )
+        except asyncpg.PostgresError:
+            if len(items) == 1:
+                raise
+            # One job's result was refused: complete each alone, so only that one fails.
+            return [await _outcome(self._complete_many([item])) for item in items]
         completed = {str(row["job_id"]) for row in done}
         return [_canonical(lease.job_id) in completed for lease in leases]
 

@@ -50,10 +50,10 @@ def with_current_context(headers: Sequence[tuple[str, Any]]) -> Headers:
     """The headers with their trace context replaced by the current one."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    kept: Headers = [(k, v) for k, v in headers if k not in _PROPAGATED]
     if not carrier:
         # No active span and no provider: pass the incoming context on unchanged.
-        return [(k, v) for k, v in headers]
+        return list(headers)
+    kept: Headers = [(k, v) for k, v in headers if k not in _PROPAGATED]
     return kept + [(k, v.encode()) for k, v in carrier.items()]
 
 

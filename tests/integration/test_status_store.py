@@ -448,3 +448,21 @@ async def test_concurrent_claims_and_completions_share_statements_and_keep_their
         uuid.UUID(jobs[1].job_id),
     )
     assert [r["state"] for r in history] == ["queued", "processing", "complete"]
+
+
+async def test_a_result_postgres_refuses_fails_only_its_own_completion(
+    worker_a: StatusStore,
+) -> None:
+    jobs = [make_job() for _ in range(6)]
+    leases = [
+        r for r in await asyncio.gather(*(worker_a.claim(j) for j in jobs)) if isinstance(r, Lease)
+    ]
+    assert len(leases) == 6
+    # jsonb refuses \u0000; sent in the same batch as five good results.
+    results = ["fine"] * 5 + ["nul \x00 byte"]
+    outcomes = await asyncio.gather(
+        *(worker_a.complete_alone(lease, r) for lease, r in zip(leases, results, strict=True)),
+        return_exceptions=True,
+    )
+    assert outcomes[:5] == [None] * 5
+    assert isinstance(outcomes[5], asyncpg.PostgresError)
