@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -35,11 +36,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, marker))
 
 
+_SESSION_BROKER: list[services.Broker] = []
+
+
+def pytest_report_header() -> str:
+    """Says which broker the session will run on, before any test starts."""
+    return f"conveyor broker: {services.broker_kind()} (CONVEYOR_TEST_BROKER forces one)"
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of a real, ready broker for the whole session."""
-    with services.kafka_bootstrap() as (bootstrap, _where):
-        yield bootstrap
+def broker() -> Iterator[services.Broker]:
+    """The session's real, ready broker (Apache Kafka or Tansu, see ``tests/services.py``)."""
+    with services.kafka_bootstrap() as chosen:
+        _SESSION_BROKER.append(chosen)
+        try:
+            yield chosen
+        finally:
+            _SESSION_BROKER.clear()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker: services.Broker) -> str:
+    """Bootstrap servers of the session's broker."""
+    return broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def on_kafka(broker: services.Broker) -> bool:
+    """True when the session runs on Apache Kafka, so a test may pin its exact behaviour."""
+    return broker.kind == "kafka"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Adds the tail of the launched broker's log to a failing test's report."""
+    report = yield
+    if report.failed and _SESSION_BROKER and _SESSION_BROKER[0].launched is not None:
+        report.sections.append(("kafka.log (tail)", _SESSION_BROKER[0].launched.log_tail(30)))
+    return report
 
 
 @pytest.fixture(scope="session")

