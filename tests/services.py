@@ -137,5 +137,6 @@ def database_url() -> Iterator[tuple[str, str]]:
     elif asyncio.run(embedded.postgres_answers(embedded.LOCAL_POSTGRES_URL)):
         yield embedded.LOCAL_POSTGRES_URL, "local server"
     else:
-        with embedded.EmbeddedPostgres() as pg:
+        # fsync off: a test session needs speed, not crash durability.
+        with embedded.EmbeddedPostgres(durable=False) as pg:
             yield pg.url, "embedded-postgres"
