@@ -102,12 +102,14 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     @property
+    def directory(self) -> Path | None:
+        """The cluster's directory (data, socket and log) once started."""
+        return self._root
+
+    @property
     def pid(self) -> int | None:
         """The postmaster's process id while it runs."""
         return None if self._process is None else self._process.pid
-
-    def _run_as(self, user: pwd.struct_passwd | None) -> dict[str, int]:
-        return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid}
 
     def _init(self, root: Path, bin_dir: Path, user: pwd.struct_passwd | None) -> None:
         if user is not None:
@@ -118,7 +120,8 @@ class EmbeddedPostgres:
             text=True,
             timeout=120,
             check=False,
-            **self._run_as(user),
+            user=None if user is None else user.pw_uid,
+            group=None if user is None else user.pw_gid,
         )
         if proc.returncode != 0:
             raise DatabaseUnavailableError(f"initdb failed: {proc.stderr.strip()[-1000:]}")
@@ -154,7 +157,8 @@ class EmbeddedPostgres:
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads are started before exec
             process_group=0,  # a terminal's Ctrl-C reaches only the parent, which stops it
-            **self._run_as(user),
+            user=None if user is None else user.pw_uid,
+            group=None if user is None else user.pw_gid,
         )
         self._wait_ready(timeout)
 
