@@ -39,14 +39,18 @@ class FakeClock:
 
     @property
     def sleepers(self) -> int:
-        """How many tasks are parked in :meth:`sleep`."""
-        return len(self._deadlines)
+        """How many tasks are parked in :meth:`sleep` and not yet due.
+
+        A sleeper whose deadline has passed counts as running: it is about to wake.
+        """
+        now = self.monotonic()
+        return sum(1 for deadline in self._deadlines if deadline > now)
 
     def next_deadline(self) -> float | None:
-        """Seconds until the earliest sleeper wakes (0 if it is due), or None."""
-        if not self._deadlines:
-            return None
-        return max(0.0, min(self._deadlines) - self.monotonic())
+        """Seconds until the earliest sleeper not yet due wakes, or None."""
+        now = self.monotonic()
+        waiting = [deadline - now for deadline in self._deadlines if deadline > now]
+        return min(waiting) if waiting else None
 
     async def sleep(self, seconds: float) -> None:
         """Waits until the clock has moved ``seconds`` on, by skips or by real time."""
