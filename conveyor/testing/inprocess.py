@@ -87,8 +87,8 @@ class TestWorker:
         self.worker = worker
         self.settings = worker.settings
         self.clock = clock or FakeClock()
-        self.log = MemoryLog(self.clock)
         self.topology = Topology.from_settings(self.settings)
+        self.log = MemoryLog(self.clock, self._partitions)
         self.status_store = MemoryStatus(self.clock, worker_id=worker.worker_id)
         #: ``JobFailed`` events, as the DLQ sink would publish them.
         self.events: list[dict[str, Any]] = []
@@ -123,8 +123,8 @@ class TestWorker:
         self._mailboxes: dict[str, Mailboxes[JobMessage]] = {
             p: Mailboxes() for p in worker.priorities
         }
-        self._positions: dict[str, int] = {}
-        self._due: dict[tuple[str, int], dt.datetime | None] = {}
+        self._positions: dict[tuple[str, int], int] = {}
+        self._due: dict[tuple[str, int, int], dt.datetime | None] = {}
         self._dlq: list[DlqEntry] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: list[BaseException] = []
@@ -267,12 +267,28 @@ class TestWorker:
 
     # -- the loop's steps -------------------------------------------------------------
 
+    def _partitions(self, topic: str) -> int:
+        try:
+            return self.topology.spec(topic).partitions
+        except KeyError:
+            return 1
+
     def _unread(self, topic: str) -> list[Record]:
-        return self.log.read(topic, self._positions.get(topic, 0))
+        """Unread records of every partition of ``topic``, partition by partition."""
+        return [
+            record
+            for partition in range(self.log.partitions(topic))
+            for record in self.log.read(
+                topic, partition, self._positions.get((topic, partition), 0)
+            )
+        ]
+
+    def _consumed(self, record: Record) -> None:
+        self._positions[record.topic, record.partition] = record.offset + 1
 
     def _not_before(self, record: Record) -> dt.datetime | None:
         """When a retry-topic record is due, on the fake clock."""
-        where = (record.topic, record.offset)
+        where = (record.topic, record.partition, record.offset)
         if where not in self._due:
             try:
                 envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value)
@@ -290,12 +306,17 @@ class TestWorker:
     async def _relay(self) -> None:
         """The retry relay: moves each due record of a retry topic to its job topic."""
         now = self.clock.now()
+        held: set[int] = set()
         for rung in self.topology.retry_topics:
+            held.clear()
             for record in self._unread(rung.name):
+                if record.partition in held:
+                    continue
                 not_before = self._not_before(record)
                 if not_before is not None and not_before > now:
-                    break  # the relay holds a partition behind its first record not yet due
-                self._positions[rung.name] = record.offset + 1
+                    held.add(record.partition)  # the relay holds a partition behind it
+                    continue
+                self._consumed(record)
                 try:
                     envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value)
                 except DeserializationError as exc:
@@ -312,10 +333,12 @@ class TestWorker:
         now = self.clock.now()
         waits = []
         for rung in self.topology.retry_topics:
-            unread = self._unread(rung.name)
-            if unread:
-                not_before = self._not_before(unread[0])
-                waits.append(0.0 if not_before is None else (not_before - now).total_seconds())
+            for partition in range(self.log.partitions(rung.name)):
+                position = self._positions.get((rung.name, partition), 0)
+                head = self.log.read(rung.name, partition, position)[:1]
+                if head:
+                    not_before = self._not_before(head[0])
+                    waits.append(0.0 if not_before is None else (not_before - now).total_seconds())
         sleeper = self.clock.next_deadline()
         if sleeper is not None:
             waits.append(sleeper)
@@ -328,13 +351,13 @@ class TestWorker:
         for priority, mailboxes in self._mailboxes.items():
             topic = self.topology.job_topic(priority)
             for record in self._unread(topic):
-                self._positions[topic] = record.offset + 1
+                self._consumed(record)
                 try:
                     envelope = self._serde.decode(JOB_ENVELOPE, topic, record.value)
                 except DeserializationError as exc:
                     await self._publisher.dead_raw(
                         topic=topic,
-                        partition=0,
+                        partition=record.partition,
                         offset=record.offset,
                         key=record.key,
                         value=record.value,
@@ -345,15 +368,19 @@ class TestWorker:
                     self.worker.stats.undecodable += 1
                     continue
                 job = JobMessage.from_envelope(
-                    envelope, topic=topic, partition=0, offset=record.offset, headers=record.headers
+                    envelope,
+                    topic=topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    headers=record.headers,
                 )
-                mailboxes.add(topic, job.key, record.offset, job)
+                mailboxes.add((topic, record.partition), job.key, record.offset, job)
 
     def _sink(self) -> None:
         """The DLQ sink: one ``DlqEntry`` and one ``JobFailed`` event per dead record."""
         topic = self.topology.dlq_topic
         for record in self._unread(topic):
-            self._positions[topic] = record.offset + 1
+            self._consumed(record)
             try:
                 dead = self._serde.decode(DLQ_RECORD, topic, record.value)
             except DeserializationError as exc:

@@ -198,3 +198,80 @@ async def test_the_fake_clock_only_moves_forward() -> None:
             await tw.advance(-1)
         await tw.advance(86400)
     assert clock.skipped == 86400
+
+
+async def test_memory_status_fences_an_old_lease_like_postgres_does() -> None:
+    """A second claim of a job takes it over: the first lease can record nothing."""
+    from conveyor.consumer.job import JobMessage
+    from conveyor.errors import LeaseLostError
+    from conveyor.testing.memstatus import MemoryStatus
+
+    store = MemoryStatus(FakeClock())
+    job = JobMessage(
+        job_id="0b7c4bb0-6a1e-4c56-9f6c-1d3f0e6b1a11",
+        type="x.y",
+        key="k",
+        priority="normal",
+        payload=b"{}",
+        content_type="application/json",
+        tenant_id=None,
+        batch_id=None,
+        dedupe_key=None,
+        attempt=1,
+        max_attempts=None,
+        submitted_at=FakeClock().now(),
+        not_before=None,
+        duration="short",
+        errors=[],
+        topic="t.jobs.normal",
+        partition=0,
+        offset=0,
+        headers={},
+    )
+    first = await store.claim(job)
+    second = await store.claim(job)
+    assert not isinstance(first, str)
+    assert not isinstance(second, str)
+    assert second.epoch == first.epoch + 1
+    with pytest.raises(LeaseLostError):
+        await store.complete_alone(first, "stale")
+    assert await store.progress(first, 10, None) is False
+    await store.complete_alone(second, {"ok": True})
+    assert await store.claim(job) == "complete"  # dedupe on consume
+    status = store.status(job.job_id)
+    assert [t.state for t in status.history] == ["queued", "processing", "processing", "complete"]
+    assert status.result == {"ok": True}
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        await store.complete_alone(second, object())
+
+
+@pytest.mark.parametrize(
+    ("keys", "after_one_day"),
+    [
+        (("alpha", "gamma"), [1]),  # different retry partitions: each is due on its own
+        (("alpha", "alpha"), []),  # one partition: the relay holds it behind the 2-day job
+    ],
+)
+async def test_delayed_jobs_wait_in_retry_partitions_as_the_relay_holds_them(
+    keys: tuple[str, str], after_one_day: list[int]
+) -> None:
+    import datetime as dt
+
+    worker = new_worker()
+    ran: list[int] = []
+
+    @worker.handler("later.job")
+    async def later(ctx: JobContext, payload: dict[str, Any]) -> None:
+        ran.append(payload["n"])
+
+    async with TestWorker(worker) as tw:
+        rung = tw.topology.retry_topic_for(86400)
+        partitions = {tw.log.partition_for(rung, key.encode()) for key in keys}
+        assert len(partitions) == len(set(keys))
+        producer = tw.producer()
+        producer.submit("later.job", {"n": 2}, key=keys[0], delay=dt.timedelta(days=2))
+        producer.submit("later.job", {"n": 1}, key=keys[1], delay=dt.timedelta(days=1))
+        await tw.advance(dt.timedelta(days=1, hours=1))
+        assert ran == after_one_day
+        await tw.advance(dt.timedelta(days=1))
+    assert sorted(ran) == [1, 2]
