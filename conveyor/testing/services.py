@@ -3,10 +3,10 @@
 Each service comes from the environment when a variable names it, else is started here
 for the test session, as a child process that dies with its parent:
 
-- the broker: ``CONVEYOR_KAFKA_BOOTSTRAP``; else Apache Kafka (KRaft, one node,
-  ``conveyor.embedded.ApacheKafka``) when ``java`` 17+ and ``mvn`` or its resolved jars
-  are here; else Tansu (``conveyor.embedded.TansuBroker``), which needs only pip.
-  ``CONVEYOR_TEST_BROKER=kafka|tansu`` picks the embedded one;
+- the broker: ``CONVEYOR_KAFKA_BOOTSTRAP``; else ``conveyor.embedded.local_broker()``,
+  the choice the suite and the benchmarks make: Apache Kafka (KRaft, one node) when
+  ``java`` 17+ and ``mvn`` or its resolved jars are here, else Tansu, which needs only
+  pip; ``CONVEYOR_TEST_BROKER=kafka|tansu`` forces one;
 - Postgres: ``CONVEYOR_DATABASE_URL``, else ``conveyor.embedded.EmbeddedPostgres``;
 - the registry: ``CONVEYOR_SCHEMA_REGISTRY_URL``, else ``conveyor registry serve``
   (``conveyor.devstack.registry_process``) on the Postgres above, in its own schema.
@@ -23,12 +23,11 @@ import uuid
 from collections.abc import Iterator, Mapping
 
 from conveyor import embedded, migrations
-from conveyor.errors import ConfigurationError
+from conveyor.embedded.choice import FORCE_VARIABLE
 from conveyor.settings import ENV_PREFIX, Settings
 
 #: The variable that picks the embedded broker; not a ``Settings`` field.
-BROKER_VARIABLE = "CONVEYOR_TEST_BROKER"
-BROKERS = ("kafka", "tansu")
+BROKER_VARIABLE = FORCE_VARIABLE
 
 
 def base_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,39 +43,20 @@ def base_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def embedded_broker_kind(environ: Mapping[str, str] | None = None) -> str:
-    """``kafka`` or ``tansu``: the broker :func:`broker` starts when none is named.
+@contextlib.contextmanager
+def broker(settings: Settings, configured: frozenset[str]) -> Iterator[str]:
+    """Yields a ready broker's bootstrap servers: the configured one, or one started here.
 
     Raises:
         ConfigurationError: ``CONVEYOR_TEST_BROKER`` names no known broker, or names
             ``kafka`` where it cannot run.
     """
-    from conveyor.embedded import kafka  # noqa: PLC0415 - probes java only when asked
-
-    env = os.environ if environ is None else environ
-    forced = env.get(BROKER_VARIABLE, "").strip().lower()
-    if forced and forced not in BROKERS:
-        raise ConfigurationError(BROKER_VARIABLE, f"expected kafka or tansu, got {forced!r}")
-    reason = kafka.unavailable()
-    if forced == "kafka" and reason is not None:
-        raise ConfigurationError(BROKER_VARIABLE, f"Apache Kafka was asked for but {reason}")
-    if forced:
-        return forced
-    return "kafka" if reason is None else "tansu"
-
-
-@contextlib.contextmanager
-def broker(settings: Settings, configured: frozenset[str]) -> Iterator[str]:
-    """Yields a ready broker's bootstrap servers: the configured one, or one started here."""
     if "kafka_bootstrap" in configured:
         embedded.wait_for_broker(settings.kafka_bootstrap)
         yield settings.kafka_bootstrap
-    elif embedded_broker_kind() == "kafka":
-        with embedded.ApacheKafka() as kafka:
-            yield kafka.bootstrap
     else:
-        with embedded.TansuBroker() as tansu:
-            yield tansu.bootstrap
+        with embedded.local_broker() as local:
+            yield local.bootstrap
 
 
 @contextlib.contextmanager
@@ -85,7 +65,8 @@ def database(settings: Settings, configured: frozenset[str]) -> Iterator[str]:
     if "database_url" in configured:
         yield settings.database_url
     else:
-        with embedded.EmbeddedPostgres() as pg:
+        # fsync off: a test session needs speed, not crash durability.
+        with embedded.EmbeddedPostgres(durable=False) as pg:
             yield pg.url
 
 

@@ -196,7 +196,7 @@ def test_an_unknown_embedded_broker_is_one_clear_error(
     user_project.makepyfile("def test_x(conveyor_kafka_bootstrap):\n    pass\n")
     result = user_project.runpytest_subprocess()
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*CONVEYOR_TEST_BROKER: expected kafka or tansu, got 'redpanda'*"])
+    result.stdout.fnmatch_lines(["*CONVEYOR_TEST_BROKER*redpanda*"])
 
 
 def test_settings_of_the_session_come_from_the_environment() -> None:
