@@ -14,7 +14,7 @@ On a real stack, with the pytest plugin's fixtures::
         worker = make_worker(conveyor_settings)
         await conveyor_worker(worker)
         ...
-        await wait_for(job_id, "complete", settings=conveyor_settings)
+        await wait_for(job_id, "complete", timeout=30)
         await drain(worker)
 """
 

@@ -37,6 +37,8 @@ DEFAULT_WAIT = 30.0
 START_TIMEOUT = 60.0
 DRAIN_POLL = 0.1
 _PENDING = "SELECT count(*) FROM jobs WHERE state IN ('queued', 'processing')"
+#: The workers :func:`running` runs now, for :func:`wait_for` without ``settings``.
+_RUNNING: list[Worker] = []
 
 
 class WaitTimeoutError(ConveyorError, TimeoutError):
@@ -99,6 +101,7 @@ async def running(worker: Worker, *, start_timeout: float = START_TIMEOUT) -> As
         WaitTimeoutError: The worker did not join within ``start_timeout`` seconds.
     """
     task = asyncio.create_task(worker.run(), name=f"conveyor-worker-{worker.worker_id}")
+    _RUNNING.append(worker)
     try:
         deadline = time.monotonic() + start_timeout
         while not worker.joined:
@@ -110,20 +113,22 @@ async def running(worker: Worker, *, start_timeout: float = START_TIMEOUT) -> As
             await asyncio.wait({task}, timeout=0.02)
         yield worker
     finally:
+        _RUNNING.remove(worker)
         worker.stop()
         await task
 
 
 async def wait_for(
-    job_id: str, state: str, *, settings: Settings, timeout: float = DEFAULT_WAIT
+    job_id: str, state: str, *, timeout: float = DEFAULT_WAIT, settings: Settings | None = None
 ) -> JobStatus:
     """Waits until the job is in ``state``, following its Postgres notifications.
 
     Args:
         job_id: The job.
         state: ``queued``, ``processing``, ``complete``, ``failed`` or ``cancelled``.
-        settings: Where the job's status is.
         timeout: Seconds to wait.
+        settings: Where the job's status is; by default the settings of the workers
+            running under :func:`running` (the ``conveyor_worker`` fixture).
 
     Returns:
         The job's status in that state.
@@ -133,7 +138,7 @@ async def wait_for(
             (the message says where it is).
     """
     last: JobStatus | None = None
-    async with JobStore(settings, poll_interval=0.5) as store:
+    async with JobStore(settings or _running_settings(), poll_interval=0.5) as store:
         try:
             async with asyncio.timeout(timeout):
                 statuses = store.progress(job_id)
@@ -150,6 +155,16 @@ async def wait_for(
     if last is not None and last.is_final:
         raise WaitTimeoutError(f"job {job_id} ended {where}, not {state}: {last.last_error}")
     raise WaitTimeoutError(f"job {job_id} is not {state} after {timeout:.0f} s; it is {where}")
+
+
+def _running_settings() -> Settings:
+    found = {worker.settings for worker in _RUNNING}
+    if len(found) != 1:
+        raise ConveyorError(
+            f"{len(_RUNNING)} worker(s) with {len(found)} different settings are running; "
+            "pass settings= to say where the job is"
+        )
+    return found.pop()
 
 
 async def drain(worker: Worker, *, timeout: float = DEFAULT_WAIT) -> None:

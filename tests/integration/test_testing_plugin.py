@@ -110,7 +110,7 @@ def test_a_real_stack_test_runs_a_worker_and_waits_for_its_jobs(
                 assert worker.joined
                 async with AsyncProducer(conveyor_settings) as producer:
                     job_id = await producer.submit("greet.user", {"name": "ada"}, priority="high")
-                status = await wait_for(job_id, "complete", settings=conveyor_settings)
+                status = await wait_for(job_id, "complete")  # the running worker's database
                 assert status.result == "hello ada"
                 await drain(worker)
 
