@@ -20,6 +20,7 @@ The in-process mode reuses the worker's own parts and replaces only the services
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -31,6 +32,7 @@ from typing import Any, Self, cast
 import asyncpg
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from conveyor import dlq
 from conveyor.consumer import dlq_rows, failures
 from conveyor.consumer.execution import JobRunner
 from conveyor.consumer.job import JobMessage
@@ -265,6 +267,35 @@ class TestWorker:
             if entry.id == entry_id:
                 return entry
         raise DlqEntryNotFound(entry_id)
+
+    async def replay(self, entry_id: int) -> str:
+        """Resubmits a dead job as attempt 1, once, as ``JobStore.replay`` does.
+
+        Returns:
+            The job id (the dead job's own: its status and history continue).
+
+        Raises:
+            DlqEntryNotFound: No entry has this id.
+            ReplayRefused: The entry was replayed already, or holds no job.
+        """
+        entry = await self.dlq_show(entry_id)
+        dlq.check_replayable(entry)
+        job_id = str(entry.original_job_id)
+        envelope = dlq.replay_envelope(entry, submitted_at=self.clock.now())
+        self.status_store.requeue(
+            job_id,
+            envelope,
+            {"type": "Replayed", "message": f"replayed from DLQ entry {entry.id}"},
+        )
+        topic = self.topology.job_topic(envelope["priority"])
+        self.log.append(
+            topic,
+            (entry.key or job_id).encode(),
+            self._serde.encode(JOB_ENVELOPE, topic, envelope),
+            dlq.replay_headers(job_id, envelope["type"], envelope["priority"]),
+        )
+        self._dlq[self._dlq.index(entry)] = dataclasses.replace(entry, replayed_at=self.clock.now())
+        return job_id
 
     # -- the loop's steps -------------------------------------------------------------
 

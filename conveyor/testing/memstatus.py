@@ -138,6 +138,19 @@ class MemoryStatus(StatusStore):
             return "cancelled"
         return row.state
 
+    def requeue(self, job_id: str, envelope: Mapping[str, Any], error: Mapping[str, Any]) -> None:
+        """A DLQ replay's row change: the job is queued again at attempt 0, history kept."""
+        job_id = canonical(job_id)
+        now = self._clock.now()
+        row = self._rows.setdefault(job_id, _Row(job_id=job_id, state="queued"))
+        row.type, row.key, row.tenant_id = envelope["type"], envelope["key"], envelope["tenant_id"]
+        row.priority, row.batch_id = envelope["priority"], envelope["batch_id"]
+        row.state, row.attempts, row.submitted_at = "queued", 0, envelope["submitted_at"]
+        row.lease_owner, row.cancel_requested, row.result, row.progress = None, False, None, None
+        row.started_at = row.finished_at = None
+        loaded: dict[str, Any] = json.loads(error_json(error))
+        row.history.append(Transition("queued", now, 0, loaded))
+
     def fail_unrecorded(self, record: Mapping[str, Any], error: Mapping[str, Any]) -> None:
         """The DLQ sink's ``FAIL_JOB``: marks failed a dead job no live lease holds."""
         job_id = canonical(str(record["job_id"]))

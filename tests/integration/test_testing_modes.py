@@ -46,6 +46,7 @@ class Handlers:
     calls: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     running: set[str] = dataclasses.field(default_factory=set)
     overlaps: int = 0
+    healed: bool = False
     started: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     def saw(self, job_type: str, value: Any) -> None:
@@ -74,9 +75,11 @@ def build_worker(settings: Settings, seen: Handlers) -> Worker:
         return "third time"
 
     @worker.handler("t.permanent", retry=FAST_RETRY)
-    async def permanent(ctx: JobContext, payload: dict[str, Any]) -> None:
+    async def permanent(ctx: JobContext, payload: dict[str, Any]) -> str:
         seen.saw("t.permanent", ctx.attempt)
-        raise PermanentError("the account is closed")
+        if not seen.healed:
+            raise PermanentError("the account is closed")
+        return "reopened"
 
     @worker.handler("t.typed", schema=Typed)
     async def typed(ctx: JobContext, payload: dict[str, Any]) -> int:
@@ -120,6 +123,7 @@ class Mode(Protocol):
     async def status(self, job_id: str) -> JobStatus: ...
     async def cancel(self, job_id: str) -> str: ...
     async def dlq(self) -> list[DlqEntry]: ...
+    async def replay(self, entry_id: int) -> str: ...
 
 
 class InProcess:
@@ -139,6 +143,9 @@ class InProcess:
     async def dlq(self) -> list[DlqEntry]:
         return await self.tw.dlq_list()
 
+    async def replay(self, entry_id: int) -> str:
+        return await self.tw.replay(entry_id)
+
 
 class RealStack:
     def __init__(self, worker: Worker, producer: AsyncProducer, store: JobStore) -> None:
@@ -157,6 +164,9 @@ class RealStack:
 
     async def dlq(self) -> list[DlqEntry]:
         return await self.store.dlq_list()
+
+    async def replay(self, entry_id: int) -> str:
+        return await self.store.replay(entry_id)
 
 
 @pytest.fixture
@@ -234,6 +244,20 @@ async def test_a_permanent_error_goes_to_the_dlq_at_once(mode: Mode, seen: Handl
     assert (entry.original_job_id, entry.error_reason, entry.attempts) == (job_id, "Permanent", 1)
     assert [e["message"] for e in entry.error_history] == ["the account is closed"]
     assert seen.calls["t.permanent"] == [1]
+
+
+async def test_a_replayed_dead_job_runs_again_under_its_own_id(mode: Mode, seen: Handlers) -> None:
+    job_id = await mode.producer.submit("t.permanent", {"account": 8})
+    await mode.settle()
+    [entry] = await mode.dlq()
+    seen.healed = True
+    assert await mode.replay(entry.id) == job_id
+    await mode.settle()
+    status = await mode.status(job_id)
+    assert (status.state, status.result) == ("complete", "reopened")
+    assert states(status) == ["queued", "processing", "failed", "queued", "processing", "complete"]
+    assert await mode.dlq() == []
+    assert seen.calls["t.permanent"] == [1, 1]
 
 
 async def test_a_payload_that_breaks_the_handlers_contract_is_dead_lettered_unrun(

@@ -275,3 +275,43 @@ async def test_delayed_jobs_wait_in_retry_partitions_as_the_relay_holds_them(
         assert ran == after_one_day
         await tw.advance(dt.timedelta(days=1))
     assert sorted(ran) == [1, 2]
+
+
+async def test_a_dead_job_is_replayed_once_and_keeps_its_history() -> None:
+    from conveyor.errors import ReplayRefused
+
+    worker = new_worker()
+    fixed: list[bool] = []
+
+    @worker.handler("bill.pay", max_attempts=1)
+    async def pay(ctx: JobContext, payload: dict[str, Any]) -> str:
+        if not fixed:
+            raise RuntimeError("the bank is down")
+        return "paid"
+
+    async with TestWorker(worker) as tw:
+        job_id = tw.producer().submit("bill.pay", {"amount": 10})
+        await tw.drain()
+        [entry] = await tw.dlq_list()
+        fixed.append(True)
+        assert await tw.replay(entry.id) == job_id
+        with pytest.raises(ReplayRefused, match="already replayed"):
+            await tw.replay(entry.id)
+        await tw.drain()
+        status = await tw.status(job_id)
+        assert await tw.dlq_list() == []  # the entry is no longer pending
+        [replayed] = await tw.dlq_list(pending_only=False)
+    assert (status.state, status.result, status.attempts) == ("complete", "paid", 1)
+    assert [t.state for t in status.history] == [
+        "queued",
+        "processing",
+        "failed",
+        "queued",
+        "processing",
+        "complete",
+    ]
+    assert status.history[3].error == {
+        "type": "Replayed",
+        "message": f"replayed from DLQ entry {entry.id}",
+    }
+    assert replayed.replayed_at is not None
