@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -91,6 +91,8 @@ class JobRunner:
         consumer_groups: The consumer group of each job topic, for span attributes.
         lease_seconds: The lease length; long jobs renew it every third of it.
         publisher: Sends failed jobs to the retry topics or the DLQ.
+        sleep: Waits out an in-place retry's backoff (``ordering="key"``);
+            ``conveyor.testing`` passes its fake clock's.
     """
 
     def __init__(
@@ -105,8 +107,10 @@ class JobRunner:
         consumer_groups: Mapping[str, str],
         lease_seconds: float,
         publisher: FailurePublisher,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._status = status
+        self._sleep = sleep
         self._publisher = publisher
         self._pool = pool
         self._registry = registry
@@ -153,7 +157,7 @@ class JobRunner:
             outcome, again, delay = await self._traced_attempt(job)
             if again is None:
                 return outcome
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             job = again
 
     async def _traced_attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:

@@ -161,6 +161,11 @@ class Worker:
         return register
 
     @property
+    def registry(self) -> HandlerRegistry:
+        """The registered handlers, by job type."""
+        return self._registry
+
+    @property
     def assignment(self) -> frozenset[tuple[str, int]]:
         """The (topic, partition) pairs this worker holds now."""
         if self._loop is None:
