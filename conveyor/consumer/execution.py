@@ -9,7 +9,6 @@ a job ever commits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import enum
 import logging
@@ -143,6 +142,15 @@ class JobRunner:
         running.task.cancel()
         return True
 
+    def _take_early_cancel(self, job_id: str) -> bool:
+        """Whether a cancel for ``job_id`` arrived before it ran here, within the TTL.
+
+        A stale one (older than ``EARLY_CANCEL_TTL``) is dropped, never applied: the same
+        job id may come back days later, replayed from the DLQ.
+        """
+        requested = self._early_cancels.pop(job_id, None)
+        return requested is not None and time.monotonic() - requested < EARLY_CANCEL_TTL
+
     async def run(self, job: JobMessage) -> Outcome:
         """Runs one delivered job to a durable outcome.
 
@@ -241,7 +249,7 @@ class JobRunner:
         )
         running = _Running(task)
         self._running[job.job_id] = running
-        if self._early_cancels.pop(job.job_id, None) is not None:
+        if self._take_early_cancel(job.job_id):
             self.cancel(job.job_id)
         heartbeat = (
             asyncio.create_task(self._heartbeat(lease, running))
@@ -267,9 +275,7 @@ class JobRunner:
         finally:
             self._running.pop(job.job_id, None)
             if heartbeat is not None:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                await _stop(heartbeat)
         return await self._complete(job, lease, spec, transaction, result)
 
     async def _invoke(
@@ -376,8 +382,28 @@ class JobRunner:
     async def _heartbeat(self, lease: Lease, running: _Running) -> None:
         while True:
             await asyncio.sleep(self._lease_seconds / 3)
-            if not await self._status.heartbeat(lease):
+            try:
+                renewed = await self._status.heartbeat(lease)
+            except Exception as exc:
+                # A database blip must not end the job: the next beat tries again, and if
+                # the lease lapses meanwhile and another worker claims the job, this
+                # worker's completion is fenced.
+                log.warning("job %s: lease not renewed, will retry: %s", lease.job_id, exc)
+                continue
+            if not renewed:
                 log.warning("job %s: lease lost while running; interrupting it", lease.job_id)
                 running.lease_lost = True
                 running.task.cancel()
                 return
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancels a helper task and waits for it without taking on its exception.
+
+    ``asyncio.wait`` never raises the task's error, so the caller's own result or
+    exception stands; a cancel of the caller itself still propagates.
+    """
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a job's helper task failed: %r", task.exception())

@@ -174,6 +174,8 @@ class ConsumerLoop:
                 auto_offset_reset="earliest",
                 session_timeout_ms=self._options.session_timeout_ms,
                 heartbeat_interval_ms=self._options.heartbeat_interval_ms,
+                # The revoke waits for running jobs; the group must wait for the revoke.
+                rebalance_timeout_ms=self._options.effective_rebalance_timeout_ms,
                 max_poll_interval_ms=self._options.max_poll_interval_ms,
                 fetch_max_wait_ms=self._options.fetch_max_wait_ms,
                 **aiokafka_security(self._settings),

@@ -58,3 +58,25 @@ def test_attempt_errors_carry_type_message_and_traceback() -> None:
     )
     assert "raise ValueError" in error["traceback"]
     assert failures.error_json(error, "MaxRetries")["reason"] == "MaxRetries"
+
+
+def test_a_stale_early_cancel_is_dropped_not_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel for a job not running here is remembered for EARLY_CANCEL_TTL only: the
+    same id arriving later (a DLQ replay days after) is not cancelled by it."""
+    from typing import Any, cast
+
+    from conveyor.consumer import execution
+
+    now = [1000.0]
+    monkeypatch.setattr("conveyor.consumer.execution.time.monotonic", lambda: now[0])
+    runner = execution.JobRunner(
+        status=cast(Any, None), pool=cast(Any, None), registry=cast(Any, None),
+        codec=cast(Any, None), stats=execution.WorkerStats(), metrics=cast(Any, None),
+        consumer_groups={}, lease_seconds=30.0, publisher=cast(Any, None),
+    )  # fmt: skip
+    assert runner.cancel("fresh") is False  # not running here: remembered
+    assert runner.cancel("stale") is False
+    assert runner._take_early_cancel("fresh") is True
+    now[0] += execution.EARLY_CANCEL_TTL + 1
+    assert runner._take_early_cancel("stale") is False
+    assert runner._take_early_cancel("fresh") is False  # taken once
