@@ -151,11 +151,18 @@ class JobRunner:
         requested = self._early_cancels.pop(job_id, None)
         return requested is not None and time.monotonic() - requested < EARLY_CANCEL_TTL
 
-    async def run(self, job: JobMessage) -> Outcome:
+    async def run(self, job: JobMessage, *, lost: asyncio.Event | None = None) -> Outcome:
         """Runs one delivered job to a durable outcome.
 
         A job whose handler has ``ordering="key"`` retries in place: it waits out the
         backoff here, holding only its key's mailbox, and runs again with the next attempt.
+
+        Args:
+            job: The delivery.
+            lost: Set when this worker loses the job's partition. An in-place retry then
+                stops at once instead of running again: the partition's new owner reads
+                the job again and owns its next attempt (a new claim here would steal the
+                lease back and run the key out of order on two workers).
 
         Raises:
             asyncio.CancelledError: The worker is shutting down; the job was rolled back
@@ -165,8 +172,29 @@ class JobRunner:
             outcome, again, delay = await self._traced_attempt(job)
             if again is None:
                 return outcome
-            await self._sleep(delay)
+            if not await self._backoff(delay, lost):
+                self._stats.fenced += 1
+                log.info(
+                    "job %s: partition lost during its backoff; left to its new owner", job.job_id
+                )
+                return Outcome.FENCED
             job = again
+
+    async def _backoff(self, delay: float, lost: asyncio.Event | None) -> bool:
+        """Waits ``delay`` seconds; False as soon as ``lost`` is set (before or during)."""
+        if lost is None:
+            await self._sleep(delay)
+            return True
+        if lost.is_set():
+            return False
+        sleeping = asyncio.ensure_future(self._sleep(delay))
+        watching = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({sleeping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            watching.cancel()
+        return not lost.is_set()
 
     async def _traced_attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
         """One attempt in a CONSUMER span that continues the submitter's trace."""

@@ -111,6 +111,8 @@ class ConsumerLoop:
         # Bumped on every assignment: a job dispatched under an older assignment of a
         # partition (revoked, then assigned back) must not finish offsets of the new one.
         self._generation: defaultdict[TopicPartition, int] = defaultdict(int)
+        # Set when an assignment of a partition ends, so its in-place retries stop.
+        self._lost: dict[TopicPartition, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Periodic commits go one at a time per group, so an older point never lands last.
         # The revoke callback commits without the lock: the rebalance waits on it, and a
@@ -305,7 +307,7 @@ class ConsumerLoop:
         try:
             # Every outcome (fenced included: the new owner handles its own delivery) means
             # this delivery never needs to be read again.
-            await self._runner.run(entry.item)
+            await self._runner.run(entry.item, lost=self._lost_event(tp))
             finished = True
         except asyncio.CancelledError:
             raise  # shutdown: not finished, so its offset is not committed; redelivered later
@@ -329,6 +331,12 @@ class ConsumerLoop:
             self._maybe_resume(priority, tp)
             self._finished.set()
             self._wake.set()
+
+    def _lost_event(self, tp: TopicPartition) -> asyncio.Event:
+        event = self._lost.get(tp)
+        if event is None:
+            event = self._lost[tp] = asyncio.Event()
+        return event
 
     def _maybe_resume(self, priority: str, tp: TopicPartition) -> None:
         if tp in self._paused and (
@@ -377,6 +385,7 @@ class ConsumerLoop:
         self._joined.add(priority)
         for tp in assigned:
             self._generation[tp] += 1
+            self._lost[tp] = asyncio.Event()  # this assignment's; the old one stays set
         self._count_assigned(priority)
         log.info("assigned %s: %s", priority, sorted(tp.partition for tp in assigned))
 
@@ -387,6 +396,7 @@ class ConsumerLoop:
         self._stats.rebalances += 1
         for tp in revoked:
             self._mailboxes[priority].drop(tp)
+            self._lost_event(tp).set()  # in-place retries stop instead of waiting out backoff
         deadline = asyncio.get_running_loop().time() + self._options.revoke_timeout
         while any(self._running_per_tp[tp] for tp in revoked):
             remaining = deadline - asyncio.get_running_loop().time()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -9,6 +11,7 @@ import asyncpg
 
 from conveyor import Producer, Settings
 from conveyor.consumer.context import JobContext
+from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.status import StatusStore
 from conveyor.consumer.worker import Worker
 from conveyor.jobstore import JobStore
@@ -40,8 +43,6 @@ async def test_a_failing_heartbeat_neither_ends_the_job_nor_leaks_its_connection
 
     @worker.handler("long.write", duration="long")
     async def long_write(ctx: JobContext, payload: dict[str, Any]) -> None:
-        import asyncio
-
         await ctx.db.execute("INSERT INTO effects VALUES ($1)", ctx.job_id)
         await asyncio.sleep(0.5)
 
@@ -58,3 +59,41 @@ async def test_a_failing_heartbeat_neither_ends_the_job_nor_leaks_its_connection
     assert set(beats) == set(ids), "each job should have tried to renew its lease"
     effects = await db.fetch(f'SELECT job_id FROM "{live.database_schema}".effects')
     assert sorted(r["job_id"] for r in effects) == sorted(ids)
+
+
+async def test_an_in_place_retry_stops_when_its_partition_is_revoked(
+    settings: Settings, schema_registry_url: str
+) -> None:
+    """An ``ordering="key"`` job fails once and waits out a 5 s backoff in place. Its
+    partition is revoked meanwhile (what a rebalance does): the revoke does not wait for the
+    backoff, and the worker never runs the job again, since the partition's next owner
+    reads it again; a second attempt here would steal the lease back and run the key out
+    of order on two workers."""
+    live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+    attempts: list[int] = []
+    failed = asyncio.Event()
+    again = asyncio.Event()
+
+    @worker.handler("ledger.post", ordering="key", retry=RetryPolicy(initial=5.0, jitter=0.0))
+    async def post(ctx: JobContext, payload: dict[str, Any]) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            failed.set()
+            raise RuntimeError("transient")
+        again.set()
+
+    with Producer(live) as producer:
+        producer.submit("ledger.post", {}, key="account-1")
+
+    async with running(worker):
+        await asyncio.wait_for(failed.wait(), 60)
+        loop = worker._loop
+        assert loop is not None
+        owned = set(loop.owned)
+        # The revoke callback's own call: well within the backoff, so it did not wait it out.
+        await asyncio.wait_for(loop.release("normal", owned), timeout=2.5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(again.wait(), timeout=6.0)  # past the 5 s backoff
+    assert attempts == [1], "the job ran again on a worker that lost its partition"
+    assert worker.stats.fenced == 1
