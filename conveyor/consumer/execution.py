@@ -65,6 +65,7 @@ class WorkerStats:
     duplicates_skipped: int = 0
     fenced: int = 0
     undecodable: int = 0
+    unrecorded: int = 0  # outcomes that failed to be recorded and were tried again
     rebalances: int = 0
     max_in_flight: int = 0
     max_buffered: int = 0

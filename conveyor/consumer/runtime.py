@@ -30,6 +30,7 @@ from conveyor.consumer.mailbox import Entry, Mailboxes
 from conveyor.consumer.offsets import OffsetTracker
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.publisher import FailurePublisher
+from conveyor.consumer.recording import Recording
 from conveyor.consumer.scheduler import WeightedScheduler
 from conveyor.errors import DeserializationError
 from conveyor.observability.metrics import WorkerMetrics
@@ -123,6 +124,7 @@ class ConsumerLoop:
         self._finished = asyncio.Event()
         self._in_flight = 0
         self._stopping = False
+        self._recording = Recording(self._consumers, self._paused, stats)
         # One fetch never adds more than the pause threshold, so a partition's buffer stays
         # below twice the limit whatever the backlog.
         self._fetch_records = min(500, options.max_buffered_per_partition)
@@ -303,24 +305,14 @@ class ConsumerLoop:
 
     async def _execute(self, priority: str, entry: Entry[JobMessage], generation: int) -> None:
         tp = _tp(entry.tp)
+        lost = self._lost_event(tp)
         finished = False
         try:
             # Every outcome (fenced included: the new owner handles its own delivery) means
-            # this delivery never needs to be read again.
-            await self._runner.run(entry.item, lost=self._lost_event(tp))
-            finished = True
-        except asyncio.CancelledError:
-            raise  # shutdown: not finished, so its offset is not committed; redelivered later
-        except Exception:
-            # A bug or an outage (database, registry) while recording the outcome: the job is
-            # not finished, so it stays uncommitted and will be redelivered.
-            log.exception(
-                "job %s at %s[%d]@%d was not recorded",
-                entry.item.job_id,
-                tp.topic,
-                tp.partition,
-                entry.offset,
-            )
+            # this delivery never needs to be read again. An outcome that could not be
+            # recorded (an outage, a refused write) is retried here with backoff, holding
+            # its key's mailbox and its slot, until it is recorded or the partition is lost.
+            finished = await self._recording.run(self._runner, entry, lost)
         finally:
             self._mailboxes[priority].release(entry)
             self._in_flight -= 1
@@ -331,6 +323,11 @@ class ConsumerLoop:
             self._maybe_resume(priority, tp)
             self._finished.set()
             self._wake.set()
+
+    @property
+    def record_problem(self) -> str | None:
+        """Why job outcomes are not being recorded now, or None (a readiness check)."""
+        return self._recording.problem
 
     def _lost_event(self, tp: TopicPartition) -> asyncio.Event:
         event = self._lost.get(tp)
@@ -383,6 +380,8 @@ class ConsumerLoop:
         """Takes ownership of newly assigned partitions."""
         self._owned.update(assigned)
         self._joined.add(priority)
+        if self._recording.store_down:
+            self._consumers[priority].pause(*assigned)
         for tp in assigned:
             self._generation[tp] += 1
             self._lost[tp] = asyncio.Event()  # this assignment's; the old one stays set

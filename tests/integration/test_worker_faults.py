@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import urllib.parse
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import pytest
 
 from conveyor import Producer, Settings
 from conveyor.consumer.context import JobContext
@@ -15,6 +18,7 @@ from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.status import StatusStore
 from conveyor.consumer.worker import Worker
 from conveyor.jobstore import JobStore
+from tests.tcp_proxy import TcpProxy
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
 #: A lease short enough that a half-second job heartbeats (every third of it) twice.
@@ -97,3 +101,73 @@ async def test_an_in_place_retry_stops_when_its_partition_is_revoked(
             await asyncio.wait_for(again.wait(), timeout=6.0)  # past the 5 s backoff
     assert attempts == [1], "the job ran again on a worker that lost its partition"
     assert worker.stats.fenced == 1
+
+
+@pytest.fixture
+async def through_proxy(settings: Settings, schema_registry_url: str) -> AsyncIterator[Any]:
+    """Prepared settings whose Postgres is reached through a proxy the test can cut."""
+    live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
+    url = urllib.parse.urlsplit(live.database_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    user, _, _ = url.netloc.rpartition("@")
+    netloc = f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+    try:
+        yield live, live.replace(database_url=url._replace(netloc=netloc).geturl()), proxy
+    finally:
+        await proxy.stop()
+
+
+async def test_a_postgres_outage_strands_no_job_and_readiness_says_why(
+    through_proxy: Any, db: asyncpg.Connection[Any]
+) -> None:
+    """Postgres goes away mid-run and more jobs arrive meanwhile. Outcomes that could not
+    be recorded are tried again with backoff rather than dropped, the worker stops
+    fetching and is not ready (saying why), and when Postgres is back every job completes
+    with its side effect exactly once, without a restart."""
+    live, proxied, proxy = through_proxy
+    schema = f'"{live.database_schema}"'
+    await db.execute(f"CREATE TABLE {schema}.effects (job_id text NOT NULL)")
+    worker = Worker(proxied, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    gate = asyncio.Event()
+    gate.set()
+
+    @worker.handler("effect.write")
+    async def write(ctx: JobContext, payload: dict[str, Any]) -> None:
+        await gate.wait()
+        await ctx.db.execute("INSERT INTO effects VALUES ($1)", ctx.job_id)
+
+    async def effects() -> int:
+        return int(await db.fetchval(f"SELECT count(*) FROM {schema}.effects"))
+
+    with Producer(live) as producer:
+        first = producer.submit("effect.write", [{"n": i} for i in range(20)])
+    async with running(worker):
+        await eventually(lambda: _at_least(effects, 20), timeout=60, what="the first 20 effects")
+        gate.clear()  # the next jobs are mid-handler when Postgres goes
+        with Producer(live) as producer:
+            second = producer.submit("effect.write", [{"n": i} for i in range(20, 40)])
+        await eventually(lambda: worker.in_flight > 0, timeout=30, what="jobs in their handlers")
+        await proxy.stop()
+        gate.set()
+        await eventually(lambda: worker.stats.unrecorded > 0, timeout=30, what="a failed record")
+        loop = worker._loop
+        assert loop is not None
+        assert loop.record_problem is not None
+        assert "cannot be recorded" in loop.record_problem
+        await proxy.start()
+        async with JobStore(live) as store:
+
+            async def all_complete() -> bool:
+                states = [(await store.status(j)).state for j in first + second]
+                return states == ["complete"] * 40
+
+            await eventually(all_complete, timeout=90, what="all 40 jobs complete")
+        assert loop.record_problem is None
+    rows = await db.fetch(f"SELECT job_id, count(*) AS n FROM {schema}.effects GROUP BY job_id")
+    assert {r["job_id"] for r in rows} == set(first + second)
+    assert {r["n"] for r in rows} == {1}, "a side effect committed twice"
+
+
+async def _at_least(count: Any, target: int) -> bool:
+    return bool(await count() >= target)
