@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from conveyor import Producer, Settings
+from conveyor import PermanentError, Producer, Settings
 from conveyor.consumer.context import JobContext
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.status import StatusStore
@@ -171,3 +171,30 @@ async def test_a_postgres_outage_strands_no_job_and_readiness_says_why(
 
 async def _at_least(count: Any, target: int) -> bool:
     return bool(await count() >= target)
+
+
+async def test_an_error_text_postgres_would_refuse_still_reaches_the_dlq(
+    settings: Settings, schema_registry_url: str
+) -> None:
+    """A handler's error holding NUL (refused by jsonb) and 100 KB of text: the job is
+    recorded failed with its cleaned error and published to the DLQ, never left unrecorded."""
+    live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+
+    @worker.handler("hostile.error")
+    async def hostile(ctx: JobContext, payload: dict[str, Any]) -> None:
+        raise PermanentError("bad\x00byte " + "x" * 100_000)
+
+    with Producer(live) as producer:
+        job_id = producer.submit("hostile.error", {})
+    async with JobStore(live) as store, running(worker):
+
+        async def failed() -> bool:
+            return (await store.status(job_id)).state == "failed"
+
+        await eventually(failed, timeout=60, what="the job recorded failed")
+        status = await store.status(job_id)
+    assert status.last_error is not None
+    assert status.last_error["message"].startswith("bad\\x00byte x")
+    assert worker.stats.dead_lettered == 1
+    assert worker.stats.unrecorded == 0

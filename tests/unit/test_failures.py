@@ -80,3 +80,21 @@ def test_a_stale_early_cancel_is_dropped_not_applied(monkeypatch: pytest.MonkeyP
     now[0] += execution.EARLY_CANCEL_TTL + 1
     assert runner._take_early_cancel("stale") is False
     assert runner._take_early_cancel("fresh") is False  # taken once
+
+
+def test_an_error_with_nul_and_huge_text_is_cleaned_for_postgres_and_the_broker() -> None:
+    """jsonb refuses NUL, and a retry envelope must stay below the broker's message size."""
+    error = failures.attempt_error(ValueError("bad\x00byte " + "x" * 100_000), 1)
+    assert "\x00" not in error["message"]
+    assert error["message"].startswith("bad\\x00byte ")
+    assert len(error["message"]) == failures.MESSAGE_LIMIT
+    assert error["message"].endswith(failures.TRUNCATED)
+    assert len(error["traceback"]) <= failures.TRACEBACK_LIMIT
+
+
+def test_a_long_retry_chain_keeps_the_first_and_the_latest_errors() -> None:
+    history: list[dict[str, object]] = []
+    for attempt in range(1, 51):
+        history = failures.history_with(history, {"attempt": attempt})
+    assert len(history) == failures.HISTORY_LIMIT
+    assert [e["attempt"] for e in history] == [1, *range(51 - failures.HISTORY_LIMIT + 1, 51)]
