@@ -13,6 +13,9 @@ with ``attempt + 1`` and a ``not_before``. The relay is one consumer in group
   one partition never delays another, and the consumer never sits in a sleep past
   ``max.poll.interval.ms`` (Spring Kafka's back-off by sleeping the poll loop is what makes
   its delays overshoot by up to the poll interval);
+- not due long after its rung's delay (a 1-hour wait on ``retry.5m``): once it has waited
+  that rung's delay it is written again, unchanged, to the rung that fits what is left, at
+  the tail, so it never holds back the records behind it for longer than the rung's delay;
 - undecodable: logged, counted and skipped (committed past), so it cannot block the queue.
 
 The committed offset of a partition is the one after its last republished (or skipped)
@@ -25,9 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -36,7 +39,10 @@ from aiokafka.structs import OffsetAndMetadata
 from conveyor.consumer.kafka import aiokafka_security
 from conveyor.consumer.options import rebalance_timeout
 from conveyor.consumer.relay_items import HeldPartition, Item
+from conveyor.consumer.relay_options import REVOKE_SLACK, RelayOptions, RelayStats
 from conveyor.consumer.republish import Republisher
+
+__all__ = ["REVOKE_SLACK", "RelayOptions", "RelayStats", "RetryRelay"]
 from conveyor.errors import (
     BrokerUnavailableError,
     ConfigurationError,
@@ -57,58 +63,6 @@ REPUBLISH_BATCH = 100
 RETRY_BACKOFF = 1.0
 #: librdkafka batches for at most this long; small, because every ms is added to the delay.
 LINGER_MS = 1
-
-
-#: Seconds past ``delivery_timeout`` a revoke or stop waits for republishes in flight.
-REVOKE_SLACK = 5.0
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RelayOptions:
-    """How the relay fetches, commits and republishes.
-
-    Args:
-        session_timeout_ms: Kafka consumer session timeout.
-        heartbeat_interval_ms: Kafka consumer heartbeat interval.
-        commit_interval: Seconds between offset commits (also committed on revoke and stop).
-        fetch_timeout_ms: How long one fetch waits for records.
-        max_held_per_partition: Records queued per partition before it is paused even when
-            they are due; it resumes at half of this.
-        delivery_timeout: Seconds a republish may take to be acknowledged before it is
-            retried (and what revoke and stop wait at most for republishes in flight).
-    """
-
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
-    commit_interval: float = 1.0
-    fetch_timeout_ms: int = 200
-    max_held_per_partition: int = 1_000
-    delivery_timeout: float = 30.0
-
-    def __post_init__(self) -> None:
-        positive = ("session_timeout_ms", "heartbeat_interval_ms", "commit_interval")
-        for name in (*positive, "fetch_timeout_ms", "delivery_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(name, f"must be > 0, got {getattr(self, name)}")
-        if self.max_held_per_partition < 2:
-            raise ConfigurationError(
-                "max_held_per_partition", f"must be >= 2, got {self.max_held_per_partition}"
-            )
-
-
-@dataclasses.dataclass
-class RelayStats:
-    """Counters of one relay (read them; they only grow).
-
-    Args:
-        republished: Records republished to a job topic and acknowledged.
-        held_max: The most records waiting in pending queues at once.
-        undecodable: Records skipped because they could not be decoded.
-    """
-
-    republished: int = 0
-    held_max: int = 0
-    undecodable: int = 0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -138,6 +92,7 @@ class RetryRelay:
         self._serde = serde
         self._options = options or RelayOptions()
         self._topology = Topology.from_settings(settings)
+        self._rung_delays = {rung.name: rung.delay_s for rung in self._topology.retry_topics}
         self.group_id = f"{settings.topic_prefix}.relay"
         self.stats = RelayStats()
         self._partitions: dict[TopicPartition, HeldPartition] = {}
@@ -277,13 +232,13 @@ class RetryRelay:
     async def _drain(self, state: HeldPartition) -> None:
         """Republishes the partition's due records in offset order until one is not due."""
         while state.pending and not state.released:
-            wait = self._seconds_until_due(state.pending[0])
+            wait = self._seconds_until_sent(state.pending[0])
             if wait > 0:
                 self._hold(state, wait)
                 return
             batch: list[tuple[Item, asyncio.Future[None] | None]] = []
             for item in state.pending:
-                if len(batch) >= REPUBLISH_BATCH or self._seconds_until_due(item) > 0:
+                if len(batch) >= REPUBLISH_BATCH or self._seconds_until_sent(item) > 0:
                     break
                 batch.append((item, None if item.skip else self._republish(item)))
             if not await self._settle(state, batch):
@@ -293,6 +248,29 @@ class RetryRelay:
                 self._set_paused(state, False)
         if not state.pending:
             self._set_paused(state, False)
+
+    def _seconds_until_sent(self, item: Item) -> float:
+        """Seconds until the item leaves: to its job topic when due, or on to the retry
+        ladder (a hop) once it has waited its rung's delay, whichever comes first.
+
+        A record waits at the head of its partition at most its rung's delay, counted from
+        when it was written there; every record behind it was written later, so none
+        waits behind a far-future one for longer than the rung's delay. A 1-hour delay on
+        ``retry.5m`` crosses it in 5-minute hops, each back at the tail.
+        """
+        due = self._seconds_until_due(item)
+        if due <= 0 or item.skip:
+            item.destination = item.topic
+            return due
+        rung_delay = self._rung_delays.get(item.record.topic, 0.0)
+        written = item.record.timestamp / 1000 if item.record.timestamp > 0 else item.seen_at
+        hop = written + rung_delay - time.time()
+        if hop < due:
+            if hop <= 0:
+                item.destination = self._topology.retry_topic_for(due)
+                return 0.0
+            return hop
+        return due
 
     def _seconds_until_due(self, item: Item) -> float:
         """Decodes the item on first sight; 0 when it can go now (or be skipped)."""
@@ -327,11 +305,11 @@ class RetryRelay:
         span, headers = tracing.start_hop_span(
             list(record.headers or ()),
             source=record.topic,
-            destination=item.topic,
+            destination=item.destination,
             attributes=item.attributes,
         )
         future = self._require_republisher().send(
-            item.topic, value=record.value, key=record.key, headers=headers
+            item.destination, value=record.value, key=record.key, headers=headers
         )
 
         def end(done: asyncio.Future[None]) -> None:
@@ -357,7 +335,10 @@ class RetryRelay:
                         if rest is not None and rest.done():
                             rest.exception()  # retrieved, so asyncio does not log them
                     return False
-                self.stats.republished += 1
+                if item.destination == item.topic:
+                    self.stats.republished += 1
+                else:
+                    self.stats.hops += 1
             state.pending.popleft()
             state.done = item.record.offset + 1
         return True

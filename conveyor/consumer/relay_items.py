@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -34,6 +35,10 @@ class Item:
     topic: str = ""
     not_before: dt.datetime | None = None
     attributes: dict[str, Any] = dataclasses.field(default_factory=dict)  # the job's, for spans
+    #: Where it is sent next: its job topic when due, a retry rung for a hop.
+    destination: str = ""
+    #: When the relay first saw it (for a record without a timestamp).
+    seen_at: float = dataclasses.field(default_factory=time.time)
 
     def decode(self, serde: Serde, topology: Topology) -> bool:
         """Reads where and when the record goes; False (and marked skipped) if undecodable."""

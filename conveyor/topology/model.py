@@ -205,7 +205,9 @@ class Topology:
 
         The rung with the largest delay not above ``delay_s``, so a message is never
         held back longer than asked by the topic itself; shorter waits than every rung
-        take the first rung.
+        take the first rung. A wait longer than the top rung's delay also takes the top
+        rung: the relay holds a record at most its rung's delay and then moves it to the
+        tail (a hop), so a far-future one never blocks the records behind it.
         """
         chosen = self.retry_topics[0]
         for rung in self.retry_topics:
