@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -113,3 +114,33 @@ def job_failed_event(record: Mapping[str, Any], dlq_id: int) -> dict[str, Any]:
         "dlq_id": dlq_id,
         "failed_at": record["dead_at"],
     }
+
+
+#: What a cleaned row's reason becomes when the one sent is not a name Postgres accepts.
+UNKNOWN_REASON = "Unknown"
+_REASON = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_PRIORITIES = frozenset({"critical", "high", "normal", "low"})
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, Mapping):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def cleaned(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A DLQ record Postgres will take, for one it refused: NUL in any text written as
+    ``\\x00`` (text and jsonb refuse it), a negative attempt count as 0, an unknown
+    priority as none, and a reason that is not a name as ``UNKNOWN_REASON``. The payload
+    is bytes and stays as it is."""
+    fixed = {k: v if k == "payload" else _clean(v) for k, v in record.items()}
+    fixed["attempts"] = max(0, int(fixed.get("attempts") or 0))
+    if fixed.get("priority") not in _PRIORITIES:
+        fixed["priority"] = None
+    if not _REASON.match(str(fixed.get("error_reason") or "")):
+        fixed["error_reason"] = UNKNOWN_REASON
+    return fixed

@@ -20,9 +20,10 @@ message is redelivered: consumers that must not see it twice dedupe on ``dlq_id`
 Records without a job id (messages the worker could not decode) get a row but no event,
 since a ``JobEvent`` needs a job id.
 
-A DLQ message that does not decode, or whose data Postgres refuses, is logged, counted
-and committed past; it cannot block the partition. An outage (Postgres, the registry,
-the broker) is not the message's fault: the sink seeks back to it, backs off and tries
+A DLQ message that does not decode is logged, counted and committed past; it cannot
+block the partition. One whose data Postgres refuses (NUL in a text, an out-of-range
+field) is stored cleaned (``dlq_rows.cleaned``) rather than skipped. An outage (Postgres,
+the registry, the broker) is not the message's fault: the sink seeks back to it, backs off and tries
 again, so nothing is lost.
 """
 
@@ -84,7 +85,9 @@ class DlqSinkStats:
     undecodable: int = 0
     """DLQ messages that did not decode; skipped."""
     rejected: int = 0
-    """Decoded messages whose data Postgres or the event contract refused; skipped."""
+    """Rows stored whose JobFailed event the event contract refused."""
+    cleaned: int = 0
+    """Messages whose data Postgres refused, stored cleaned instead."""
     retries: int = 0
     """Messages tried again after an outage."""
 
@@ -271,12 +274,17 @@ class DlqSink:
         )
         span.set_attribute("conveyor.dlq.reason", record["error_reason"])
         try:
-            dlq_id, published = await self._store(record)
+            try:
+                dlq_id, published = await self._store(record)
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                # Never skip a dead job: store what Postgres will take (a second refusal
+                # propagates, and the message is tried again after a pause).
+                log.warning("DLQ message %s refused by Postgres (%s); stored cleaned", where, exc)
+                self.stats.cleaned += 1
+                record = dlq_rows.cleaned(record)
+                dlq_id, published = await self._store(record)
             if record.get("job_id") is not None and not published:
                 await self._publish(record, dlq_id)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            self.stats.rejected += 1
-            log.error("skipping DLQ message %s: Postgres refused its data: %s", where, exc)
         except SerializationError as exc:
             self.stats.rejected += 1
             log.error("no JobFailed event for DLQ message %s: %s", where, exc)

@@ -23,6 +23,7 @@ from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.status import StatusStore
 from conveyor.jobstore import JobStore
+from conveyor.schemas import contracts
 from conveyor.schemas.contracts import DLQ_RECORD, JOB_EVENT
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
@@ -321,3 +322,36 @@ async def test_garbage_is_skipped_undecodable_jobs_get_no_event_and_a_lost_event
     # Every message, the garbage included, is committed: a restart reads none again.
     committed = await asyncio.to_thread(committed_offset, live, sink.group_id)
     assert committed == max(offsets) + 1
+
+
+async def test_a_record_postgres_refuses_is_stored_cleaned_and_announced_not_skipped(
+    live: Settings,
+    pool: asyncpg.Pool[Any],
+    serde: Serde,
+    sink: DlqSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NUL in its texts (refused by text and jsonb) and a reason from a newer worker that
+    this schema never heard of: the dead job still gets its row and its JobFailed event."""
+    job_id = str(uuid.uuid4())
+    record = {
+        **dead_record(job_id, offset=40),
+        "type": "email\x00send",
+        "key": "user\x00-1",
+        "error_reason": "QuotaExceeded",
+        "error_history": [{**e, "message": "bad\x00byte"} for e in attempt_errors(3)],
+    }
+    # Encoded as a newer worker would, whose set of reasons has one this version lacks.
+    newer = (*contracts.ERROR_REASONS, "QuotaExceeded")
+    with monkeypatch.context() as patch:
+        patch.setitem(contracts.DLQ_RECORD.choices, "error_reason", newer)
+        value = encode(serde, live, record)
+    produce(live, [value])
+
+    await eventually(lambda: published(pool, 40), what="the event of the refused record")
+    row = await pool.fetchrow("SELECT * FROM job_dlq WHERE source_offset = 40")
+    assert row is not None
+    assert (str(row["original_job_id"]), row["error_reason"]) == (job_id, "QuotaExceeded")
+    assert (row["type"], row["key"]) == ("email\\x00send", "user\\x00-1")
+    assert [e["message"] for e in json.loads(row["error_history"])] == ["bad\\x00byte"] * 3
+    assert sink.stats.cleaned == 1
