@@ -286,8 +286,9 @@ class ApacheKafka:
             "format",
             "--config",
             str(config),
-            "--cluster-id",
-            _cluster_id(),
+            # One argument: a random id may start with "-", which a separate one would
+            # make the tool read as an option.
+            f"--cluster-id={_cluster_id()}",
             "--feature",
             "share.version=1",
             "--ignore-formatted",
