@@ -22,7 +22,7 @@ from starlette.routing import Route
 from conveyor.errors import ConveyorError, DatabaseUnavailableError, DlqEntryNotFound, ReplayRefused
 from conveyor.jobstore import parse_job_id
 from conveyor.ui import cluster, deadletters, overview, queries
-from conveyor.ui.security import csrf_ok, csrf_token, set_csrf_cookie
+from conveyor.ui.security import csrf_ok, csrf_token, form_fields, set_csrf_cookie
 from conveyor.ui.state import UiState
 
 KEEPALIVE_SECONDS = 15.0
@@ -173,8 +173,7 @@ async def post_replay_matching(request: Request) -> Response:
     if request.headers.get("content-type", "").startswith("application/json"):
         params = {k: str(v) for k, v in (await request.json()).items()}
     else:
-        form = await request.form()
-        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        params = await form_fields(request)
     f = deadletters.DlqFilter.from_params(params)
     run = await ui.replays.start(ui.pool, ui.settings, f)
     if _wants_html(request):

@@ -3,8 +3,8 @@
 Workers come from the ``workers`` table that every worker's heartbeat
 (``conveyor.consumer.heartbeat``) keeps fresh; a row is stale when its heartbeat is
 older than :data:`STALE_AFTER_BEATS` intervals. The topology is ``conveyor topology
-plan`` (``conveyor.topology.admin.plan``) plus, per job topic partition, the end offset,
-the worker group's committed offset and their difference, the lag. Kafka answers are
+plan`` (``conveyor.topology.admin.plan``, in a thread) plus, per job topic partition,
+the end offset, the worker group's committed offset and their difference, the lag. Kafka answers are
 cached for :data:`CACHE_SECONDS`, so live pages do not query the cluster on every tick,
 and a cluster that does not answer makes the figures unavailable, not the page.
 """
@@ -12,16 +12,16 @@ and a cluster that does not answer makes the figures unavailable, not the page.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import asyncpg
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported, no __all__
-    AdminClient,
-    OffsetSpec,
-)
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaError
 
+from conveyor.consumer.kafka import aiokafka_security
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
@@ -64,6 +64,10 @@ async def workers(pool: asyncpg.Pool[Any]) -> list[dict[str, Any]]:
 class Cluster:
     """Reads the topology and the worker groups' lag from Kafka, with a short cache.
 
+    Lag is read with aiokafka on the UI's own event loop (an admin client for the
+    groups' committed offsets, a group-less consumer for the end offsets); the plan
+    with ``conveyor.topology.admin.plan`` in a thread, as the CLI does.
+
     Args:
         settings: The cluster and the topology's names.
     """
@@ -71,14 +75,36 @@ class Cluster:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._topology = Topology.from_settings(settings)
-        self._client: AdminClient | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
         self._lag: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
-    def _admin(self) -> AdminClient:
-        if self._client is None:
-            self._client = AdminClient({**self._settings.kafka_config(), "log_level": 0})
-        return self._client
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None or self._consumer is None:
+            common = {
+                "bootstrap_servers": self._settings.kafka_bootstrap,
+                "request_timeout_ms": int(KAFKA_TIMEOUT * 1000),
+                **aiokafka_security(self._settings),
+            }
+            admin_client = AIOKafkaAdminClient(client_id="conveyor-ui", **common)
+            consumer = AIOKafkaConsumer(
+                client_id="conveyor-ui", group_id=None, enable_auto_commit=False, **common
+            )
+            try:
+                await admin_client.start()
+                await consumer.start()
+            except BaseException:
+                await _quietly_close(admin_client, consumer)
+                raise
+            self._admin, self._consumer = admin_client, consumer
+        return self._admin, self._consumer
+
+    async def close(self) -> None:
+        """Closes the Kafka clients, if they were opened."""
+        admin_client, consumer = self._admin, self._consumer
+        self._admin = self._consumer = None
+        await _quietly_close(admin_client, consumer)
 
     async def lag(self) -> dict[str, Any]:
         """Per job topic partition: end offset, committed offset and lag, per priority.
@@ -90,9 +116,12 @@ class Cluster:
             if self._lag is not None and time.monotonic() - self._lag[0] < CACHE_SECONDS:
                 return self._lag[1]
             try:
-                result = await asyncio.to_thread(self._read_lag)
-            except (KafkaException, ConveyorError, RuntimeError) as exc:
-                result = {"available": False, "error": str(exc), "priorities": {}}
+                async with asyncio.timeout(2 * KAFKA_TIMEOUT):
+                    result = await self._read_lag()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                await self.close()  # reconnect next time
+                result = {"available": False, "error": str(exc) or type(exc).__name__}
+                result["priorities"] = {}
             self._lag = (time.monotonic(), result)
             return result
 
@@ -100,39 +129,42 @@ class Cluster:
         """The total lag of each priority's group, None where unknown."""
         return {p: lag["priorities"].get(p, {}).get("lag") for p in PRIORITIES}
 
-    def _read_lag(self) -> dict[str, Any]:
-        client = self._admin()
-        metadata = client.list_topics(timeout=KAFKA_TIMEOUT)
+    async def _read_lag(self) -> dict[str, Any]:
+        admin_client, consumer = await self._clients()
+        names = [self._topology.job_topic(p) for p in PRIORITIES]
+        described = {
+            t["topic"]: [p["partition"] for p in t["partitions"]]
+            for t in await admin_client.describe_topics(names)
+            if t["error_code"] == 0
+        }
         priorities: dict[str, Any] = {}
         for priority in PRIORITIES:
             topic = self._topology.job_topic(priority)
-            meta = metadata.topics.get(topic)
-            if meta is None or not meta.partitions:
+            numbers = described.get(topic)
+            if not numbers:
                 continue
-            tps = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
-            ends = client.list_offsets(
-                {tp: OffsetSpec.latest() for tp in tps},  # type: ignore[no-untyped-call]
-                request_timeout=KAFKA_TIMEOUT,
-            )
+            tps = [TopicPartition(topic, p) for p in sorted(numbers)]
+            ends = await consumer.end_offsets(tps)
+            starts = await consumer.beginning_offsets(tps)
             group = self._topology.consumer_group(priority)
-            future = client.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, tps)], request_timeout=KAFKA_TIMEOUT
-            )[group]
-            committed = {tp.partition: tp.offset for tp in future.result().topic_partitions}
+            try:
+                committed = await admin_client.list_consumer_group_offsets(group, partitions=tps)
+            except GroupCoordinatorNotAvailableError:
+                committed = {}  # no group has committed on this cluster yet
             partitions = []
-            for tp, end_future in ends.items():
-                end = end_future.result().offset
-                done = committed.get(tp.partition, -1)
-                lag = end if done < 0 else max(0, end - done)
+            for tp in tps:
+                meta = committed.get(tp)
+                done = -1 if meta is None else meta.offset
+                end = ends[tp]
                 partitions.append(
                     {
                         "partition": tp.partition,
                         "end": end,
                         "committed": None if done < 0 else done,
-                        "lag": lag,
+                        # A group that never committed reads from the beginning.
+                        "lag": max(0, end - (starts[tp] if done < 0 else done)),
                     }
                 )
-            partitions.sort(key=lambda p: p["partition"])
             priorities[priority] = {
                 "topic": topic,
                 "group": group,
@@ -180,3 +212,14 @@ class Cluster:
             "topics": topics,
             "lag": await self.lag(),
         }
+
+
+async def _quietly_close(
+    admin_client: AIOKafkaAdminClient | None, consumer: AIOKafkaConsumer | None
+) -> None:
+    if consumer is not None:
+        with contextlib.suppress(KafkaError, OSError, RuntimeError):
+            await consumer.stop()
+    if admin_client is not None:
+        with contextlib.suppress(KafkaError, OSError, RuntimeError):
+            await admin_client.close()

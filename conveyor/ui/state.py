@@ -74,6 +74,7 @@ class UiState:
     async def close(self) -> None:
         """Stops bulk replays, closes the job store and the pool."""
         await self.replays.close()
+        await self.cluster.close()
         await self.store.close()
         pool, self._pool = self._pool, None
         if pool is not None:
