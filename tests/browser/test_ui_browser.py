@@ -236,3 +236,23 @@ async def test_a_script_in_a_payload_type_key_or_error_renders_as_inert_text(
     await page.goto(f"{ui_url}/dlq/{entry_id}")
     await expect(page.locator("#entry-payload")).to_contain_text(SCRIPT)
     await expect(page.locator(".err-msg")).to_have_text(SCRIPT)
+
+
+async def test_workers_page_lists_the_running_worker_and_topology_shows_the_plan(
+    live: Settings, ui_url: str, browser: Browser
+) -> None:
+    worker = Worker(live, priorities=["normal", "low"], concurrency=3, options=TEST_OPTIONS)
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    async with running(worker):
+        await eventually(lambda: worker.joined, timeout=60, what="the worker joined")
+        row = page.locator(f'tr[data-worker="{worker.worker_id}"]')
+        await page.goto(f"{ui_url}/workers")
+        await expect(row.locator(".state")).to_have_text("live", timeout=WAIT_MS)
+        await expect(row).to_contain_text("normal, low")
+        await page.screenshot(path=screenshot_path("workers"), full_page=True)
+    await page.goto(f"{ui_url}/workers")
+    await expect(row.locator(".state")).to_have_text("stopped")
+    await page.goto(f"{ui_url}/topology")
+    await expect(page.locator("#plan-summary")).to_contain_text("0 to create")
+    await expect(page.locator("#topics-table .state").first).to_have_text("in sync")
+    await page.screenshot(path=screenshot_path("topology"), full_page=True)
