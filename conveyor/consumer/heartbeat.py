@@ -23,6 +23,9 @@ log = logging.getLogger("conveyor.worker")
 DEFAULT_INTERVAL = 5.0
 """Seconds between heartbeats."""
 
+ASSIGNMENT_CHECK = 1.0
+"""Seconds between looks at the worker's partitions, to beat soon after they change."""
+
 FORGET_AFTER = "1 day"
 """Rows of workers whose last heartbeat is older than this are deleted."""
 
@@ -109,9 +112,12 @@ class Heartbeat:
         )
 
     async def run(self) -> None:
-        """Beats every ``interval`` seconds until cancelled; forgets long-gone workers."""
+        """Beats every ``interval`` seconds until cancelled, and at once when the worker's
+        partitions change (joins and rebalances show within a second); forgets long-gone
+        workers."""
         beats = 0
         while True:
+            shown = self._worker.assignment
             try:
                 await self.beat()
                 if beats % 100 == 0:
@@ -119,7 +125,11 @@ class Heartbeat:
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("worker heartbeat not written: %s", exc)
             beats += 1
-            await asyncio.sleep(self._interval)
+            waited = 0.0
+            while waited < self._interval and self._worker.assignment == shown:
+                step = min(ASSIGNMENT_CHECK, self._interval - waited)
+                await asyncio.sleep(step)
+                waited += step
 
     async def leave(self) -> None:
         """Marks the worker stopped; logs instead of raising, since the worker is leaving."""

@@ -245,10 +245,18 @@ async def test_workers_page_lists_the_running_worker_and_topology_shows_the_plan
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     async with running(worker):
         await eventually(lambda: worker.joined, timeout=60, what="the worker joined")
+
+        async def owns_three() -> bool:
+            # 2 partitions of normal and 1 of low (partition unit 1), all this worker's.
+            rows = (await page.request.get(f"{ui_url}/api/workers")).json()
+            return [len(w["partitions"]) for w in (await rows)["workers"]] == [3]
+
+        await eventually(owns_three, timeout=60, what="a heartbeat with 3 partitions")
         row = page.locator(f'tr[data-worker="{worker.worker_id}"]')
         await page.goto(f"{ui_url}/workers")
-        await expect(row.locator(".state")).to_have_text("live", timeout=WAIT_MS)
+        await expect(row.locator(".state")).to_have_text("live")
         await expect(row).to_contain_text("normal, low")
+        await expect(row.locator("td.partitions")).to_contain_text("3:")
         await page.screenshot(path=screenshot_path("workers"), full_page=True)
     await page.goto(f"{ui_url}/workers")
     await expect(row.locator(".state")).to_have_text("stopped")
