@@ -264,3 +264,26 @@ async def test_workers_page_lists_the_running_worker_and_topology_shows_the_plan
     await expect(page.locator("#plan-summary")).to_contain_text("0 to create")
     await expect(page.locator("#topics-table .state").first).to_have_text("in sync")
     await page.screenshot(path=screenshot_path("topology"), full_page=True)
+
+
+async def test_replay_all_matching_shows_live_progress_and_marks_every_entry(
+    live: Settings, ui_url: str, browser: Browser, db: asyncpg.Connection[Any]
+) -> None:
+    for offset in range(3):
+        await db.execute(
+            f'INSERT INTO "{live.database_schema}".job_dlq (original_job_id, type, payload, '
+            "content_type, error_reason, attempts, error_history, source_topic, "
+            "source_partition, source_offset, priority) VALUES (gen_random_uuid(), 'ui.bulk', "
+            "'{}'::bytea, 'application/json', 'Timeout', 5, '[]', 't', 0, $1, 'normal')",
+            offset,
+        )
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(f"{ui_url}/dlq?type=ui.bulk&reason=Timeout")
+    await expect(page.locator("#dlq-matching")).to_have_text("3")
+    await page.click("#replay-all-button")
+    await expect(page.locator("#replay-run-text")).to_have_text(
+        "3 of 3 replayed · done", timeout=WAIT_MS
+    )
+    await page.goto(f"{ui_url}/dlq?type=ui.bulk&show=all")
+    await expect(page.locator("#dlq-table tr.replayed")).to_have_count(3)
+    await expect(page.locator("#dlq-table tr.pending")).to_have_count(0)
