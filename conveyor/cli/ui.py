@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 from conveyor.cli import common
 from conveyor.settings import Settings
@@ -71,5 +72,8 @@ def _ui(args: argparse.Namespace, settings: Settings) -> int:
     scope = f", tenant {args.tenant}" if args.tenant else ""
     mode = ", read-only" if args.read_only else ""
     print(f"conveyor ui: http://{args.host}:{args.port}/{scope}{mode}", flush=True)
-    asyncio.run(server.serve(settings, options, args.host, args.port))
+    # On Ctrl-C uvicorn shuts down cleanly, then re-raises the signal it caught.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve(settings, options, args.host, args.port))
+    print("conveyor ui: stopped", flush=True)
     return common.EXIT_OK
