@@ -223,7 +223,10 @@ async def stream_overview(request: Request) -> Response:
 
 async def stream_job(request: Request) -> Response:
     ui = state_of(request)
-    job_id = request.path_params["job_id"]
+    try:
+        job_id = parse_job_id(request.path_params["job_id"])
+    except ValueError as exc:
+        return error(400, str(exc))
 
     async def read() -> dict[str, Any] | None:
         job = await queries.job_detail(ui.pool, job_id)

@@ -136,6 +136,7 @@ def test_a_malformed_filter_or_cursor_is_one_clear_400(client: TestClient) -> No
 
 
 def test_an_unknown_job_is_404_on_the_api_and_the_page(client: TestClient) -> None:
+    assert client.get("/api/stream/jobs/not-a-uuid").status_code == 400
     job_id = str(uuid.uuid4())
     assert client.get(f"/api/jobs/{job_id}").status_code == 404
     page = client.get(f"/jobs/{job_id}")
