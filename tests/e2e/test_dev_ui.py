@@ -9,9 +9,12 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.e2e.test_dev_cli import PLAIN_ENV, refuses_connections
 from tests.process_helpers import read_until
+
+pytestmark = pytest.mark.devstack
 
 
 def test_dev_prints_the_ui_url_serves_the_overview_and_stops_it_on_ctrl_c() -> None:
