@@ -50,6 +50,9 @@ async def test_overview_counts_completed_jobs_live_while_a_worker_runs(
         ).to_have_text("4", timeout=WAIT_MS)
         await expect(normal.locator('td[data-field="lag"]')).to_have_text("0", timeout=WAIT_MS)
         await expect(page.locator("#chart-complete polyline.p-normal")).to_have_count(1)
+        # The wait chart marks normal's median: a dot for one minute, a line for more.
+        marks = "#chart-wait circle.p-normal, #chart-wait polyline.p-normal[points*=' ']"
+        await expect(page.locator(marks).first).to_be_attached()
         await page.screenshot(path=screenshot_path("overview"), full_page=True)
 
 

@@ -59,6 +59,16 @@
         const x = pad + (width - 2 * pad) * (length > 1 ? i / (length - 1) : 0);
         const y = height - pad - (height - 2 * pad) * (v / max);
         points.push(x.toFixed(1) + "," + y.toFixed(1));
+        const alone = (i === 0 || values[i - 1] === null) &&
+          (i === values.length - 1 || values[i + 1] === null);
+        if (alone) {  // a line needs two points: show a lone one as a dot
+          const dot = document.createElementNS(SVG, "circle");
+          dot.setAttribute("cx", x.toFixed(1));
+          dot.setAttribute("cy", y.toFixed(1));
+          dot.setAttribute("r", "3");
+          dot.setAttribute("class", "dot p-" + p);
+          svg.appendChild(dot);
+        }
       });
       const line = document.createElementNS(SVG, "polyline");
       line.setAttribute("points", points.join(" "));
