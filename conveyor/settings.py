@@ -123,6 +123,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "schema_registry_basic_auth": Secret,
     "sasl_password": Secret,
     "ssl_key_password": Secret,
+    "ui_token": Secret,
 }
 
 
@@ -152,6 +153,9 @@ class Settings:
         ssl_certificate_location: Path of the client certificate (mutual TLS).
         ssl_key_location: Path of the client private key (mutual TLS).
         ssl_key_password: Password of the client private key.
+        ui_token: Bearer token that ``conveyor ui`` accepts (``Authorization: Bearer ...``).
+        ui_database_url: Postgres DSN of a non-owner role for ``conveyor ui --tenant``, so
+            row-level security limits the UI to one tenant's rows.
     """
 
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
@@ -175,9 +179,11 @@ class Settings:
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
     ssl_key_password: Secret | None = None
+    ui_token: Secret | None = None
+    ui_database_url: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("schema_registry_basic_auth", "sasl_password", "ssl_key_password"):
+        for name in ("schema_registry_basic_auth", "sasl_password", "ssl_key_password", "ui_token"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Secret(value))
@@ -248,7 +254,8 @@ class Settings:
         shown = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            text = mask_url(value) if f.name == "database_url" else value
+            masked = f.name in ("database_url", "ui_database_url") and value is not None
+            text = mask_url(value) if masked else value
             shown.append(f"{f.name}={text!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -330,6 +337,12 @@ def _validate(s: Settings) -> None:
     _require(0 <= s.metrics_port <= 65535, "metrics_port", f"must be 0-65535, got {s.metrics_port}")
     _require(
         s.max_payload_bytes >= 1, "max_payload_bytes", f"must be >= 1, got {s.max_payload_bytes}"
+    )
+    _require(
+        s.ui_database_url is None
+        or urlsplit(s.ui_database_url).scheme in ("postgres", "postgresql"),
+        "ui_database_url",
+        f"expected a postgresql:// URL, got {mask_url(s.ui_database_url or '')!r}",
     )
     _validate_security(s)
 

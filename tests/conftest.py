@@ -24,7 +24,12 @@ from conveyor.db import quote_ident
 from conveyor.settings import Settings
 from tests import services
 
-_FOLDER_MARKERS = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+_FOLDER_MARKERS = {
+    "unit": "unit",
+    "integration": "integration",
+    "e2e": "e2e",
+    "browser": "browser",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

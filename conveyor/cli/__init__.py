@@ -25,6 +25,7 @@ from conveyor.cli import (
     status,
     submit,
     topology,
+    ui,
     worker,
 )
 from conveyor.errors import ConveyorError
@@ -42,6 +43,7 @@ _SUBCOMMANDS: tuple[Any, ...] = (
     dlq,
     dlq_sink,
     purge,
+    ui,
     dev,
 )
 

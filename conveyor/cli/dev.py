@@ -24,6 +24,8 @@ from conveyor.schemas.serde import Serde
 from conveyor.settings import DEFAULT_METRICS_PORT, Settings, explicitly_set
 from conveyor.topology import admin
 from conveyor.topology.model import PRIORITIES, Topology
+from conveyor.ui import server as ui_server
+from conveyor.ui.state import UiOptions
 
 DEFAULT_JOBS = 200
 STATUS_EVERY = 2.0
@@ -46,7 +48,8 @@ def register(subparsers: common.SubParsers) -> None:
             "with example handlers (one succeeds, one reports progress, one fails, one is long) "
             "and show what happens: per-priority counts, in-flight jobs, retries, the DLQ and "
             "p50/p99 wait, refreshed every 2s, and where /metrics is served (port 9464, or a "
-            "free one if taken; CONVEYOR_METRICS_PORT sets it). Stops on Ctrl-C, or after "
+            "free one if taken; CONVEYOR_METRICS_PORT sets it) and the web UI (`conveyor ui`, port "
+            "8000 or a free one). Stops on Ctrl-C, or after "
             "--duration seconds, with a summary; every child process stops with it."
         ),
     )
@@ -79,7 +82,10 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
                 f"  metrics: http://{METRICS_HOST}:{served.metrics_port}/metrics "
                 "(and /healthz, /readyz)"
             )
-        asyncio.run(_run(worker, served, args.jobs, args.duration))
+        ui_port = ui_server.free_port(METRICS_HOST)
+        with ui_server.serving(served, UiOptions(), METRICS_HOST, ui_port) as ui_url:
+            print(f"       ui: {ui_url}  (conveyor ui)")
+            asyncio.run(_run(worker, served, args.jobs, args.duration))
     print("stopped: every service of the stack has exited")
     return common.EXIT_OK
 

@@ -17,6 +17,7 @@ from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.consumer.execution import JobRunner, WorkerStats
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import DEFAULT_MAX_ATTEMPTS, Handler, HandlerRegistry, HandlerSpec
+from conveyor.consumer.heartbeat import Heartbeat
 from conveyor.consumer.options import DEFAULT_CONCURRENCY, WorkerOptions
 from conveyor.consumer.probes import WorkerProbes
 from conveyor.consumer.publisher import FailurePublisher
@@ -195,6 +196,7 @@ class Worker:
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
         server: ProbeServer | None = None
+        heartbeat: Heartbeat | None = None
         topology = Topology.from_settings(self.settings)
         try:
             codec = PayloadCodec(serde, self.settings.topic_prefix)
@@ -237,6 +239,8 @@ class Worker:
             server = self._serve(probes)
             gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
             self._stop_tasks.append(gauges)
+            heartbeat = Heartbeat(pool, self)
+            self._stop_tasks.append(asyncio.create_task(heartbeat.run()))
             companions = self._companions(pool, serde)
             # Each start waits for a group join: start them together, not one after another.
             await asyncio.gather(self._loop.start(), *(c.start() for c in companions))
@@ -255,6 +259,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*self._stop_tasks, return_exceptions=True)
             self._stop_tasks.clear()
+            if heartbeat is not None:
+                await heartbeat.leave()
             if server is not None:
                 await asyncio.to_thread(server.stop)
             await publisher.close()
