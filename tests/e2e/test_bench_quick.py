@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import celery_runner
+from bench import redisrun
 from conveyor.embedded import redis as embedded_redis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def _run_quick(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], str
 def _redis_down() -> str | None:
     """Why the bench will have no Redis, or None: it uses BENCH_REDIS_URL, else starts one."""
     if os.environ.get("BENCH_REDIS_URL") or embedded_redis.unavailable() is not None:
-        return celery_runner.unavailable()
+        return redisrun.unavailable()
     return None
 
 
