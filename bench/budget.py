@@ -12,8 +12,10 @@ line per distinct stack, ``frame;frame;...;frame COUNT``, root first, each frame
    (:data:`OVERRIDES`): prometheus_client and OpenTelemetry are metrics and tracing,
    fastavro and the registry's deserializer decode, asyncpg status writes.
 3. A stack with no such frame is charged by the libraries in it
-   (:data:`LIBRARY_RULES`): aiokafka's background fetcher and connection reads are
-   fetch, asyncpg's protocol callbacks status writes, the rest of asyncio the event loop.
+   (:data:`LIBRARY_RULES`, the first rule any frame matches): asyncpg's pool resets and
+   protocol callbacks are status writes, aiokafka's group coordinator commit, its
+   background fetcher fetch, and the rest of asyncio (socket reads whose protocol is
+   compiled code py-spy cannot see, task switches, the selector) the event loop.
 
 :func:`budget` shares the worker's CPU seconds out by samples, per job.
 """
@@ -74,9 +76,11 @@ OVERRIDES: tuple[tuple[str, str], ...] = (
     (STATUS, "/asyncpg/"),
 )
 
-#: For stacks with no project frame: the first library found, leaf first, decides.
+#: For stacks with no project frame: the first rule any frame matches decides. The
+#: group coordinator commits offsets (and heartbeats); the rest of aiokafka fetches.
 LIBRARY_RULES: tuple[tuple[str, str], ...] = (
     *OVERRIDES,
+    (COMMIT, "/aiokafka/consumer/group_coordinator.py"),
     (FETCH, "/aiokafka/"),
     (LOOP, "/asyncio/"),
 )
@@ -105,10 +109,9 @@ def stage_of(stack: Sequence[tuple[str, str]]) -> str:
                 if fragment in below:
                     return override
         return stage
-    for _, file in reversed(stack):
-        for stage, fragment in LIBRARY_RULES:
-            if fragment in file:
-                return stage
+    for stage, fragment in LIBRARY_RULES:
+        if any(fragment in file for _, file in stack):
+            return stage
     return OTHER
 
 
@@ -128,6 +131,7 @@ def classify(collapsed: str) -> dict[str, Any]:
     per_stage: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     unnamed: Counter[str] = Counter()
+    where: dict[str, Counter[str]] = {stage: Counter() for stage in STAGES}
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -135,17 +139,39 @@ def classify(collapsed: str) -> dict[str, Any]:
         parsed = frames(stack)
         stage = stage_of(parsed)
         per_stage[stage] += int(count)
+        where[stage][_owner(parsed)] += int(count)
         function, file = parsed[-1]
         leaves[f"{function} ({_short(file)})"] += int(count)
         if stage in (LOOP, OTHER):
-            own = [(f, path) for f, path in parsed if "/conveyor/" in path]
-            if own and not own[-1][1].endswith("/__main__.py"):
+            own = [(f, path) for f, path in _below_loop(parsed) if "/conveyor/" in path]
+            if own:
                 unnamed[f"{own[-1][0]} ({_short(own[-1][1])})"] += int(count)
     return {
         "samples": dict(per_stage),
         "top_leaves": leaves.most_common(15),
         "unnamed_conveyor_frames": unnamed.most_common(10),
+        "where": {stage: counter.most_common(3) for stage, counter in where.items() if counter},
     }
+
+
+def _owner(stack: Sequence[tuple[str, str]]) -> str:
+    """The function a stack is "in": its deepest conveyor frame below the event loop, or
+    else the first frame of the loop's callback, or else its leaf."""
+    below = _below_loop(stack)
+    own = [function for function, file in below if "/conveyor/" in file or "/bench/" in file]
+    if own:
+        return own[-1]
+    return below[0][0] if below else stack[-1][0] if stack else "?"
+
+
+def _below_loop(stack: Sequence[tuple[str, str]]) -> Sequence[tuple[str, str]]:
+    """The frames a callback of the event loop runs (all of them in another thread)."""
+    for depth, (function, file) in enumerate(stack):
+        if function == "Handle._run" and "/asyncio/" in file:
+            return stack[depth + 1 :]
+    if any(function == "Worker.run_sync" for function, _ in stack):
+        return ()  # the loop itself, between callbacks
+    return stack
 
 
 def _short(file: str) -> str:
@@ -187,6 +213,7 @@ def budget(stages: dict[str, Any], *, cpu_s: float, jobs: int) -> dict[str, Any]
         "stages": rows,
         "top_leaves": stages["top_leaves"],
         "unnamed_conveyor_frames": stages.get("unnamed_conveyor_frames", []),
+        "where": stages.get("where", {}),
     }
 
 
@@ -205,12 +232,20 @@ def render(profile: dict[str, Any]) -> str:
         " metrics, tracing, decoding and asyncpg libraries below it take the stack over), and"
         " the CPU seconds are shared out by samples. Profiled on a shared 2-core machine: the"
         " shares are steadier than the absolute figures.\n",
-        "| stage | share of samples % | CPU µs per job |",
-        "|---|---|---|",
+        "| stage | share of samples % | CPU µs per job | mostly in (share of the stage) |",
+        "|---|---|---|---|",
     ]
+    where = profile.get("where", {})
     for row in profile["stages"]:
-        lines.append(f"| {row['stage']} | {100 * row['share']:.1f} | {row['us_per_job']:,.1f} |")
-    lines.append(f"| **all** | 100 | **{profile['us_per_job']:,.1f}** |")
+        top = ", ".join(
+            f"`{name}` {100 * n / row['samples']:.0f}%"
+            for name, n in where.get(row["stage"], [])
+            if row["samples"]
+        )
+        lines.append(
+            f"| {row['stage']} | {100 * row['share']:.1f} | {row['us_per_job']:,.1f} | {top} |"
+        )
+    lines.append(f"| **all** | 100 | **{profile['us_per_job']:,.1f}** | |")
     lines.append("\nBusiest leaf functions (samples):\n")
     lines += [f"- `{name}`: {count:,}" for name, count in profile["top_leaves"][:10]]
     unnamed = profile.get("unnamed_conveyor_frames") or []

@@ -80,6 +80,21 @@ def stack(*frames: str) -> str:
         # No conveyor frame: the library decides, and bare asyncio is the event loop.
         ((f"Fetcher._fetch_requests_routine ({LIB}/aiokafka/fetcher.py:400)",), budget.FETCH),
         ((f"BaseProtocol.data_received ({LIB}/asyncpg/protocol/protocol.pyx:10)",), budget.STATUS),
+        (
+            (
+                f"PoolConnectionHolder.release ({LIB}/asyncpg/pool.py:274)",
+                "_SelectorSocketTransport.write (/py/lib/python3.11/asyncio/selector_events.py:1)",
+            ),
+            budget.STATUS,
+        ),
+        (
+            (
+                "GroupCoordinator._do_commit_offsets"
+                f" ({LIB}/aiokafka/consumer/group_coordinator.py:9)",
+                f"AIOKafkaClient.send ({LIB}/aiokafka/client.py:500)",
+            ),
+            budget.COMMIT,
+        ),
         ((), budget.LOOP),
     ],
 )
