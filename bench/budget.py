@@ -230,8 +230,11 @@ def render(profile: dict[str, Any]) -> str:
         f" ({meta['jobs'] / meta['seconds']:,.0f} jobs/s under the profiler). Each sampled stack"
         " is charged to one stage by `bench/budget.py` (the deepest conveyor frame decides;"
         " metrics, tracing, decoding and asyncpg libraries below it take the stack over), and"
-        " the CPU seconds are shared out by samples. Profiled on a shared 2-core machine: the"
-        " shares are steadier than the absolute figures.\n",
+        " the CPU seconds are shared out by samples. py-spy counts a thread that waits for a CPU"
+        " as busy, so on a loaded machine (load average"
+        f" {', '.join(str(x) for x in meta['machine']['load_average'])} at the start of this"
+        f" one, {meta['machine']['cpus']} CPUs) the shares are steadier than the absolute"
+        " figures.\n",
         "| stage | share of samples % | CPU µs per job | mostly in (share of the stage) |",
         "|---|---|---|---|",
     ]
