@@ -89,6 +89,9 @@ def test_quick_run_reports_every_scenario_and_contender(
         assert figures["jobs_per_s"] > 0, (name, figures)
         assert figures["peak_rss_mb"] > 0, (name, figures)
         assert figures["cpu_s_per_1000"] >= 0, (name, figures)
+    # The raw durable loop writes the rows conveyor writes: queued, processing, complete.
+    assert throughput["raw_durable"]["transitions_per_job"] == 3
+    assert throughput["conveyor"]["transitions_per_job"] == 3
     ratios = result["scenarios"]["throughput"]["ratios"]
     assert {f"conveyor_to_{name}" for name in ran if name != "conveyor"} == set(ratios)
     assert all(ratio > 0 for ratio in ratios.values()), ratios
@@ -126,7 +129,8 @@ def test_quick_run_reports_every_scenario_and_contender(
     assert all(s["jobs_per_s"] > 0 and s["jobs"] > 0 for s in scaling), scaling
 
     titles = ("1. Throughput", "2. Latency", "3. Priority", "4. Key concurrency", "5. Memory")
-    for title in (*titles, "6. Scaling"):
+    # The budget is rendered from the committed python -m bench.profile result.
+    for title in (*titles, "6. Scaling", "Per-job CPU budget of the worker"):
         assert f"## {title}" in markdown
     charts = _charts(tmp_path)
     assert set(charts) == {f"{name}.png" for name in CHARTS}
