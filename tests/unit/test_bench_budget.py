@@ -122,3 +122,30 @@ def test_budget_shares_the_cpu_out_by_samples_per_job() -> None:
     assert per_stage[budget.LOOP]["us_per_job"] == 20.0
     assert sum(row["share"] for row in result["stages"]) == pytest.approx(1.0)
     assert [row["stage"] for row in result["stages"]] == list(budget.STAGES)
+
+
+def test_the_section_lists_every_stage_and_the_total() -> None:
+    collapsed = stack("noop (/repo/bench/apps.py:48)") + " 5\n" + stack() + " 5"
+    result = budget.budget(budget.classify(collapsed), cpu_s=1.0, jobs=1000)
+    profile = {
+        "meta": {
+            "date": "today",
+            "broker": "Apache Kafka",
+            "backlog": 1000,
+            "concurrency": 32,
+            "rate": 250,
+            "jobs": 1000,
+            "seconds": 1.0,
+            "cpu_s": 1.0,
+            "machine": {"cpus": 2, "load_average": [0.5, 0.5, 0.5]},
+        },
+        **result,
+    }
+
+    section = budget.render(profile)
+
+    assert section.startswith("## Per-job CPU budget of the worker")
+    for stage in budget.STAGES:
+        assert f"| {stage} |" in section
+    assert "| handler call | 50.0 | 500.0 | `noop` 100% |" in section
+    assert "**1,000.0**" in section
