@@ -177,7 +177,8 @@ def _throughput(s: dict[str, Any]) -> str:
         " the ceiling with durable status: it decodes each envelope with fastavro and writes,"
         " in one statement per fetch of up to 500, the rows conveyor writes (the `jobs` row"
         " complete, and its queued, processing and complete transitions) into a schema of its"
-        " own, then commits the offsets; it runs no handler and takes no lease. conveyor /"
+        " own, migrated like conveyor's (its notify triggers fire too), then commits the"
+        " offsets; it runs no handler and takes no lease. conveyor /"
         " raw durable is the share of that ceiling conveyor's per-job work leaves.\n\n"
         + _table(header, rows)
     )
