@@ -6,6 +6,10 @@ Examples::
     python -m bench --quick --no-markdown    # the CI smoke run
     python -m bench --scenario latency --scenario keys --out /tmp/r.json
 
+Beside the Markdown file it writes the charts (``docs/bench/*.png`` next to it, see
+``bench.charts``), and it renders the worker's per-job CPU budget from
+``bench/results/profile.json`` when ``python -m bench.profile`` has written one.
+
 The broker, Postgres and registry come from ``CONVEYOR_*`` variables when set, and are
 started otherwise (see ``bench.stack``: Apache Kafka when Java and Maven are here).
 Celery runs on ``BENCH_REDIS_URL``, or on a ``redis-server`` the run starts, and is
@@ -25,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import machine, report, stack
+from bench import charts, machine, report, stack
 from bench.context import Context
 from bench.scenarios import SCENARIOS
 from bench.sizes import FULL, QUICK
@@ -33,6 +37,9 @@ from bench.sizes import FULL, QUICK
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.json"
 DEFAULT_MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
+DEFAULT_PROFILE = REPO_ROOT / "bench" / "results" / "profile.json"
+#: Where the charts go, relative to the Markdown file.
+CHARTS_DIR = Path("docs") / "bench"
 #: The fetch wait on Tansu, which holds an empty fetch for all of it.
 TANSU_FETCH_MAX_WAIT_MS = 20
 
@@ -59,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     markdown.add_argument("--no-markdown", action="store_true", help="write no Markdown")
     parser.add_argument("--note", help="a remark for BENCHMARKS.md (e.g. a busy machine)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=DEFAULT_PROFILE,
+        help="the python -m bench.profile result to render as the CPU budget (if it exists)",
+    )
     return parser.parse_args(argv)
 
 
@@ -117,9 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {args.out}")
     if not args.no_markdown:
-        args.markdown.write_text(report.render(result))
-        log(f"wrote {args.markdown}")
+        write_markdown(result, args.markdown, args.profile)
     return 1 if any("error" in r for r in ctx.results.values()) else 0
+
+
+def write_markdown(result: dict[str, Any], markdown: Path, profile_path: Path) -> None:
+    """Writes the charts beside ``markdown``, then the Markdown that embeds them."""
+    written = charts.write_all(result, markdown.parent / CHARTS_DIR)
+    relative = {name: p.relative_to(markdown.parent).as_posix() for name, p in written.items()}
+    profile = json.loads(profile_path.read_text()) if profile_path.exists() else None
+    markdown.write_text(report.render(result, charts=relative, profile=profile))
+    log(f"wrote {markdown} and {len(written)} chart(s) in {markdown.parent / CHARTS_DIR}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,8 @@
 
 Run as ``celery -A bench.celery_app worker``. ``BENCH_REDIS_URL`` names the Redis server and
 ``BENCH_CELERY_NAMESPACE`` a key prefix that keeps one run's queue, unacked set and
-records apart from anything else in that Redis. The task's one durable write, the
-counterpart of conveyor's status row, is an ``RPUSH`` of ``submitted,started,finished``
-(Unix times) to ``<namespace>done``; counting that list is how a run knows it is done, and
-the times give the latency percentiles. Results are not stored (``task_ignore_result``).
+records apart from anything else in that Redis. The task's one durable write is the
+completion record of ``bench.redisrecord``. Results are not stored (``task_ignore_result``).
 """
 
 from __future__ import annotations
@@ -13,13 +11,13 @@ from __future__ import annotations
 import os
 import time
 
-import redis
 from celery import Celery  # type: ignore[import-untyped]
+
+from bench.redisrecord import Recorder
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 NAMESPACE = os.environ.get("BENCH_CELERY_NAMESPACE", "bench:")
 QUEUE = "bench"
-DONE_KEY = "done"
 
 
 def make_app(namespace: str, redis_url: str = REDIS_URL) -> Celery:
@@ -41,15 +39,7 @@ def make_app(namespace: str, redis_url: str = REDIS_URL) -> Celery:
 
 
 app = make_app(NAMESPACE)
-_client: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    # One client per worker process, made after the fork.
-    global _client  # noqa: PLW0603 - a per-process connection, created lazily
-    if _client is None:
-        _client = redis.Redis.from_url(REDIS_URL)
-    return _client
+_recorder = Recorder(NAMESPACE)
 
 
 @app.task(name="bench.noop")  # type: ignore[untyped-decorator]
@@ -58,4 +48,4 @@ def noop(submitted: float, sleep_ms: float = 0.0) -> None:
     started = time.time()
     if sleep_ms:
         time.sleep(sleep_ms / 1000)
-    _redis().rpush(NAMESPACE + DONE_KEY, f"{submitted},{started},{time.time()}")
+    _recorder.record(submitted, started)

@@ -1,4 +1,4 @@
-"""Starting conveyor's worker and the raw-loop ceiling as child processes."""
+"""Starting conveyor's worker and the two raw-loop ceilings as child processes."""
 
 from __future__ import annotations
 
@@ -98,3 +98,27 @@ class RawLoop:
         seconds = status["last"] - status["first"]
         jobs = status["count"] - status["first_batch"]
         return jobs / seconds if seconds > 0 else 0.0
+
+
+@contextlib.contextmanager
+def raw_durable(settings: Settings, *, topic: str, count: int) -> Iterator[Child]:
+    """Runs ``bench.rawdurable`` over ``topic`` for the block, writing to ``settings``' schema.
+
+    It exits its loop by itself after ``count`` records; its progress is the count of
+    complete jobs in that schema (``bench.jobs.count_complete``), as for conveyor.
+    """
+    argv = python(
+        "-m",
+        "bench.rawdurable",
+        "--topic",
+        topic,
+        "--group",
+        f"{settings.topic_prefix}.bench-raw-durable",
+        "--count",
+        str(count),
+    )
+    child = Child(argv, env=stack.worker_env(settings), name="raw durable loop")
+    try:
+        yield child
+    finally:
+        child.stop()

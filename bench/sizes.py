@@ -31,6 +31,8 @@ class Sizes:
         key_concurrency: The worker's concurrency there.
         memory_backlog: Jobs preloaded for the memory scenario.
         memory_seconds: How long the worker runs against that backlog.
+        scaling_processes: The worker-process counts of the scaling series.
+        scaling_jobs: Jobs preloaded for each step of that series.
         job_timeout: Longest wait for one step's jobs to finish.
         poll_interval: Seconds between two readings of progress and process usage (each
             reading of conveyor's progress is a count over the jobs table).
@@ -51,6 +53,8 @@ class Sizes:
     key_concurrency: int = 64
     memory_backlog: int
     memory_seconds: float
+    scaling_processes: tuple[int, ...] = (1, 2, 4)
+    scaling_jobs: int
     job_timeout: float = 900.0
     poll_interval: float = 1.0
 
@@ -67,6 +71,7 @@ FULL = Sizes(
     key_jobs=5_000,
     memory_backlog=1_000_000,
     memory_seconds=60.0,
+    scaling_jobs=50_000,
 )
 
 QUICK = Sizes(
@@ -79,6 +84,7 @@ QUICK = Sizes(
     key_step_seconds=0.5,
     memory_backlog=10_000,
     memory_seconds=6.0,
+    scaling_jobs=1_500,
     job_timeout=60.0,
     poll_interval=0.25,
 )

@@ -130,6 +130,21 @@ async def workspace(stack: Stack, name: str, **changes: Any) -> AsyncIterator[Se
         await asyncio.to_thread(delete_topics, settings)
 
 
+@contextlib.asynccontextmanager
+async def extra_schema(settings: Settings, name: str) -> AsyncIterator[Settings]:
+    """A second fresh, migrated Postgres schema beside a workspace's, dropped after.
+
+    For a contender that reads a scenario's topics but must not touch its jobs rows
+    (the raw durable loop records the very jobs conveyor then runs).
+    """
+    other = settings.replace(database_schema=f"{settings.database_schema}_{name}")
+    await migrations.migrate(other)
+    try:
+        yield other
+    finally:
+        await drop_schema(other.database_url, other.database_schema)
+
+
 def delete_topics(settings: Settings) -> None:
     """Deletes a scenario's topics, so a memory-only broker gives the memory back.
 

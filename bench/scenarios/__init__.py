@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.context import Context
-from bench.scenarios import keys, latency, memory, priority, throughput
+from bench.scenarios import keys, latency, memory, priority, scaling, throughput
 
 Scenario = Callable[[Context], Awaitable[dict[str, Any]]]
 
@@ -21,4 +21,5 @@ SCENARIOS: dict[str, Scenario] = {
     "priority": priority.run,
     "keys": keys.run,
     "memory": memory.run,
+    "scaling": scaling.run,
 }

@@ -4,17 +4,21 @@ For each rate (``sizes.latency_rates``, plus 50% of conveyor's maximum measured 
 throughput scenario in the same run) it reports submit-to-start and submit-to-complete
 p50/p95/p99. conveyor's times come from Postgres (``submitted_at`` is set by the
 producer, ``started_at`` by the claim, ``finished_at`` by the completion); Celery's
-from the task's own record (submit time as an argument, start and end measured in the
-task). Each worker has done one warm-up job before the clock starts.
+and Dramatiq's from the task's own record (submit time as an argument, start and end
+measured in the task). Each worker has done one warm-up job before the clock starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
-from bench import celery_runner, contenders, jobs, stack
+from bench import contenders, jobs, redisrun, stack
+from bench.celery_runner import CeleryRun
 from bench.context import Context
+from bench.dramatiq_runner import DramatiqRun
+from bench.redisrun import RedisRun
 from conveyor import Producer
 
 PRIORITY = "normal"
@@ -30,15 +34,17 @@ def rates(ctx: Context) -> list[float]:
 
 
 async def run(ctx: Context) -> dict[str, Any]:
-    """Offers each rate to conveyor, then to Celery."""
+    """Offers each rate to conveyor, then to Celery, then to Dramatiq."""
     offered = rates(ctx)
     results: dict[str, Any] = {"conveyor": await _conveyor(ctx, offered)}
-    reason = celery_runner.unavailable()
-    if reason is None:
-        results["celery"] = await _celery(ctx, offered)
-    else:
-        ctx.log(f"latency: Celery skipped: {reason}")
-        results["celery"] = {"skipped": reason}
+    reason = redisrun.unavailable()
+    baselines: dict[str, Callable[[], RedisRun]] = {"celery": CeleryRun, "dramatiq": DramatiqRun}
+    for name, make in baselines.items():
+        if reason is None:
+            results[name] = await _redis_baseline(ctx, name, make, offered)
+        else:
+            ctx.log(f"latency: {name} skipped: {reason}")
+            results[name] = {"skipped": reason}
     params = {
         "rates": offered,
         "seconds_per_rate": ctx.sizes.latency_seconds,
@@ -96,25 +102,27 @@ async def _conveyor(ctx: Context, offered: list[float]) -> dict[str, Any]:
     return {"steps": steps}
 
 
-async def _celery(ctx: Context, offered: list[float]) -> dict[str, Any]:
+async def _redis_baseline(
+    ctx: Context, name: str, make: Callable[[], RedisRun], offered: list[float]
+) -> dict[str, Any]:
     sizes = ctx.sizes
-    celery = celery_runner.CeleryRun()
+    baseline = make()
     steps = []
     try:
-        with celery.worker() as child:
-            celery.send()
-            await celery.wait_done(1, alive=child.check_alive, timeout=sizes.job_timeout)
+        with baseline.worker() as child:
+            baseline.send()
+            await baseline.wait_done(1, alive=child.check_alive, timeout=sizes.job_timeout)
             for rate in offered:
-                celery.reset()
-                ctx.log(f"latency: Celery at {rate:.0f} jobs/s")
+                baseline.reset()
+                ctx.log(f"latency: {name} at {rate:.0f} jobs/s")
                 sent = await asyncio.to_thread(
                     jobs.submit_at_rate,
-                    lambda _i: celery.send(),
+                    lambda _i: baseline.send(),
                     rate=rate,
                     seconds=sizes.latency_seconds,
                 )
-                await celery.wait_done(sent, alive=child.check_alive, timeout=sizes.job_timeout)
-                records = celery.records()
+                await baseline.wait_done(sent, alive=child.check_alive, timeout=sizes.job_timeout)
+                records = baseline.records()
                 steps.append(
                     {
                         "rate": rate,
@@ -124,5 +132,5 @@ async def _celery(ctx: Context, offered: list[float]) -> dict[str, Any]:
                     }
                 )
     finally:
-        celery.close()
-    return {"steps": steps, "pool": f"prefork x{celery.concurrency}"}
+        baseline.close()
+    return {"steps": steps, "pool": baseline.pool}

@@ -4,14 +4,19 @@ One worker serves all four with a small concurrency and a handler that awaits ~2
 every priority always has jobs waiting. The figure is each priority's share of the jobs
 started while all four were still backlogged, from the moment the last priority had
 started its first job to the moment the first priority started its last; the design
-says 40/30/20/10%. The median wait is counted from the worker's first job (so the
-worker's start-up and the preload are left out) to the job's start.
+says 40/30/20/10%. ``over_time`` counts the jobs each priority started in each of
+``BUCKETS`` equal slices of the run, for the shares-over-time chart. The median wait
+is counted from the worker's first job (so the worker's start-up and the preload are
+left out) to the job's start.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
+
+import asyncpg
 
 from bench import contenders, jobs, stack
 from bench.context import Context
@@ -36,6 +41,25 @@ FROM jobs AS j, win, origin
 WHERE j.state = 'complete'
 GROUP BY j.priority, win.t0, win.t1
 """
+
+#: Time buckets of the shares-over-time series.
+BUCKETS = 30
+
+_SERIES = """
+WITH span AS (
+    SELECT min(started_at) AS t0,
+           greatest(extract(epoch FROM max(started_at) - min(started_at)) / $1, 0.001) AS width
+    FROM jobs WHERE state = 'complete'
+)
+SELECT least(floor(extract(epoch FROM j.started_at - span.t0) / span.width)::int, $1 - 1)
+           AS bucket,
+       span.width, j.priority, count(*) AS started
+FROM jobs AS j, span
+WHERE j.state = 'complete'
+GROUP BY 1, 2, 3
+ORDER BY 1
+"""
+"""Jobs started per priority in each of $1 equal time buckets from the first start."""
 
 
 async def run(ctx: Context) -> dict[str, Any]:
@@ -66,6 +90,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                     interval=sizes.poll_interval,
                 )
             rows = await conn.fetch(_SHARES)
+            series = _series(await conn.fetch(_SERIES, BUCKETS))
         finally:
             await conn.close()
     total = sum(int(r["in_window"]) for r in rows)
@@ -89,6 +114,17 @@ async def run(ctx: Context) -> dict[str, Any]:
                 "priorities": figures,
                 "window_jobs": total,
                 "window_s": round(float(rows[0]["window_s"]), 2),
+                "over_time": series,
             }
         },
     }
+
+
+def _series(rows: Sequence[asyncpg.Record]) -> dict[str, Any]:
+    """``{"bucket_s", "started": {priority: [jobs started in each bucket]}}``."""
+    started = {p: [0] * BUCKETS for p in PRIORITIES}
+    width = 0.0
+    for row in rows:
+        started[row["priority"]][int(row["bucket"])] = int(row["started"])
+        width = float(row["width"])
+    return {"bucket_s": round(width, 3), "started": started}

@@ -1,28 +1,38 @@
 """Scenario 1, throughput: a preloaded backlog of no-op jobs, one worker process.
 
 Contenders, one after another on the same machine: (a) the raw consume-and-commit loop
-over the very topic conveyor reads (its own consumer group), the ceiling for this broker;
-(b) conveyor, done when every job's status is ``complete`` in Postgres; (c) Celery on
-Redis with the same no-op task, when Redis answers. Jobs per second count from the first
-job started to the last one finished, so process start-up and group joins are left out.
+over the very topic conveyor reads (its own consumer group), the broker's ceiling;
+(b) the raw durable loop (``bench.rawdurable``) over that topic too, writing the rows
+conveyor writes into a schema of its own, one statement per fetch: the ceiling with
+durable status; (c) conveyor, done when every job's status is ``complete`` in Postgres;
+(d) Celery and (e) Dramatiq on Redis with the same no-op task, when Redis answers. Jobs
+per second count from the first job started to the last one finished, so process
+start-up and group joins are left out.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import celery_runner, contenders, jobs, stack
+from bench import contenders, jobs, redisrun, stack
+from bench.celery_runner import CeleryRun
 from bench.context import Context, throughput_figures
-from bench.watch import watch
+from bench.dramatiq_runner import DramatiqRun
+from bench.procs import Child
+from bench.redisrun import RedisRun
+from bench.watch import Watched, watch
 from conveyor.settings import Settings
 from conveyor.topology.model import Topology
 
 PRIORITY = "normal"
+#: Ratios reported: conveyor's jobs/s over each of these contenders'.
+BASELINES = ("raw", "raw_durable", "celery", "dramatiq")
 
 
 async def run(ctx: Context) -> dict[str, Any]:
-    """Runs the three contenders over ``sizes.throughput_jobs`` jobs."""
+    """Runs the five contenders over ``sizes.throughput_jobs`` jobs."""
     sizes = ctx.sizes
     count, keys = sizes.throughput_jobs, sizes.throughput_keys
     results: dict[str, Any] = {}
@@ -34,34 +44,22 @@ async def run(ctx: Context) -> dict[str, Any]:
         ctx.log("throughput: raw confluent-kafka loop")
         raw = contenders.RawLoop(settings, topic=topic, count=count)
         with raw.running() as child:
-            watched = await watch(
-                child,
-                raw.done,
-                target=count,
-                timeout=sizes.job_timeout,
-                interval=sizes.poll_interval,
-            )
+            watched = await _watch(ctx, child, raw.done, count)
             results["raw"] = throughput_figures(count, raw.span_rate(), watched)
 
-        ctx.log("throughput: conveyor worker")
-        conn = await jobs.connect(settings)
-        try:
-            with contenders.conveyor_worker(
-                settings, priorities=[PRIORITY], concurrency=sizes.throughput_concurrency
-            ) as child:
-                watched = await watch(
-                    child,
-                    lambda: jobs.count_complete(conn),
-                    target=count,
-                    timeout=sizes.job_timeout,
-                    interval=sizes.poll_interval,
-                )
-            span = await jobs.span(conn)
-        finally:
-            await conn.close()
-        results["conveyor"] = throughput_figures(count, span.rate, watched)
+        ctx.log("throughput: raw durable loop")
+        async with stack.extra_schema(settings, "raw") as durable:
+            with contenders.raw_durable(durable, topic=topic, count=count) as child:
+                results["raw_durable"] = await _from_jobs_table(ctx, durable, child, count)
 
-    results["celery"] = await _celery(ctx, count)
+        ctx.log("throughput: conveyor worker")
+        with contenders.conveyor_worker(
+            settings, priorities=[PRIORITY], concurrency=sizes.throughput_concurrency
+        ) as child:
+            results["conveyor"] = await _from_jobs_table(ctx, settings, child, count)
+
+    results["celery"] = await _redis_baseline(ctx, "Celery", CeleryRun, count)
+    results["dramatiq"] = await _redis_baseline(ctx, "Dramatiq", DramatiqRun, count)
     return {
         "params": {
             "jobs": count,
@@ -82,34 +80,59 @@ async def _preload(settings: Settings, count: int, keys: int) -> float:
     )
 
 
-async def _celery(ctx: Context, count: int) -> dict[str, Any]:
-    reason = celery_runner.unavailable()
-    if reason is not None:
-        ctx.log(f"throughput: Celery skipped: {reason}")
-        return {"skipped": reason}
-    ctx.log(f"throughput: Celery on Redis, preloading {count} tasks")
-    celery = celery_runner.CeleryRun()
+async def _watch(
+    ctx: Context, child: Child, progress: Callable[[], Awaitable[int]], count: int
+) -> Watched:
+    return await watch(
+        child,
+        progress,
+        target=count,
+        timeout=ctx.sizes.job_timeout,
+        interval=ctx.sizes.poll_interval,
+    )
+
+
+async def _from_jobs_table(
+    ctx: Context, settings: Settings, child: Child, count: int
+) -> dict[str, Any]:
+    """Watches a contender that records jobs complete in ``settings``' jobs table."""
+    conn = await jobs.connect(settings)
     try:
-        celery.preload(count)
-        with celery.worker() as child:
-            watched = await watch(
-                child,
-                celery.done,
-                target=count,
-                timeout=ctx.sizes.job_timeout,
-                interval=ctx.sizes.poll_interval,
-            )
-        figures: dict[str, Any] = throughput_figures(count, celery.span_rate(), watched)
-        figures["pool"] = f"prefork x{celery.concurrency}"
+        watched = await _watch(ctx, child, lambda: jobs.count_complete(conn), count)
+        span = await jobs.span(conn)
+        transitions = await conn.fetchval("SELECT count(*) FROM job_transitions")
+    finally:
+        await conn.close()
+    figures: dict[str, Any] = throughput_figures(count, span.rate, watched)
+    # The same rows for both: queued, processing and complete per job.
+    figures["transitions_per_job"] = round(int(transitions) / count, 3)
+    return figures
+
+
+async def _redis_baseline(
+    ctx: Context, name: str, make: Callable[[], RedisRun], count: int
+) -> dict[str, Any]:
+    reason = redisrun.unavailable()
+    if reason is not None:
+        ctx.log(f"throughput: {name} skipped: {reason}")
+        return {"skipped": reason}
+    ctx.log(f"throughput: {name} on Redis, preloading {count} tasks")
+    baseline = make()
+    try:
+        baseline.preload(count)
+        with baseline.worker() as child:
+            watched = await _watch(ctx, child, baseline.done, count)
+        figures: dict[str, Any] = throughput_figures(count, baseline.span_rate(), watched)
+        figures["pool"] = baseline.pool
         return figures
     finally:
-        celery.close()
+        baseline.close()
 
 
 def _ratios(results: dict[str, Any]) -> dict[str, float]:
     conveyor = results["conveyor"]["jobs_per_s"]
     ratios = {}
-    for name in ("raw", "celery"):
+    for name in BASELINES:
         other = results[name].get("jobs_per_s")
         if other:
             ratios[f"conveyor_to_{name}"] = round(conveyor / other, 3)

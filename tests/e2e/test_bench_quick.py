@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
-from bench import celery_runner
+from bench import redisrun
 from conveyor.embedded import redis as embedded_redis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"throughput", "latency", "priority", "keys", "memory"}
+SCENARIOS = {"throughput", "latency", "priority", "keys", "memory", "scaling"}
+CHARTS = {"throughput", "latency", "priority", "keys", "scaling"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _run_quick(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], str]:
@@ -42,12 +44,12 @@ def _run_quick(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], str
 def _redis_down() -> str | None:
     """Why the bench will have no Redis, or None: it uses BENCH_REDIS_URL, else starts one."""
     if os.environ.get("BENCH_REDIS_URL") or embedded_redis.unavailable() is not None:
-        return celery_runner.unavailable()
+        return redisrun.unavailable()
     return None
 
 
-def _assert_celery(figures: dict[str, Any], redis_down: str | None) -> bool:
-    """Celery is skipped exactly when Redis is unreachable; returns whether it ran."""
+def _assert_redis_baseline(figures: dict[str, Any], redis_down: str | None) -> bool:
+    """A Redis baseline is skipped exactly when Redis is unreachable; returns whether it ran."""
     if redis_down is not None:
         assert figures == {"skipped": redis_down}
         return False
@@ -61,6 +63,7 @@ def test_quick_run_reports_every_scenario_and_contender(
 ) -> None:
     repo_markdown = REPO_ROOT / "BENCHMARKS.md"
     before = repo_markdown.read_bytes() if repo_markdown.exists() else None
+    repo_charts = _charts(REPO_ROOT)
     redis_down = _redis_down()
 
     result, markdown = _run_quick(
@@ -79,20 +82,23 @@ def test_quick_run_reports_every_scenario_and_contender(
     assert errors == {}
 
     throughput = result["scenarios"]["throughput"]["contenders"]
-    ran = ["raw", "conveyor"]
-    if _assert_celery(throughput["celery"], redis_down):
-        ran.append("celery")
+    ran = ["raw", "raw_durable", "conveyor"]
+    ran += [n for n in ("celery", "dramatiq") if _assert_redis_baseline(throughput[n], redis_down)]
     for name in ran:
         figures = throughput[name]
         assert figures["jobs_per_s"] > 0, (name, figures)
         assert figures["peak_rss_mb"] > 0, (name, figures)
         assert figures["cpu_s_per_1000"] >= 0, (name, figures)
-    assert result["scenarios"]["throughput"]["ratios"]["conveyor_to_raw"] > 0
+    # The raw durable loop writes the rows conveyor writes: queued, processing, complete.
+    assert throughput["raw_durable"]["transitions_per_job"] == 3
+    assert throughput["conveyor"]["transitions_per_job"] == 3
+    ratios = result["scenarios"]["throughput"]["ratios"]
+    assert {f"conveyor_to_{name}" for name in ran if name != "conveyor"} == set(ratios)
+    assert all(ratio > 0 for ratio in ratios.values()), ratios
 
     latency = result["scenarios"]["latency"]["contenders"]
     timed = ["conveyor"]
-    if _assert_celery(latency["celery"], redis_down):
-        timed.append("celery")
+    timed += [n for n in ("celery", "dramatiq") if _assert_redis_baseline(latency[n], redis_down)]
     for name in timed:
         steps = latency[name]["steps"]
         assert len(steps) == len(result["scenarios"]["latency"]["params"]["rates"]), name
@@ -104,6 +110,11 @@ def test_quick_run_reports_every_scenario_and_contender(
     assert set(priorities) == {"critical", "high", "normal", "low"}
     assert all(p["share_pct"] > 0 for p in priorities.values()), priorities
     assert sum(p["share_pct"] for p in priorities.values()) == pytest.approx(100, abs=0.5)
+    over_time = result["scenarios"]["priority"]["contenders"]["conveyor"]["over_time"]
+    backlog = result["scenarios"]["priority"]["params"]["backlog_per_priority"]
+    assert {p: sum(counts) for p, counts in over_time["started"].items()} == dict.fromkeys(
+        priorities, backlog
+    )
 
     series = result["scenarios"]["keys"]["contenders"]["conveyor"]["series"]
     assert [s["keys"] for s in series] == [1, 10, 100, 1000]
@@ -113,7 +124,25 @@ def test_quick_run_reports_every_scenario_and_contender(
     assert memory["jobs_done"] > 0
     assert memory["peak_rss_mb"] > 0
 
-    for title in ("1. Throughput", "2. Latency", "3. Priority", "4. Key concurrency", "5. Memory"):
+    scaling = result["scenarios"]["scaling"]["contenders"]["conveyor"]["series"]
+    assert [s["processes"] for s in scaling] == [1, 2, 4]
+    assert all(s["jobs_per_s"] > 0 and s["jobs"] > 0 for s in scaling), scaling
+
+    titles = ("1. Throughput", "2. Latency", "3. Priority", "4. Key concurrency", "5. Memory")
+    # The budget is rendered from the committed python -m bench.profile result.
+    for title in (*titles, "6. Scaling", "Per-job CPU budget of the worker"):
         assert f"## {title}" in markdown
+    charts = _charts(tmp_path)
+    assert set(charts) == {f"{name}.png" for name in CHARTS}
+    assert all(data.startswith(PNG_MAGIC) for data in charts.values())
+    for name in charts:
+        assert f"](docs/bench/{name})" in markdown
     after = repo_markdown.read_bytes() if repo_markdown.exists() else None
     assert after == before, "the smoke run must not rewrite the repository's BENCHMARKS.md"
+    assert _charts(REPO_ROOT) == repo_charts, "nor the repository's charts"
+
+
+def _charts(markdown_dir: Path) -> dict[str, bytes]:
+    """The chart files beside a BENCHMARKS.md, by name."""
+    folder = markdown_dir / "docs" / "bench"
+    return {p.name: p.read_bytes() for p in folder.glob("*.png")} if folder.exists() else {}
