@@ -46,6 +46,7 @@ def render(
         "keys": _keys,
         "memory": _memory,
         "scaling": _scaling,
+        "ui": _ui,
     }
     for name, render_one in renderers.items():
         if name not in scenarios:
@@ -70,6 +71,7 @@ _TITLES = {
     "keys": "4. Key concurrency (2 partitions, 10 ms handler)",
     "memory": "5. Memory with a large backlog",
     "scaling": "6. Scaling with worker processes (one 8-partition topic)",
+    "ui": "7. Web UI pages on big tables",
 }
 
 
@@ -276,6 +278,22 @@ def _memory(s: dict[str, Any]) -> str:
         f"{p['backlog']:,} jobs preloaded (at {p['preload_jobs_per_s']:,.0f} jobs/s), then one"
         f" worker (concurrency {p['concurrency']}) runs for {p['seconds']:.0f} s while its RSS"
         " is read every second.\n\n" + _table(header, [row])
+    )
+
+
+def _ui(s: dict[str, Any]) -> str:
+    p = s["params"]
+    c = s["contenders"]["conveyor"]
+    rows = [[page, f["p50_ms"], f["p95_ms"]] for page, f in c["pages"].items()]
+    verdict = (
+        "every page" if c["all_within_goal"] else f"not every page (slowest: {c['slowest_page']})"
+    )
+    return (
+        f"## {_TITLES['ui']}\n\n"
+        f"{p['jobs']:,} job rows and {p['dlq_rows']:,} DLQ rows, each page fetched"
+        f" {p['repeats']} times over HTTP from `conveyor ui`: {verdict} within 300 ms"
+        f" (slowest p95 {c['slowest_p95_ms']:.1f} ms).\n\n"
+        + _table(["page", "p50 ms", "p95 ms"], rows)
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.context import Context
-from bench.scenarios import keys, latency, memory, priority, scaling, throughput
+from bench.scenarios import keys, latency, memory, priority, scaling, throughput, ui
 
 Scenario = Callable[[Context], Awaitable[dict[str, Any]]]
 
@@ -22,4 +22,5 @@ SCENARIOS: dict[str, Scenario] = {
     "keys": keys.run,
     "memory": memory.run,
     "scaling": scaling.run,
+    "ui": ui.run,
 }

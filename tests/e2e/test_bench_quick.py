@@ -20,7 +20,7 @@ from bench import redisrun
 from conveyor.embedded import redis as embedded_redis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"throughput", "latency", "priority", "keys", "memory", "scaling"}
+SCENARIOS = {"throughput", "latency", "priority", "keys", "memory", "scaling", "ui"}
 CHARTS = {"throughput", "latency", "priority", "keys", "scaling"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -130,7 +130,7 @@ def test_quick_run_reports_every_scenario_and_contender(
 
     titles = ("1. Throughput", "2. Latency", "3. Priority", "4. Key concurrency", "5. Memory")
     # The budget is rendered from the committed python -m bench.profile result.
-    for title in (*titles, "6. Scaling", "Per-job CPU budget of the worker"):
+    for title in (*titles, "6. Scaling", "7. Web UI", "Per-job CPU budget of the worker"):
         assert f"## {title}" in markdown
     charts = _charts(tmp_path)
     assert set(charts) == {f"{name}.png" for name in CHARTS}
