@@ -310,7 +310,7 @@ class JobStore:
             ReplayRefused: The entry was replayed already, or holds no job.
             DeliveryError: The broker did not acknowledge the job; nothing changed.
         """
-        async with dlq.RecordPublisher(self._settings) as publisher:
+        async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
             return await dlq.replay(self._require_pool(), publisher, self._settings, entry_id)
 
     async def replay_all(
@@ -321,7 +321,7 @@ class JobStore:
         on_progress: dlq.ProgressCallback | None = None,
     ) -> list[str]:
         """Replays every pending entry of a job type; see :func:`conveyor.dlq.replay_all`."""
-        async with dlq.RecordPublisher(self._settings) as publisher:
+        async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
             return await dlq.replay_all(
                 self._require_pool(),
                 publisher,

@@ -217,7 +217,9 @@ class JobRunner:
                 # handler's contract before the handler sees it.
                 problems = self._codec.problems(job.type, payload)
                 if problems:
-                    raise ValidationError([Problem(0, "payload", problem) for problem in problems])
+                    raise ValidationError(
+                        [Problem(0, "payload", problem) for problem in problems], batch=False
+                    )
         except (ContractError, ValidationError) as exc:
             return await self._failed(job, claim, spec, exc, failures.VALIDATION)
         return await self._call(job, claim, spec, payload)

@@ -33,6 +33,8 @@ class WorkerOptions:
         metrics_host: The address ``/metrics``, ``/healthz`` and ``/readyz`` are served on
             (the port is ``Settings.metrics_port``; 0 there serves nothing).
         metrics_interval: Seconds between refreshes of the lag and DLQ-size gauges.
+        check_at_start: Before joining any group, check that the registry answers, the
+            migrations are applied and the topics exist; each failure is one error.
     """
 
     commit_interval: float = 1.0
@@ -50,6 +52,7 @@ class WorkerOptions:
     purge_interval: float | None = 3600.0
     metrics_host: str = "0.0.0.0"  # all interfaces: a pod's probes come from outside
     metrics_interval: float = 5.0
+    check_at_start: bool = True
 
     def __post_init__(self) -> None:
         for name in (

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from conveyor import db, dlq
+from conveyor.consumer import preflight
 from conveyor.consumer.control import ControlListener, run_until_cancelled
 from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.consumer.execution import JobRunner, WorkerStats
@@ -166,8 +167,17 @@ class Worker:
         self._stop.set()
 
     async def run(self) -> None:
-        """Runs until ``stop()``; then finishes or cuts off in-flight jobs, commits, leaves."""
+        """Runs until ``stop()``; then finishes or cuts off in-flight jobs, commits, leaves.
+
+        Before it joins any group it checks that the registry answers, the migrations are
+        applied and the topics exist (``WorkerOptions.check_at_start``).
+
+        Raises:
+            ConveyorError: A start-up check failed; its message says what to run.
+        """
         self._stop = asyncio.Event()
+        if self.options.check_at_start:
+            await preflight.check(self.settings)
         pool = await db.create_pool(
             self.settings, min_size=1, max_size=self.concurrency + 2, custom_plans=True
         )

@@ -18,6 +18,9 @@ from typing import Any
 from opentelemetry import trace
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Libraries whose INFO lines (every HTTP request, every group join) would bury
+#: conveyor's own; below DEBUG they log warnings and errors only.
+CHATTY_LIBRARIES = ("aiokafka", "httpx", "httpx2", "httpcore")
 
 _JOB_FIELDS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "conveyor_job_fields", default=None
@@ -80,7 +83,10 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
-    """Sends the root logger's records to stderr, as text or JSON lines, with job fields."""
+    """Sends the root logger's records to stderr, as text or JSON lines, with job fields.
+
+    Unless ``level`` is DEBUG, the libraries in ``CHATTY_LIBRARIES`` log at WARNING.
+    """
     handler = logging.StreamHandler()
     handler.addFilter(JobFieldsFilter())
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter(TEXT_FORMAT))
@@ -89,3 +95,6 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    libraries = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(libraries)

@@ -1,0 +1,14 @@
+"""A worker with one handler that returns its payload, for the start-up and CLI tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conveyor import JobContext, Settings, Worker
+
+worker = Worker(Settings.from_env(), priorities=["normal"], concurrency=4)
+
+
+@worker.handler("echo.back")
+async def echo(ctx: JobContext, payload: Any) -> Any:
+    return payload
