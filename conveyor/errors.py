@@ -190,13 +190,15 @@ class DlqEntryNotFound(ConveyorError, LookupError):
     """No ``job_dlq`` row has the id asked for (never existed, or purged after its replay).
 
     Args:
-        entry_id: The id asked for.
+        entry_id: The entry number asked for, or the job id whose entry was looked for.
     """
 
-    def __init__(self, entry_id: int) -> None:
+    def __init__(self, entry_id: int | str) -> None:
         self.entry_id = entry_id
+        what = f"DLQ entry {entry_id}" if isinstance(entry_id, int) else f"job {entry_id}"
+        where = "does not exist" if isinstance(entry_id, int) else "has no DLQ entry"
         super().__init__(
-            f"DLQ entry {entry_id} does not exist (replayed entries are purged after 30 days); "
+            f"{what} {where} (replayed entries are purged after 30 days); "
             "`conveyor dlq list --all` shows the ids"
         )
 

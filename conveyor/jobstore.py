@@ -294,6 +294,14 @@ class JobStore:
             self._require_pool(), type=type, tenant=tenant, pending_only=pending_only, limit=limit
         )
 
+    async def dlq_entry_of(self, job_id: str) -> int:
+        """The DLQ entry number of a job (its pending entry, else its latest).
+
+        Raises:
+            DlqEntryNotFound: The job has no DLQ entry.
+        """
+        return await dlq.find_entry_id(self._require_pool(), parse_job_id(job_id))
+
     async def dlq_show(self, entry_id: int) -> dlq.DlqEntry:
         """One DLQ entry; see :func:`conveyor.dlq.get_entry`.
 
