@@ -376,7 +376,9 @@ class ConsumerLoop:
         for tp in assigned:
             self._generation[tp] += 1
         self._count_assigned(priority)
-        log.info("assigned %s: %s", priority, sorted(tp.partition for tp in assigned))
+        count = len(assigned)
+        log.info("assigned %s: %d partition%s", priority, count, "" if count == 1 else "s")
+        log.debug("assigned %s: %s", priority, sorted(tp.partition for tp in assigned))
 
     async def release(self, priority: str, revoked: set[TopicPartition]) -> None:
         """Drops not-started jobs, waits (bounded) for running ones, commits, then lets go."""

@@ -12,7 +12,8 @@ import contextvars
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -80,6 +81,21 @@ class TextFormatter(logging.Formatter):
         if fields:
             line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
         return line
+
+
+def partitions(assigned: Iterable[Any], *, strip: str = "") -> str:
+    """Summarises (topic, partition) pairs per topic: ``jobs.retry.5s: 4 partitions``.
+
+    Args:
+        assigned: aiokafka ``TopicPartition``s (anything with ``topic`` and ``partition``).
+        strip: A prefix to drop from topic names, such as ``"<prefix>."``.
+    """
+    counts = Counter(str(tp.topic).removeprefix(strip) for tp in assigned)
+    if not counts:
+        return "no partitions"
+    return ", ".join(
+        f"{topic}: {n} partition{'s' if n != 1 else ''}" for topic, n in sorted(counts.items())
+    )
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:

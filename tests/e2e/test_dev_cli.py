@@ -102,3 +102,25 @@ def test_ctrl_c_stops_every_child_process() -> None:
     assert all(refuses_connections(h, p) for h, p in tcp_addresses(out))
     assert not socket_dir(out).exists()
     assert session_processes(proc.pid) == []
+
+
+@pytest.mark.timeout(240)
+def test_through_a_pipe_an_idle_stack_prints_its_status_line_once() -> None:
+    """A status line is printed when a figure changed, not every refresh of an idle stack."""
+    app = "tests.e2e.apps.echo_app:worker"
+    # --duration 9: four refreshes, every 2 s, with nothing to report.
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "dev", "--app", app, "--duration", "9"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=PLAIN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    statuses = [line for line in proc.stdout.splitlines() if "status:" in line]
+    assert statuses == [
+        "   status: complete 0 (c0 h0 n0 l0), failed 0, in flight 0, retries 0, DLQ 0, "
+        "wait p50 - p99 -"
+    ], proc.stdout
