@@ -31,7 +31,7 @@ from conveyor.settings import Settings
 from conveyor.topology.drift import ObservedTopic, Plan, diff
 from conveyor.topology.model import BROKER_DEFAULT_REPLICATION, TopicSpec, Topology
 
-__all__ = ["ADMIN_TIMEOUT_S", "ApplyResult", "apply", "diff", "plan"]
+__all__ = ["ADMIN_TIMEOUT_S", "ApplyResult", "apply", "check_reachable", "diff", "plan"]
 
 ADMIN_TIMEOUT_S = 10.0
 """Longest wait for one admin request, so an unreachable cluster fails in bounded time."""
@@ -105,6 +105,16 @@ def apply(
     return ApplyResult(created=created, plan=after)
 
 
+def check_reachable(settings: Settings) -> None:
+    """Returns once a broker answers a metadata request.
+
+    Raises:
+        BrokerUnavailableError: None answered within ``librdkafka.CONNECT_TIMEOUT``; the
+            message names the address and ``CONVEYOR_KAFKA_BOOTSTRAP``.
+    """
+    _Admin(settings).ping()
+
+
 class _Admin:
     """One AdminClient, with failures translated to conveyor errors."""
 
@@ -116,6 +126,12 @@ class _Admin:
         quiet, self._errors = librdkafka.client_config()
         config: dict[str, Any] = {**settings.kafka_config(), **quiet}
         self._client = AdminClient(config)
+
+    def ping(self) -> None:
+        """Asks for metadata, so an unreachable cluster is one error."""
+        self._call(
+            "list topics", lambda: self._client.list_topics(timeout=librdkafka.CONNECT_TIMEOUT)
+        )
 
     def observe(self, topology: Topology, expect: Collection[str] = ()) -> dict[str, ObservedTopic]:
         """Describes the declared topics that exist, waiting a bounded time for ``expect``.
