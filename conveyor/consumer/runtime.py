@@ -184,6 +184,12 @@ class ConsumerLoop:
             self._consumers[priority] = consumer
         await asyncio.gather(*(c.start() for c in self._consumers.values()))
 
+    async def close(self) -> None:
+        """Stops every consumer without committing: for a start that failed part-way."""
+        for consumer in self._consumers.values():
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Fetches and dispatches until ``stop`` is set, then shuts down gracefully."""
         loops = [asyncio.create_task(self._fetch(p, c)) for p, c in self._consumers.items()]

@@ -209,32 +209,33 @@ class Worker:
             control = ControlListener(self.settings, serde=serde, runner=runner)
             await control.start()
             control_task = asyncio.create_task(run_until_cancelled(control))
-            self._loop = ConsumerLoop(
-                self.settings,
-                priorities=self.priorities,
-                concurrency=self.concurrency,
-                runner=runner,
-                serde=serde,
-                publisher=publisher,
-                stats=self.stats,
-                metrics=self.metrics,
-                options=self.options,
-            )
-            probes = WorkerProbes(
-                asyncio.get_running_loop(), self._loop, pool, self.metrics, self._stop.is_set
-            )
-            server = self._serve(probes)
-            gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
-            self._stop_tasks.append(gauges)
-            companions = self._companions(pool, serde)
-            # Each start waits for a group join: start them together, not one after another.
-            await asyncio.gather(self._loop.start(), *(c.start() for c in companions))
-            runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
             try:
-                await self._loop.run(self._stop)
+                self._loop = ConsumerLoop(
+                    self.settings,
+                    priorities=self.priorities,
+                    concurrency=self.concurrency,
+                    runner=runner,
+                    serde=serde,
+                    publisher=publisher,
+                    stats=self.stats,
+                    metrics=self.metrics,
+                    options=self.options,
+                )
+                probes = WorkerProbes(
+                    asyncio.get_running_loop(), self._loop, pool, self.metrics, self._stop.is_set
+                )
+                server = self._serve(probes)
+                gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
+                self._stop_tasks.append(gauges)
+                companions = self._companions(pool, serde)
+                await self._start_all(self._loop, companions)
+                runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
+                try:
+                    await self._loop.run(self._stop)
+                finally:
+                    self._stop.set()
+                    await asyncio.gather(*runs, return_exceptions=True)
             finally:
-                self._stop.set()
-                await asyncio.gather(*runs, return_exceptions=True)
                 control_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await control_task
@@ -249,6 +250,29 @@ class Worker:
             await publisher.close()
             await pool.close()
             serde.close()
+
+    @staticmethod
+    async def _start_all(loop: ConsumerLoop, companions: Sequence[RetryRelay | DlqSink]) -> None:
+        """Starts the consumers and the companions together; a failure stops them all.
+
+        Each start waits for a group join, so they start at once rather than one after
+        another. If one fails, those that started are stopped before the error is raised,
+        so no consumer is left open (and no "Unclosed AIOKafkaConsumer" is logged).
+        """
+        results = await asyncio.gather(
+            loop.start(), *(c.start() for c in companions), return_exceptions=True
+        )
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is None:
+            return
+        await loop.close()
+        stopped = asyncio.Event()
+        stopped.set()
+        for companion, result in zip(companions, results[1:], strict=True):
+            if result is None:  # started: running it with the stop already set closes it
+                with contextlib.suppress(Exception):
+                    await companion.run(stopped)
+        raise failure
 
     def _serve(self, probes: WorkerProbes) -> ProbeServer | None:
         """Starts the /metrics, /healthz and /readyz endpoint, unless the port is 0."""
