@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/conveyor dev
 
-## Lint, type-check and run the whole test suite against real services.
+## Lint, type-check and run the whole test suite against real services: every test on
+## Apache Kafka (when Java 17+ and Maven are here; see tests/services.py), then the tests
+## of the embedded default stack and a worker smoke set on Tansu, the broker of `make dev`.
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not devstack"
+	CONVEYOR_TEST_BROKER=tansu $(BIN)/pytest -m "devstack or smoke"
 
 lint: $(STAMP)
 	$(BIN)/ruff check conveyor tests bench

@@ -18,11 +18,18 @@ import redis
 from bench import celery_app, jobs
 from bench.procs import Child, python
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+def redis_url() -> str:
+    """The Redis of this run: ``BENCH_REDIS_URL``, which ``bench.stack`` sets to the server it
+    started when the environment named none."""
+    return os.environ.get("BENCH_REDIS_URL", "")
 
 
-def unavailable(url: str = REDIS_URL) -> str | None:
+def unavailable(url: str | None = None) -> str | None:
     """Why Redis cannot be used, or None when it answers a PING."""
+    url = url or redis_url()
+    if not url:
+        return "no Redis: set BENCH_REDIS_URL or install redis-server"
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         try:
@@ -44,8 +51,9 @@ class CeleryRun:
     def __init__(self, *, concurrency: int | None = None) -> None:
         self.namespace = f"bench-{uuid.uuid4().hex[:10]}:"
         self.concurrency = concurrency or os.cpu_count() or 1
-        self._redis = redis.Redis.from_url(REDIS_URL)
-        self._app: Any = celery_app.make_app(self.namespace, REDIS_URL)
+        self._url = redis_url()
+        self._redis = redis.Redis.from_url(self._url)
+        self._app: Any = celery_app.make_app(self.namespace, self._url)
         self._producer: Any = None
 
     def send(self, sleep_ms: float = 0.0) -> None:
@@ -76,7 +84,7 @@ class CeleryRun:
             "--without-mingle",
             "--without-heartbeat",
         )
-        env = {"BENCH_REDIS_URL": REDIS_URL, "BENCH_CELERY_NAMESPACE": self.namespace}
+        env = {"BENCH_REDIS_URL": self._url, "BENCH_CELERY_NAMESPACE": self.namespace}
         child = Child(argv, env=env, name="celery worker")
         try:
             yield child

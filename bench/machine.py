@@ -64,7 +64,7 @@ def versions(database_url: str) -> dict[str, str]:
     with contextlib.suppress(Exception):
         import redis
 
-        client = redis.Redis.from_url(celery_runner.REDIS_URL, socket_connect_timeout=2)
+        client = redis.Redis.from_url(celery_runner.redis_url(), socket_connect_timeout=2)
         try:
             found["redis-server"] = str(client.info("server")["redis_version"])
         finally:

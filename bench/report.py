@@ -12,9 +12,10 @@ _INTRO = """\
 
 Measured side by side in one run on one machine by `python -m bench` (see `bench/`).
 Every scenario starts its own workers against its own topics and Postgres schema; the
-broker, Postgres and the registry are the ones the tests use (Tansu, memory only, unless
-`CONVEYOR_KAFKA_BOOTSTRAP` names a broker). These are figures, not pass/fail checks:
-re-run them on your hardware with `python -m bench` (a full run) or
+broker, Postgres and the registry are the ones the tests use: Apache Kafka (KRaft, one
+node, started from Maven-resolved jars) unless `CONVEYOR_KAFKA_BOOTSTRAP` names a broker,
+and Tansu only where Java is missing; the run below says which. These are figures, not
+pass/fail checks: re-run them on your hardware with `python -m bench` (a full run) or
 `python -m bench --quick` (a smoke run whose figures mean nothing).
 """
 
@@ -81,14 +82,23 @@ def _run_section(meta: dict[str, Any]) -> str:
         f"- Versions: {versions}",
         f"- Services: {services}",
         f"- Settings: {sizes}",
+        f"- Broker: **{_broker_name(meta)}**",
         "- Worker settings: `WorkerOptions(session_timeout_ms=6000, heartbeat_interval_ms=1000,"
-        " fetch_max_wait_ms=20)` (Tansu holds an empty fetch for the whole wait, where Kafka"
-        " answers when a record arrives), relay, DLQ sink and purge off, `/metrics` served on"
-        " a free port; everything else default",
+        f" fetch_max_wait_ms={meta.get('fetch_max_wait_ms', 'worker default')})`"
+        " (Tansu holds an empty fetch for the whole wait, where Kafka answers when a record"
+        " arrives, so a Tansu run sets 20 ms), relay, DLQ sink and purge off, `/metrics`"
+        " served on a free port; everything else default",
     ]
     if meta.get("note"):
         lines.append(f"- Note: {meta['note']}")
     return "\n".join(lines) + "\n"
+
+
+def _broker_name(meta: dict[str, Any]) -> str:
+    origin = meta.get("services", {}).get("kafka", "")
+    if meta.get("broker") == "tansu":
+        return f"Tansu ({origin})"
+    return f"Apache Kafka ({origin})" if origin else "Apache Kafka"
 
 
 def _throughput(s: dict[str, Any]) -> str:

@@ -1,11 +1,13 @@
 """The services a benchmark run needs, and one isolated workspace per scenario.
 
 Services come, in order, from the environment (``CONVEYOR_KAFKA_BOOTSTRAP``,
-``CONVEYOR_DATABASE_URL``, ``CONVEYOR_SCHEMA_REGISTRY_URL``), then from the local
-Postgres at 127.0.0.1:5432, and otherwise are started here: a Tansu broker, an embedded
-Postgres and ``conveyor registry serve`` (``conveyor.devstack.dev_stack`` does the
-starting). Each scenario then gets its own topic prefix and Postgres schema, like a test,
-so scenarios never read each other's jobs, and its schema is dropped afterwards.
+``CONVEYOR_DATABASE_URL``, ``CONVEYOR_SCHEMA_REGISTRY_URL``, ``BENCH_REDIS_URL``), then
+from the local Postgres at 127.0.0.1:5432, and otherwise are started here: Apache Kafka
+when Java and Maven are here, else Tansu (``CONVEYOR_TEST_BROKER=kafka|tansu`` forces one,
+see ``conveyor.embedded.choice``); a durable embedded Postgres; ``conveyor registry serve``;
+and Debian's ``redis-server`` for Celery and Dramatiq. Each scenario then gets its own
+topic prefix and Postgres schema, like a test, so scenarios never read each other's jobs,
+and its schema is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -21,10 +24,12 @@ import asyncpg
 
 from conveyor import devstack, embedded, migrations
 from conveyor.db import quote_ident
+from conveyor.embedded import choice
+from conveyor.embedded import redis as embedded_redis
 from conveyor.settings import Settings, explicitly_set
 from conveyor.topology import admin
 
-#: The scenarios' short Kafka timeouts: Tansu makes a first join wait half the session.
+#: The scenarios' Kafka timeouts: short, so a scenario's group settles quickly on either broker.
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 1000
 
@@ -35,11 +40,13 @@ class Stack:
 
     Args:
         settings: Settings pointing at the broker, Postgres and registry.
-        origins: Where each service came from, by name (kafka, postgres, registry).
+        origins: Where each service came from, by name (kafka, postgres, registry, redis).
+        broker: ``kafka`` (Apache Kafka, named or started) or ``tansu``.
     """
 
     settings: Settings
     origins: dict[str, str]
+    broker: str = "kafka"
 
 
 @contextlib.contextmanager
@@ -47,21 +54,47 @@ def services() -> Iterator[Stack]:
     """Starts what the environment does not name; yields the stack, stops it on exit."""
     configured = set(explicitly_set())
     settings = Settings.from_env(database_schema=f"bench_registry_{uuid.uuid4().hex[:8]}")
-    local_postgres = "database_url" not in configured and asyncio.run(
-        embedded.postgres_answers(embedded.LOCAL_POSTGRES_URL)
-    )
-    if local_postgres:
-        settings = settings.replace(database_url=embedded.LOCAL_POSTGRES_URL)
-        configured.add("database_url")
-    with devstack.dev_stack(settings, frozenset(configured)) as (live, started):
-        origins = {s.name: s.origin for s in started}
-        if local_postgres:
+    origins: dict[str, str] = {}
+    broker = "kafka"
+    with contextlib.ExitStack() as stack:
+        if "kafka_bootstrap" not in configured:
+            local = stack.enter_context(choice.local_broker())
+            settings = settings.replace(kafka_bootstrap=local.bootstrap)
+            configured.add("kafka_bootstrap")
+            origins["kafka"], broker = local.where, local.kind
+        if "database_url" not in configured and asyncio.run(
+            embedded.postgres_answers(embedded.LOCAL_POSTGRES_URL)
+        ):
+            settings = settings.replace(database_url=embedded.LOCAL_POSTGRES_URL)
+            configured.add("database_url")
             origins["postgres"] = "local server"
+        origins["redis"] = stack.enter_context(_redis())
+        live, started = stack.enter_context(devstack.dev_stack(settings, frozenset(configured)))
+        origins = {**{s.name: s.origin for s in started}, **origins}
         try:
-            yield Stack(settings=live, origins=origins)
+            yield Stack(settings=live, origins=origins, broker=broker)
         finally:
             # The registry kept its tables in this schema (none when the env names one).
             asyncio.run(drop_schema(live.database_url, live.database_schema))
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[str]:
+    """Names where Redis comes from; starts ``redis-server`` when BENCH_REDIS_URL is unset."""
+    if os.environ.get("BENCH_REDIS_URL"):
+        yield "BENCH_REDIS_URL"
+        return
+    reason = embedded_redis.unavailable()
+    if reason is not None:
+        yield f"none: {reason}"
+        return
+    with embedded.RedisServer() as server:
+        # Child processes (the Celery and Dramatiq workers) inherit it.
+        os.environ["BENCH_REDIS_URL"] = server.url
+        try:
+            yield f"redis-server on port {server.port}"
+        finally:
+            os.environ.pop("BENCH_REDIS_URL", None)
 
 
 async def drop_schema(database_url: str, schema: str) -> None:

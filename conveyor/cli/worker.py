@@ -32,6 +32,12 @@ def register(subparsers: common.SubParsers) -> None:
     parser.add_argument(
         "--concurrency", type=int, help="jobs running at once (default: the worker's)"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of /metrics, /healthz and /readyz; 0 turns the endpoint off "
+        "(default: CONVEYOR_METRICS_PORT, else 9464)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     common.set_handler(parser, _worker)
 
@@ -67,7 +73,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     common.observe("conveyor-worker", settings, args.log_level)
     worker = load_worker(args.app)
     priorities = args.priorities.split(",") if args.priorities else None
-    worker.configure(priorities=priorities, concurrency=args.concurrency)
+    worker.configure(
+        priorities=priorities, concurrency=args.concurrency, metrics_port=args.metrics_port
+    )
     print(
         f"worker {worker.worker_id}: priorities {','.join(worker.priorities)}, "
         f"concurrency {worker.concurrency}",

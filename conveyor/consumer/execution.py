@@ -9,12 +9,11 @@ a job ever commits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -66,6 +65,7 @@ class WorkerStats:
     duplicates_skipped: int = 0
     fenced: int = 0
     undecodable: int = 0
+    unrecorded: int = 0  # outcomes that failed to be recorded and were tried again
     rebalances: int = 0
     max_in_flight: int = 0
     max_buffered: int = 0
@@ -92,6 +92,8 @@ class JobRunner:
         consumer_groups: The consumer group of each job topic, for span attributes.
         lease_seconds: The lease length; long jobs renew it every third of it.
         publisher: Sends failed jobs to the retry topics or the DLQ.
+        sleep: Waits out an in-place retry's backoff (``ordering="key"``);
+            ``conveyor.testing`` passes its fake clock's.
     """
 
     def __init__(
@@ -106,8 +108,10 @@ class JobRunner:
         consumer_groups: Mapping[str, str],
         lease_seconds: float,
         publisher: FailurePublisher,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._status = status
+        self._sleep = sleep
         self._publisher = publisher
         self._pool = pool
         self._registry = registry
@@ -118,7 +122,8 @@ class JobRunner:
         self._lease_seconds = lease_seconds
         self._running: dict[str, _Running] = {}
         # Cancels that arrived before their job's handler started here (claim races them).
-        self._early_cancels: dict[str, tuple[float, str | None]] = {}
+        self._early_cancels: dict[str, float] = {}
+        self._early_reasons: dict[str, str | None] = {}  # their --reason, by job id
 
     def cancel(self, job_id: str, reason: str | None = None) -> bool:
         """Interrupts a running job (a cancel command); True if it runs here.
@@ -135,23 +140,41 @@ class JobRunner:
             now = time.monotonic()
             if len(self._early_cancels) >= EARLY_CANCEL_MAX:
                 self._early_cancels = {
-                    j: (t, r)
-                    for j, (t, r) in self._early_cancels.items()
-                    if now - t < EARLY_CANCEL_TTL
+                    j: t for j, t in self._early_cancels.items() if now - t < EARLY_CANCEL_TTL
+                }
+                self._early_reasons = {
+                    j: r for j, r in self._early_reasons.items() if j in self._early_cancels
                 }
             if len(self._early_cancels) < EARLY_CANCEL_MAX:
-                self._early_cancels[job_id] = (now, reason)
+                self._early_cancels[job_id] = now
+                self._early_reasons[job_id] = reason
             return False
         running.cancel_requested = True
         running.cancel_reason = reason
         running.task.cancel()
         return True
 
-    async def run(self, job: JobMessage) -> Outcome:
+    def _take_early_cancel(self, job_id: str) -> bool:
+        """Whether a cancel for ``job_id`` arrived before it ran here, within the TTL.
+
+        A stale one (older than ``EARLY_CANCEL_TTL``) is dropped, never applied: the same
+        job id may come back days later, replayed from the DLQ.
+        """
+        requested = self._early_cancels.pop(job_id, None)
+        return requested is not None and time.monotonic() - requested < EARLY_CANCEL_TTL
+
+    async def run(self, job: JobMessage, *, lost: asyncio.Event | None = None) -> Outcome:
         """Runs one delivered job to a durable outcome.
 
         A job whose handler has ``ordering="key"`` retries in place: it waits out the
         backoff here, holding only its key's mailbox, and runs again with the next attempt.
+
+        Args:
+            job: The delivery.
+            lost: Set when this worker loses the job's partition. An in-place retry then
+                stops at once instead of running again: the partition's new owner reads
+                the job again and owns its next attempt (a new claim here would steal the
+                lease back and run the key out of order on two workers).
 
         Raises:
             asyncio.CancelledError: The worker is shutting down; the job was rolled back
@@ -161,8 +184,29 @@ class JobRunner:
             outcome, again, delay = await self._traced_attempt(job)
             if again is None:
                 return outcome
-            await asyncio.sleep(delay)
+            if not await self._backoff(delay, lost):
+                self._stats.fenced += 1
+                log.info(
+                    "job %s: partition lost during its backoff; left to its new owner", job.job_id
+                )
+                return Outcome.FENCED
             job = again
+
+    async def _backoff(self, delay: float, lost: asyncio.Event | None) -> bool:
+        """Waits ``delay`` seconds; False as soon as ``lost`` is set (before or during)."""
+        if lost is None:
+            await self._sleep(delay)
+            return True
+        if lost.is_set():
+            return False
+        sleeping = asyncio.ensure_future(self._sleep(delay))
+        watching = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({sleeping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            watching.cancel()
+        return not lost.is_set()
 
     async def _traced_attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
         """One attempt in a CONSUMER span that continues the submitter's trace."""
@@ -247,9 +291,9 @@ class JobRunner:
         )
         running = _Running(task)
         self._running[job.job_id] = running
-        early = self._early_cancels.pop(job.job_id, None)
-        if early is not None:
-            self.cancel(job.job_id, early[1])
+        reason = self._early_reasons.pop(job.job_id, None)
+        if self._take_early_cancel(job.job_id):
+            self.cancel(job.job_id, reason)
         heartbeat = (
             asyncio.create_task(self._heartbeat(lease, running))
             if spec.duration == "long"
@@ -274,9 +318,7 @@ class JobRunner:
         finally:
             self._running.pop(job.job_id, None)
             if heartbeat is not None:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                await _stop(heartbeat)
         return await self._complete(job, lease, spec, transaction, result)
 
     async def _invoke(
@@ -385,8 +427,28 @@ class JobRunner:
     async def _heartbeat(self, lease: Lease, running: _Running) -> None:
         while True:
             await asyncio.sleep(self._lease_seconds / 3)
-            if not await self._status.heartbeat(lease):
+            try:
+                renewed = await self._status.heartbeat(lease)
+            except Exception as exc:
+                # A database blip must not end the job: the next beat tries again, and if
+                # the lease lapses meanwhile and another worker claims the job, this
+                # worker's completion is fenced.
+                log.warning("job %s: lease not renewed, will retry: %s", lease.job_id, exc)
+                continue
+            if not renewed:
                 log.warning("job %s: lease lost while running; interrupting it", lease.job_id)
                 running.lease_lost = True
                 running.task.cancel()
                 return
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancels a helper task and waits for it without taking on its exception.
+
+    ``asyncio.wait`` never raises the task's error, so the caller's own result or
+    exception stands; a cancel of the caller itself still propagates.
+    """
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a job's helper task failed: %r", task.exception())

@@ -29,6 +29,11 @@ TIMEOUT = "Timeout"
 #: Reasons that send a job to the DLQ on its first failure.
 NOT_RETRYABLE = (VALIDATION, HANDLER_MISSING, DESERIALIZATION, PERMANENT)
 
+#: Bounds of one attempt's error text, and of the history a retry or DLQ record carries.
+MESSAGE_LIMIT = 4096
+TRACEBACK_LIMIT = 8192
+HISTORY_LIMIT = 20
+TRUNCATED = " …[truncated]"
 TRACEBACK_LINES = 20
 # tenacity renamed wait_exponential_jitter's first wait from `initial` to `multiplier`
 # (9.1) and warns on the old name; use whichever this version takes.
@@ -117,14 +122,27 @@ def classify(
     return Verdict(True, None)
 
 
+def clean_text(text: str, limit: int) -> str:
+    """Error text fit to store and send: NUL (which Postgres' jsonb and text refuse)
+    written as ``\\x00``, and at most ``limit`` characters, the cut marked."""
+    text = text.replace("\x00", "\\x00")
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
 def attempt_error(exc: BaseException, attempt: int) -> dict[str, Any]:
-    """One attempt's error as the Avro ``AttemptError`` record carried by retries and the DLQ."""
+    """One attempt's error as the Avro ``AttemptError`` record carried by retries and the DLQ.
+
+    The message and traceback are cleaned (:func:`clean_text`), so a hostile or huge error
+    can neither be refused by Postgres nor push a retry past the broker's message size.
+    """
     lines = traceback.format_exception(exc)
     return {
         "attempt": attempt,
-        "error_type": type(exc).__name__,
-        "message": str(exc) or type(exc).__name__,
-        "traceback": "".join(lines[-TRACEBACK_LINES:]),
+        "error_type": clean_text(type(exc).__name__, 200),
+        "message": clean_text(str(exc) or type(exc).__name__, MESSAGE_LIMIT),
+        "traceback": clean_text("".join(lines[-TRACEBACK_LINES:]), TRACEBACK_LIMIT),
         "at": dt.datetime.now(dt.UTC),
     }
 
@@ -147,5 +165,12 @@ def error_json(error: Mapping[str, Any], reason: str | None = None) -> dict[str,
 def history_with(
     errors: Sequence[Mapping[str, Any]], latest: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    """The error history of every attempt so far, oldest first."""
-    return [dict(e) for e in errors] + [dict(latest)]
+    """The error history of the attempts so far, oldest first.
+
+    At most ``HISTORY_LIMIT`` entries: the first attempt's and the latest ones, so a long
+    retry chain stays well below the broker's message size.
+    """
+    history = [dict(e) for e in errors] + [dict(latest)]
+    if len(history) > HISTORY_LIMIT:
+        history = history[:1] + history[-(HISTORY_LIMIT - 1) :]
+    return history

@@ -16,6 +16,26 @@ so there it is added to an idle job's wait; 500 ms (Kafka's own default) made a 
 started by hand on the embedded broker start an idle job 1.0 to 1.2 s after submit.
 """
 
+#: Time a revoke has beyond its wait for running jobs: the commit, and the rejoin itself.
+REBALANCE_MARGIN_MS = 10_000
+
+
+def rebalance_timeout(revoke_wait_s: float, session_timeout_ms: int, given: int | None) -> int:
+    """The rebalance timeout for a member whose revoke may wait ``revoke_wait_s`` seconds.
+
+    Raises:
+        ConfigurationError: ``given`` is shorter than the revoke's wait.
+    """
+    needed = int(revoke_wait_s * 1000)
+    if given is not None:
+        if given <= needed:
+            raise ConfigurationError(
+                "rebalance_timeout_ms",
+                f"must exceed the revoke's wait of {needed} ms (revoke_timeout), got {given}",
+            )
+        return given
+    return max(needed + REBALANCE_MARGIN_MS, session_timeout_ms)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WorkerOptions:
@@ -35,6 +55,12 @@ class WorkerOptions:
         shutdown_grace: Seconds in-flight jobs get to finish on SIGTERM.
         session_timeout_ms: Kafka consumer session timeout.
         heartbeat_interval_ms: Kafka consumer heartbeat interval.
+        rebalance_timeout_ms: How long the group waits for this member to rejoin during a
+            rebalance, which includes its revoke (waiting up to ``revoke_timeout`` for
+            running jobs, then committing). None derives it: ``revoke_timeout`` plus
+            ``REBALANCE_MARGIN_MS`` for the commit, and never below the session timeout. A
+            value that does not cover ``revoke_timeout`` is refused: the broker would drop
+            the member mid-revoke and refuse its commit.
         max_poll_interval_ms: Kafka's limit between fetches; the fetch loop never waits on
             handlers, so long jobs do not approach it.
         run_relay: Also run the retry relay (``conveyor relay`` runs it on its own).
@@ -56,6 +82,7 @@ class WorkerOptions:
     shutdown_grace: float = 30.0
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
+    rebalance_timeout_ms: int | None = None
     max_poll_interval_ms: int = 300_000
     run_relay: bool = True
     run_dlq_sink: bool = True
@@ -63,6 +90,13 @@ class WorkerOptions:
     metrics_host: str = "0.0.0.0"  # all interfaces: a pod's probes come from outside
     metrics_interval: float = 5.0
     check_at_start: bool = True
+
+    @property
+    def effective_rebalance_timeout_ms(self) -> int:
+        """The rebalance timeout the consumers get (see ``rebalance_timeout_ms``)."""
+        return rebalance_timeout(
+            self.revoke_timeout, self.session_timeout_ms, self.rebalance_timeout_ms
+        )
 
     def __post_init__(self) -> None:
         for name in (
@@ -74,6 +108,7 @@ class WorkerOptions:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be > 0, got {getattr(self, name)}")
+        rebalance_timeout(self.revoke_timeout, self.session_timeout_ms, self.rebalance_timeout_ms)
         if self.max_buffered_per_partition < 2:
             raise ConfigurationError(
                 "max_buffered_per_partition", f"must be >= 2, got {self.max_buffered_per_partition}"

@@ -65,7 +65,8 @@ class WorkerProbes:
         }
 
     def ready(self) -> dict[str, str | None]:
-        """The readiness checks: liveness, ``stopping``, ``consumer_groups``, ``database``."""
+        """The readiness checks: liveness, ``stopping``, ``consumer_groups``, ``database``,
+        and ``job_store`` (outcomes are being recorded)."""
         checks = self.health()
         checks["stopping"] = "the worker is shutting down" if self._stopping() else None
         checks["consumer_groups"] = (
@@ -74,6 +75,7 @@ class WorkerProbes:
         checks["database"] = self._on_loop(
             self._pool.fetchval("SELECT 1", timeout=DATABASE_TIMEOUT), DATABASE_TIMEOUT + 1
         )
+        checks["job_store"] = self._consumer.record_problem
         return checks
 
     def _on_loop(self, coro: Coroutine[Any, Any, Any], timeout: float) -> str | None:

@@ -64,12 +64,16 @@ class FailurePublisher:
     Args:
         settings: Broker settings.
         serde: Encodes envelopes and DLQ records.
+        core: Where messages are sent; a Kafka producer built from ``settings`` when
+            omitted (``conveyor.testing`` passes an in-memory log).
     """
 
-    def __init__(self, settings: Settings, *, serde: Serde) -> None:
+    def __init__(
+        self, settings: Settings, *, serde: Serde, core: DeliveryCore | None = None
+    ) -> None:
         self._topology = Topology.from_settings(settings)
         self._serde = serde
-        self._core = DeliveryCore(settings, delivery_timeout=PUBLISH_TIMEOUT)
+        self._core = core or DeliveryCore(settings, delivery_timeout=PUBLISH_TIMEOUT)
 
     async def retry(
         self, job: JobMessage, errors: Sequence[Mapping[str, Any]], delay: float

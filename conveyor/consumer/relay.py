@@ -34,6 +34,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from conveyor.consumer.kafka import aiokafka_security
+from conveyor.consumer.options import rebalance_timeout
 from conveyor.consumer.relay_items import HeldPartition, Item
 from conveyor.consumer.republish import Republisher
 from conveyor.errors import (
@@ -56,6 +57,10 @@ REPUBLISH_BATCH = 100
 RETRY_BACKOFF = 1.0
 #: librdkafka batches for at most this long; small, because every ms is added to the delay.
 LINGER_MS = 1
+
+
+#: Seconds past ``delivery_timeout`` a revoke or stop waits for republishes in flight.
+REVOKE_SLACK = 5.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -174,6 +179,13 @@ class RetryRelay:
             auto_offset_reset="earliest",
             session_timeout_ms=self._options.session_timeout_ms,
             heartbeat_interval_ms=self._options.heartbeat_interval_ms,
+            # A revoke waits up to delivery_timeout + 5 s for republishes in flight, then
+            # commits: the group must wait that long for this member to rejoin.
+            rebalance_timeout_ms=rebalance_timeout(
+                self._options.delivery_timeout + REVOKE_SLACK,
+                self._options.session_timeout_ms,
+                None,
+            ),
             **aiokafka_security(self._settings),
         )
         consumer.subscribe(list(self.retry_topics), listener=_Listener(self))
@@ -335,7 +347,7 @@ class RetryRelay:
         """Awaits the batch's acks; marks the acknowledged prefix done. False on a failure."""
         futures = [f for _, f in batch if f is not None]
         if futures:
-            await asyncio.wait(futures, timeout=self._options.delivery_timeout + 5.0)
+            await asyncio.wait(futures, timeout=self._options.delivery_timeout + REVOKE_SLACK)
         for item, future in batch:
             if future is not None:
                 failure = future.exception() if future.done() else TimeoutError("no ack")
@@ -415,7 +427,9 @@ class RetryRelay:
         tasks = [s.task for s in states if s.task is not None and not s.task.done()]
         if not tasks:
             return
-        _done, late = await asyncio.wait(tasks, timeout=self._options.delivery_timeout + 5.0)
+        _done, late = await asyncio.wait(
+            tasks, timeout=self._options.delivery_timeout + REVOKE_SLACK
+        )
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)

@@ -30,6 +30,7 @@ from conveyor.consumer.mailbox import Entry, Mailboxes
 from conveyor.consumer.offsets import OffsetTracker
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.publisher import FailurePublisher
+from conveyor.consumer.recording import Recording
 from conveyor.consumer.scheduler import WeightedScheduler
 from conveyor.errors import DeserializationError
 from conveyor.observability.metrics import WorkerMetrics
@@ -111,6 +112,8 @@ class ConsumerLoop:
         # Bumped on every assignment: a job dispatched under an older assignment of a
         # partition (revoked, then assigned back) must not finish offsets of the new one.
         self._generation: defaultdict[TopicPartition, int] = defaultdict(int)
+        # Set when an assignment of a partition ends, so its in-place retries stop.
+        self._lost: dict[TopicPartition, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Periodic commits go one at a time per group, so an older point never lands last.
         # The revoke callback commits without the lock: the rebalance waits on it, and a
@@ -121,6 +124,7 @@ class ConsumerLoop:
         self._finished = asyncio.Event()
         self._in_flight = 0
         self._stopping = False
+        self._recording = Recording(self._consumers, self._paused, stats)
         # One fetch never adds more than the pause threshold, so a partition's buffer stays
         # below twice the limit whatever the backlog.
         self._fetch_records = min(500, options.max_buffered_per_partition)
@@ -174,6 +178,8 @@ class ConsumerLoop:
                 auto_offset_reset="earliest",
                 session_timeout_ms=self._options.session_timeout_ms,
                 heartbeat_interval_ms=self._options.heartbeat_interval_ms,
+                # The revoke waits for running jobs; the group must wait for the revoke.
+                rebalance_timeout_ms=self._options.effective_rebalance_timeout_ms,
                 max_poll_interval_ms=self._options.max_poll_interval_ms,
                 fetch_max_wait_ms=self._options.fetch_max_wait_ms,
                 **aiokafka_security(self._settings),
@@ -305,24 +311,14 @@ class ConsumerLoop:
 
     async def _execute(self, priority: str, entry: Entry[JobMessage], generation: int) -> None:
         tp = _tp(entry.tp)
+        lost = self._lost_event(tp)
         finished = False
         try:
             # Every outcome (fenced included: the new owner handles its own delivery) means
-            # this delivery never needs to be read again.
-            await self._runner.run(entry.item)
-            finished = True
-        except asyncio.CancelledError:
-            raise  # shutdown: not finished, so its offset is not committed; redelivered later
-        except Exception:
-            # A bug or an outage (database, registry) while recording the outcome: the job is
-            # not finished, so it stays uncommitted and will be redelivered.
-            log.exception(
-                "job %s at %s[%d]@%d was not recorded",
-                entry.item.job_id,
-                tp.topic,
-                tp.partition,
-                entry.offset,
-            )
+            # this delivery never needs to be read again. An outcome that could not be
+            # recorded (an outage, a refused write) is retried here with backoff, holding
+            # its key's mailbox and its slot, until it is recorded or the partition is lost.
+            finished = await self._recording.run(self._runner, entry, lost)
         finally:
             self._mailboxes[priority].release(entry)
             self._in_flight -= 1
@@ -333,6 +329,17 @@ class ConsumerLoop:
             self._maybe_resume(priority, tp)
             self._finished.set()
             self._wake.set()
+
+    @property
+    def record_problem(self) -> str | None:
+        """Why job outcomes are not being recorded now, or None (a readiness check)."""
+        return self._recording.problem
+
+    def _lost_event(self, tp: TopicPartition) -> asyncio.Event:
+        event = self._lost.get(tp)
+        if event is None:
+            event = self._lost[tp] = asyncio.Event()
+        return event
 
     def _maybe_resume(self, priority: str, tp: TopicPartition) -> None:
         if tp in self._paused and (
@@ -379,8 +386,11 @@ class ConsumerLoop:
         """Takes ownership of newly assigned partitions."""
         self._owned.update(assigned)
         self._joined.add(priority)
+        if self._recording.store_down:
+            self._consumers[priority].pause(*assigned)
         for tp in assigned:
             self._generation[tp] += 1
+            self._lost[tp] = asyncio.Event()  # this assignment's; the old one stays set
         self._count_assigned(priority)
         count = len(assigned)
         log.info("assigned %s: %d partition%s", priority, count, "" if count == 1 else "s")
@@ -393,6 +403,7 @@ class ConsumerLoop:
         self._stats.rebalances += 1
         for tp in revoked:
             self._mailboxes[priority].drop(tp)
+            self._lost_event(tp).set()  # in-place retries stop instead of waiting out backoff
         deadline = asyncio.get_running_loop().time() + self._options.revoke_timeout
         while any(self._running_per_tp[tp] for tp in revoked):
             remaining = deadline - asyncio.get_running_loop().time()

@@ -79,13 +79,29 @@ class Worker:
         self.configure(priorities=priorities, concurrency=concurrency)
 
     def configure(
-        self, *, priorities: Sequence[str] | None = None, concurrency: int | None = None
+        self,
+        *,
+        priorities: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        metrics_port: int | None = None,
     ) -> None:
-        """Changes the priorities or concurrency before the worker runs (the CLI's flags).
+        """Changes the priorities, concurrency or metrics port before the worker runs (the
+        CLI's flags).
+
+        Args:
+            priorities: The priorities to serve.
+            concurrency: Jobs running at once.
+            metrics_port: Port of ``/metrics``, ``/healthz`` and ``/readyz``; 0 serves none.
+                Overrides ``Settings.metrics_port`` (``CONVEYOR_METRICS_PORT``).
 
         Raises:
-            ConfigurationError: A priority is unknown, none is given, or concurrency < 1.
+            ConfigurationError: A priority is unknown, none is given, concurrency < 1, or
+                the port is outside 0-65535.
         """
+        if metrics_port is not None:
+            if not 0 <= metrics_port <= 65535:
+                raise ConfigurationError("metrics_port", f"must be 0-65535, got {metrics_port}")
+            self.settings = self.settings.replace(metrics_port=metrics_port)
         if priorities is not None:
             unknown = [p for p in priorities if p not in PRIORITIES]
             if unknown or not priorities:
@@ -144,6 +160,11 @@ class Worker:
             return func
 
         return register
+
+    @property
+    def registry(self) -> HandlerRegistry:
+        """The registered handlers, by job type."""
+        return self._registry
 
     @property
     def assignment(self) -> frozenset[tuple[str, int]]:

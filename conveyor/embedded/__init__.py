@@ -12,6 +12,7 @@ client can use it.
 
 from __future__ import annotations
 
+from conveyor.embedded.choice import LocalBroker, local_broker, local_kind
 from conveyor.embedded.kafka import ApacheKafka
 from conveyor.embedded.postgres import LOCAL_POSTGRES_URL, EmbeddedPostgres, postgres_answers
 from conveyor.embedded.process import (
@@ -20,6 +21,7 @@ from conveyor.embedded.process import (
     free_port,
     wait_for_broker,
 )
+from conveyor.embedded.redis import RedisServer
 from conveyor.embedded.tansu import TansuBroker
 
 __all__ = [
@@ -27,9 +29,13 @@ __all__ = [
     "LOCAL_POSTGRES_URL",
     "ApacheKafka",
     "EmbeddedPostgres",
+    "LocalBroker",
+    "RedisServer",
     "TansuBroker",
     "die_with_parent",
     "free_port",
+    "local_broker",
+    "local_kind",
     "postgres_answers",
     "wait_for_broker",
 ]

@@ -57,12 +57,12 @@ appender.out.type = Console
 appender.out.name = OUT
 appender.out.layout.type = PatternLayout
 appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
+rootLogger.level = WARN
 rootLogger.appenderRef.out.ref = OUT
-logger.state.name = state.change.logger
-logger.state.level = WARN
-logger.clients.name = org.apache.kafka.clients
-logger.clients.level = WARN
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+logger.groups.name = org.apache.kafka.coordinator.group
+logger.groups.level = INFO
 """
 
 

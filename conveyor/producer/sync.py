@@ -36,6 +36,8 @@ class ProducerBase:
         on_delivery_error: Receives ``(job_id, error)`` for each failed delivery instead
             of ``flush``/``close`` raising it.
         serde: The envelope serde; built from ``settings`` when omitted.
+        core: Where messages are sent; a Kafka producer built from ``settings`` when
+            omitted (``conveyor.testing`` passes an in-memory log).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class ProducerBase:
         linger_ms: int = DEFAULT_LINGER_MS,
         on_delivery_error: DeliveryErrorCallback | None = None,
         serde: Serde | None = None,
+        core: DeliveryCore | None = None,
     ) -> None:
         self.settings = settings
         self._owns_serde = serde is None
@@ -60,7 +63,7 @@ class ProducerBase:
             codec=self._codec,
             max_payload_bytes=settings.max_payload_bytes,
         )
-        self._core = DeliveryCore(
+        self._core = core or DeliveryCore(
             settings,
             delivery_timeout=delivery_timeout,
             linger_ms=linger_ms,

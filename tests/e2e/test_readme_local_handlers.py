@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PLAIN_ENV = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
 SECTION = "## Run your own handlers locally"
 
+pytestmark = pytest.mark.devstack  # the embedded default stack, as the README runs it
+
 
 def section() -> str:
     readme = (ROOT / "README.md").read_text()

@@ -16,6 +16,9 @@ import pytest
 
 from tests.process_helpers import read_until, session_processes
 
+pytestmark = pytest.mark.devstack
+
+
 ROOT = Path(__file__).resolve().parents[2]
 PLAIN_ENV = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
 

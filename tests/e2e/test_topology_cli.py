@@ -11,6 +11,7 @@ from conveyor.embedded import free_port
 from conveyor.settings import Settings
 from conveyor.topology import Topology
 from tests.conftest import run_cli, settings_env
+from tests.kafka_helpers import wait_visible
 
 EXIT_DRIFT = 3
 
@@ -47,6 +48,7 @@ def test_plan_and_apply_exit_3_on_partition_drift(settings: Settings) -> None:
     admin.create_topics([NewTopic(high.name, 2, -1, config=dict(high.configs))])[high.name].result(
         timeout=15
     )
+    wait_visible(settings.kafka_bootstrap, high.name, 2)
 
     planned = run_cli("topology", "plan", env=env)
     assert planned.code == EXIT_DRIFT, planned.stderr

@@ -21,10 +21,10 @@ from tests.worker_helpers import eventually, prepare
 JOBS = 40
 
 
-def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
+def start_worker(env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     return subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.apps.slow_app:worker"],
+        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.apps.slow_app:worker", *flags],
         env={**base, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -115,6 +115,49 @@ async def test_a_cli_worker_serves_probes_and_metrics_and_logs_json(
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(r["message"].startswith("serving /metrics") for r in records), err
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+async def test_metrics_port_flag_overrides_the_variable_and_zero_turns_it_off(
+    settings: Settings, schema_registry_url: str, db: asyncpg.Connection[Any]
+) -> None:
+    """``--metrics-port P`` serves on P although CONVEYOR_METRICS_PORT names another port,
+    and ``--metrics-port 0`` serves nothing while the worker still runs jobs."""
+    live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
+    schema = f'"{live.database_schema}"'
+    await db.execute(f"CREATE TABLE {schema}.side_effects (job_id text NOT NULL)")
+    ignored, flagged = embedded.free_port(), embedded.free_port()
+    env = {**settings_env(live), "CONVEYOR_METRICS_PORT": str(ignored), "CONVEYOR_LOG_JSON": "1"}
+
+    async def answers(port: int) -> bool:
+        try:
+            url = f"http://127.0.0.1:{port}/healthz"
+            return (await asyncio.to_thread(httpx.get, url, timeout=2)).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    proc = start_worker(env, "--metrics-port", str(flagged))
+    try:
+        await eventually(lambda: answers(flagged), timeout=60, what="/healthz on the flag's port")
+        assert not await answers(ignored)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+    async def done() -> bool:
+        return bool(await db.fetchval(f"SELECT count(*) FROM {schema}.side_effects") == 1)
+
+    off = start_worker(env, "--metrics-port", "0")
+    try:
+        with Producer(live) as producer:
+            producer.submit("slow.effect", {"n": 1})
+        await eventually(done, timeout=60, what="a job run by the worker without an endpoint")
+        assert not await answers(ignored)
+    finally:
+        off.send_signal(signal.SIGTERM)
+        _out, err = off.communicate(timeout=30)
+    assert off.returncode == 0, err
+    assert "serving /metrics" not in err
 
 
 async def _positive(count: Any, state: str) -> bool:

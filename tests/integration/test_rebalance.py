@@ -93,3 +93,50 @@ async def test_join_and_leave_lose_nothing_and_fence_the_zombie(
 async def _any_complete(store: JobStore, ids: list[str]) -> bool:
     states = [(await store.status(j)).state for j in ids]
     return "complete" in states
+
+
+@pytest.mark.timeout(180)
+async def test_a_revoke_longer_than_the_session_timeout_keeps_its_member_and_its_jobs(
+    settings: Settings, schema_registry_url: str, db: asyncpg.Connection[Any]
+) -> None:
+    """Jobs of 8 s run when a second worker joins (session timeout 6 s). The first worker's
+    revoke waits for them; the rebalance timeout covers that wait, so the broker keeps the
+    member, its commit lands, and no job runs a second time on the newcomer."""
+    live = await prepare(settings.replace(partition_unit=1), schema_registry_url)  # 2 partitions
+    options = WorkerOptions(
+        commit_interval=0.2, session_timeout_ms=6000, heartbeat_interval_ms=1000,
+        revoke_timeout=15.0, shutdown_grace=10.0,
+    )  # fmt: skip
+    starts: list[str] = []
+    started = asyncio.Event()
+
+    def make_worker(name: str) -> Worker:
+        worker = Worker(live, priorities=["normal"], concurrency=4, worker_id=name, options=options)
+
+        @worker.handler("long.job")
+        async def long_job(ctx: JobContext, payload: dict[str, Any]) -> None:
+            starts.append(ctx.job_id)
+            if len(starts) >= 2:
+                started.set()
+            await asyncio.sleep(8.0)
+
+        return worker
+
+    first, second = make_worker("first"), make_worker("second")
+    with Producer(live) as producer:
+        ids = [producer.submit("long.job", {}, key=key_for_partition(p, 2)) for p in (0, 1)]
+
+    async with JobStore(live) as store, running(first):
+        await asyncio.wait_for(started.wait(), 60)
+        async with running(second):
+            await eventually(lambda: bool(second.assignment), timeout=60, what="second assigned")
+
+            async def complete() -> bool:
+                states = [(await store.status(j)).state for j in ids]
+                return states == ["complete", "complete"]
+
+            await eventually(complete, timeout=60, what="both long jobs complete")
+
+    assert sorted(starts) == sorted(ids), "a long job ran again after the rebalance"
+    assert first.stats.fenced == 0
+    assert first.stats.completed == 2

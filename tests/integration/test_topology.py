@@ -17,6 +17,7 @@ from conveyor.embedded import free_port
 from conveyor.errors import BrokerUnavailableError, TopologyDriftError
 from conveyor.settings import Settings
 from conveyor.topology import admin as topology_admin
+from tests.kafka_helpers import wait_visible
 
 SEVEN_DAYS_MS = 7 * 86_400_000
 
@@ -98,6 +99,7 @@ def test_wrong_partition_count_is_drift_and_apply_still_creates_the_rest(
     admin.create_topics([NewTopic(high.name, 2, -1, config=dict(high.configs))])[high.name].result(
         timeout=15
     )
+    wait_visible(settings.kafka_bootstrap, high.name, 2)
 
     plan = topology.plan(settings)
     assert [(d.topic, d.field, d.declared, d.actual) for d in plan.drifts] == [

@@ -18,6 +18,8 @@ from conveyor.jobstore import JobStore
 from conveyor.topology.model import PRIORITIES
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
+pytestmark = pytest.mark.smoke
+
 
 @pytest.fixture
 async def live(settings: Settings, schema_registry_url: str) -> Settings:

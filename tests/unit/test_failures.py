@@ -58,3 +58,43 @@ def test_attempt_errors_carry_type_message_and_traceback() -> None:
     )
     assert "raise ValueError" in error["traceback"]
     assert failures.error_json(error, "MaxRetries")["reason"] == "MaxRetries"
+
+
+def test_a_stale_early_cancel_is_dropped_not_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel for a job not running here is remembered for EARLY_CANCEL_TTL only: the
+    same id arriving later (a DLQ replay days after) is not cancelled by it."""
+    from typing import Any, cast
+
+    from conveyor.consumer import execution
+
+    now = [1000.0]
+    monkeypatch.setattr("conveyor.consumer.execution.time.monotonic", lambda: now[0])
+    runner = execution.JobRunner(
+        status=cast(Any, None), pool=cast(Any, None), registry=cast(Any, None),
+        codec=cast(Any, None), stats=execution.WorkerStats(), metrics=cast(Any, None),
+        consumer_groups={}, lease_seconds=30.0, publisher=cast(Any, None),
+    )  # fmt: skip
+    assert runner.cancel("fresh") is False  # not running here: remembered
+    assert runner.cancel("stale") is False
+    assert runner._take_early_cancel("fresh") is True
+    now[0] += execution.EARLY_CANCEL_TTL + 1
+    assert runner._take_early_cancel("stale") is False
+    assert runner._take_early_cancel("fresh") is False  # taken once
+
+
+def test_an_error_with_nul_and_huge_text_is_cleaned_for_postgres_and_the_broker() -> None:
+    """jsonb refuses NUL, and a retry envelope must stay below the broker's message size."""
+    error = failures.attempt_error(ValueError("bad\x00byte " + "x" * 100_000), 1)
+    assert "\x00" not in error["message"]
+    assert error["message"].startswith("bad\\x00byte ")
+    assert len(error["message"]) == failures.MESSAGE_LIMIT
+    assert error["message"].endswith(failures.TRUNCATED)
+    assert len(error["traceback"]) <= failures.TRACEBACK_LIMIT
+
+
+def test_a_long_retry_chain_keeps_the_first_and_the_latest_errors() -> None:
+    history: list[dict[str, object]] = []
+    for attempt in range(1, 51):
+        history = failures.history_with(history, {"attempt": attempt})
+    assert len(history) == failures.HISTORY_LIMIT
+    assert [e["attempt"] for e in history] == [1, *range(51 - failures.HISTORY_LIMIT + 1, 51)]
