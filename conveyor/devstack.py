@@ -20,6 +20,7 @@ import httpx
 from conveyor import embedded, migrations
 from conveyor.errors import RegistryUnavailableError
 from conveyor.settings import Settings
+from conveyor.topology import admin
 
 REGISTRY_START_TIMEOUT = 30.0
 
@@ -103,7 +104,7 @@ def dev_stack(
     services: list[Service] = []
     with contextlib.ExitStack() as stack:
         if "kafka_bootstrap" in configured:
-            embedded.wait_for_broker(settings.kafka_bootstrap)
+            admin.check_reachable(settings)  # a wrong address is one line, in seconds
             services.append(Service("kafka", settings.kafka_bootstrap, "CONVEYOR_KAFKA_BOOTSTRAP"))
         else:
             broker = stack.enter_context(embedded.TansuBroker())

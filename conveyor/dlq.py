@@ -245,6 +245,28 @@ async def list_entries(
     return [DlqEntry.from_row(row) for row in rows]
 
 
+_FIND_BY_JOB = """
+SELECT id FROM job_dlq WHERE original_job_id = $1
+ORDER BY (replayed_at IS NULL) DESC, dlq_at DESC, id DESC
+LIMIT 1
+"""
+
+
+async def find_entry_id(pool: asyncpg.Pool[Any], job_id: str) -> int:
+    """The DLQ entry of a job: its pending one, else its latest.
+
+    Raises:
+        DlqEntryNotFound: The job has no DLQ entry.
+        DatabaseUnavailableError: Postgres cannot be reached.
+        MigrationError: The schema is not migrated.
+    """
+    with database_errors(f"finding the DLQ entry of job {job_id}"):
+        found = await pool.fetchval(_FIND_BY_JOB, uuid.UUID(job_id))
+    if found is None:
+        raise DlqEntryNotFound(job_id)
+    return int(found)
+
+
 async def get_entry(pool: asyncpg.Pool[Any], entry_id: int) -> DlqEntry:
     """One DLQ entry by id.
 

@@ -134,20 +134,26 @@ class ValidationError(ConveyorError, ValueError):
 
     Args:
         problems: Every problem found, in item order.
+        batch: Whether a batch (a list) was submitted. The message of a single job
+            names its problems without item indexes.
     """
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], *, batch: bool = True) -> None:
         self.problems = list(problems)
-        indexes = sorted({p.index for p in self.problems})
-        super().__init__(
-            f"{len(self.problems)} problem(s) in item(s) {indexes}: "
-            + "; ".join(str(p) for p in self.problems)
-        )
+        self.batch = batch
+        if batch:
+            indexes = sorted({p.index for p in self.problems})
+            summary = f"{len(self.problems)} problem(s) in item(s) {indexes}: " + "; ".join(
+                str(p) for p in self.problems
+            )
+        else:
+            summary = "invalid job: " + "; ".join(f"{p.field}: {p.message}" for p in self.problems)
+        super().__init__(summary)
 
     @classmethod
     def single(cls, field: str, message: str) -> ValidationError:
-        """A validation error about one field of a single item."""
-        return cls([Problem(0, field, message)])
+        """A validation error about one field of a single job."""
+        return cls([Problem(0, field, message)], batch=False)
 
     @property
     def indexes(self) -> list[int]:
@@ -184,13 +190,15 @@ class DlqEntryNotFound(ConveyorError, LookupError):
     """No ``job_dlq`` row has the id asked for (never existed, or purged after its replay).
 
     Args:
-        entry_id: The id asked for.
+        entry_id: The entry number asked for, or the job id whose entry was looked for.
     """
 
-    def __init__(self, entry_id: int) -> None:
+    def __init__(self, entry_id: int | str) -> None:
         self.entry_id = entry_id
+        what = f"DLQ entry {entry_id}" if isinstance(entry_id, int) else f"job {entry_id}"
+        where = "does not exist" if isinstance(entry_id, int) else "has no DLQ entry"
         super().__init__(
-            f"DLQ entry {entry_id} does not exist (replayed entries are purged after 30 days); "
+            f"{what} {where} (replayed entries are purged after 30 days); "
             "`conveyor dlq list --all` shows the ids"
         )
 

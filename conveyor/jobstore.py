@@ -294,6 +294,14 @@ class JobStore:
             self._require_pool(), type=type, tenant=tenant, pending_only=pending_only, limit=limit
         )
 
+    async def dlq_entry_of(self, job_id: str) -> int:
+        """The DLQ entry number of a job (its pending entry, else its latest).
+
+        Raises:
+            DlqEntryNotFound: The job has no DLQ entry.
+        """
+        return await dlq.find_entry_id(self._require_pool(), parse_job_id(job_id))
+
     async def dlq_show(self, entry_id: int) -> dlq.DlqEntry:
         """One DLQ entry; see :func:`conveyor.dlq.get_entry`.
 
@@ -310,7 +318,7 @@ class JobStore:
             ReplayRefused: The entry was replayed already, or holds no job.
             DeliveryError: The broker did not acknowledge the job; nothing changed.
         """
-        async with dlq.RecordPublisher(self._settings) as publisher:
+        async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
             return await dlq.replay(self._require_pool(), publisher, self._settings, entry_id)
 
     async def replay_all(
@@ -321,7 +329,7 @@ class JobStore:
         on_progress: dlq.ProgressCallback | None = None,
     ) -> list[str]:
         """Replays every pending entry of a job type; see :func:`conveyor.dlq.replay_all`."""
-        async with dlq.RecordPublisher(self._settings) as publisher:
+        async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
             return await dlq.replay_all(
                 self._require_pool(),
                 publisher,

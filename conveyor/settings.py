@@ -9,6 +9,7 @@ ignored, so a typo cannot leave a production worker on a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -108,16 +109,23 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
+def _parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
 def _parse_delays(text: str) -> tuple[float, ...]:
     return tuple(parse_duration(part) for part in text.split(",") if part.strip())
 
 
 _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
-    "partition_unit": int,
-    "replication_factor": int,
-    "job_retention_days": int,
-    "metrics_port": int,
-    "max_payload_bytes": int,
+    "partition_unit": _parse_int,
+    "replication_factor": _parse_int,
+    "job_retention_days": _parse_int,
+    "metrics_port": _parse_int,
+    "max_payload_bytes": _parse_int,
     "retry_delays": _parse_delays,
     "log_json": _parse_bool,
     "schema_registry_basic_auth": Secret,
@@ -199,17 +207,23 @@ class Settings:
             **overrides: Values that win over the environment.
 
         Raises:
-            ConfigurationError: A variable is unknown or its value is invalid.
+            ConfigurationError: A variable is unknown (every unknown one is named, each
+                with the closest known name), or a value is invalid.
         """
         env = os.environ if environ is None else environ
         names = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
+        unknown = sorted(
+            var
+            for var in env
+            if var.startswith(ENV_PREFIX) and var[len(ENV_PREFIX) :].lower() not in names
+        )
+        if unknown:
+            raise ConfigurationError(", ".join(unknown), _unknown_problem(unknown, names))
         for var, raw in env.items():
             if not var.startswith(ENV_PREFIX):
                 continue
             name = var[len(ENV_PREFIX) :].lower()
-            if name not in names:
-                raise ConfigurationError(var, f"unknown variable; known: {_env_names(names)}")
             parser = _ENV_PARSERS.get(name, str)
             try:
                 values[name] = parser(raw)
@@ -279,6 +293,22 @@ def _reveal(secret: Secret | None) -> str | None:
 
 def _env_names(names: set[str]) -> str:
     return ", ".join(ENV_PREFIX + n.upper() for n in sorted(names))
+
+
+def _unknown_problem(unknown: list[str], names: set[str]) -> str:
+    """Names each unknown variable with the closest known one; lists the known if one has none."""
+    hints = []
+    unmatched = False
+    for var in unknown:
+        close = difflib.get_close_matches(var[len(ENV_PREFIX) :].lower(), names, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{var}: did you mean {ENV_PREFIX}{close[0].upper()}?")
+        else:
+            hints.append(f"{var}: no such setting")
+            unmatched = True
+    kind = "unknown variable" if len(unknown) == 1 else f"{len(unknown)} unknown variables"
+    known = f"; known: {_env_names(names)}" if unmatched else ""
+    return f"{kind} ({'; '.join(hints)}){known}"
 
 
 def _require(ok: bool, setting: str, problem: str) -> None:

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import io
+import os
+import shlex
 import signal
 import socket
 import sys
@@ -16,6 +18,7 @@ import asyncpg
 
 from conveyor import db, devstack, devsummary, embedded, examples, migrations
 from conveyor.cli import common
+from conveyor.cli import worker as worker_cli
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.worker import Worker
 from conveyor.producer import Producer
@@ -50,10 +53,30 @@ def register(subparsers: common.SubParsers) -> None:
             "p50/p99 wait, refreshed every 2s, and where /metrics is served (port 9464, or a "
             "free one if taken; CONVEYOR_METRICS_PORT sets it) and the web UI (`conveyor ui`, port "
             "8000 or a free one). Stops on Ctrl-C, or after "
-            "--duration seconds, with a summary; every child process stops with it."
+            "--duration seconds, with a summary; every child process stops with it. "
+            "--app module:attribute runs your own Worker instead of the examples (no samples "
+            "are submitted); --no-worker runs the stack alone. Both print the CONVEYOR_* "
+            "exports that point another shell's `conveyor worker` or `conveyor submit` at it."
         ),
     )
-    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="sample jobs to submit")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--app",
+        metavar="APP",
+        help="run this Worker (module:attribute, as `conveyor worker` takes) instead of the "
+        "examples; its module sees the stack's CONVEYOR_* variables",
+    )
+    mode.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="run only the broker, Postgres and registry, and print their CONVEYOR_* exports",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help=f"sample jobs to submit to the example worker (default {DEFAULT_JOBS})",
+    )
     parser.add_argument(
         "--duration", type=float, help="exit after this many seconds (default: run until Ctrl-C)"
     )
@@ -74,8 +97,21 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         result = admin.apply(live)
         print(f"   topics: {len(result.created)} created, prefix {live.topic_prefix!r}")
         _register_contracts(live)
+        if args.app or args.no_worker:
+            print("  exports: for `conveyor worker`, `conveyor submit` and the rest, elsewhere:")
+            for name, value in exports(live).items():
+                print(f"export {name}={shlex.quote(value)}")
+        if args.no_worker:
+            asyncio.run(_idle(args.duration))
+            print("stopped: every service of the stack has exited")
+            return common.EXIT_OK
         served = live.replace(metrics_port=_metrics_port(settings, explicit))
-        worker = examples.build_worker(served, options=DEV_OPTIONS)
+        if args.app:
+            worker = _load_app(args.app, served)
+            jobs = 0
+        else:
+            worker = examples.build_worker(served, options=DEV_OPTIONS)
+            jobs = args.jobs
         print(f"   worker: {worker.worker_id}, priorities {','.join(worker.priorities)}")
         if served.metrics_port:
             print(
@@ -85,9 +121,47 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
         ui_port = ui_server.free_port(METRICS_HOST)
         with ui_server.serving(served, UiOptions(), METRICS_HOST, ui_port) as ui_url:
             print(f"       ui: {ui_url}  (conveyor ui)")
-            asyncio.run(_run(worker, served, args.jobs, args.duration))
+            asyncio.run(_run(worker, served, jobs, args.duration))
     print("stopped: every service of the stack has exited")
     return common.EXIT_OK
+
+
+def exports(settings: Settings) -> dict[str, str]:
+    """The ``CONVEYOR_*`` variables that point another process at the running stack."""
+    return {
+        "CONVEYOR_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CONVEYOR_DATABASE_URL": settings.database_url,
+        "CONVEYOR_DATABASE_SCHEMA": settings.database_schema,
+        "CONVEYOR_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "CONVEYOR_TOPIC_PREFIX": settings.topic_prefix,
+        "CONVEYOR_PARTITION_UNIT": str(settings.partition_unit),
+    }
+
+
+def _load_app(app: str, served: Settings) -> Worker:
+    """Imports the user's worker with the stack's variables in the environment.
+
+    An app module builds its Worker from ``Settings.from_env()`` when it is imported, so
+    the variables are set first; that is what points it at this stack.
+    """
+    os.environ.update(exports(served))
+    os.environ["CONVEYOR_METRICS_PORT"] = str(served.metrics_port)
+    return worker_cli.load_worker(app)
+
+
+async def _idle(duration: float | None) -> None:
+    """Waits for Ctrl-C, or ``duration`` seconds, while the stack serves other shells."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if duration is not None:
+        loop.call_later(duration, stop.set)
+    else:
+        print("running; press Ctrl-C to stop")
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def _metrics_port(settings: Settings, explicit: frozenset[str]) -> int:
@@ -121,9 +195,12 @@ async def _run(worker: Worker, settings: Settings, jobs: int, duration: float | 
             while not worker.joined and not run.done():  # noqa: ASYNC110 - two conditions
                 await asyncio.sleep(0.05)
             if not run.done():
-                counts = await asyncio.to_thread(_submit_samples, settings, jobs)
-                shown = ", ".join(f"{p} {counts[p]}" for p in PRIORITIES)
-                print(f"submitted: {sum(counts.values())} jobs ({shown})")
+                if jobs:
+                    counts = await asyncio.to_thread(_submit_samples, settings, jobs)
+                    shown = ", ".join(f"{p} {counts[p]}" for p in PRIORITIES)
+                    print(f"submitted: {sum(counts.values())} jobs ({shown})")
+                else:
+                    print(f"   joined: worker {worker.worker_id} is waiting for jobs")
                 reporter = asyncio.create_task(_report(worker, conn))
             await run
         finally:
@@ -143,8 +220,9 @@ async def _run(worker: Worker, settings: Settings, jobs: int, duration: float | 
 
 
 async def _report(worker: Worker, conn: asyncpg.Connection[Any]) -> None:
-    """Redraws the table in a terminal; prints a status line per refresh to a pipe."""
+    """Redraws the table in a terminal; to a pipe, prints a status line when it changed."""
     drawn = 0
+    last = ""
     while True:
         await asyncio.sleep(STATUS_EVERY)
         try:
@@ -158,7 +236,10 @@ async def _report(worker: Worker, conn: asyncpg.Connection[Any]) -> None:
             sys.stdout.flush()
             drawn = len(lines)
         else:
-            print(f"   status: {devsummary.status_line(snapshot)}")
+            line = devsummary.status_line(snapshot)
+            if line != last:  # an idle stack does not repeat itself every 2 s
+                print(f"   status: {line}")
+                last = line
 
 
 def _register_contracts(settings: Settings) -> None:

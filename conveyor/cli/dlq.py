@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from conveyor.cli import common
 from conveyor.cli.status import describe_error
 from conveyor.dlq import DEFAULT_LIST_LIMIT, DlqEntry
-from conveyor.jobstore import JobStore
+from conveyor.jobstore import JobStore, parse_job_id
 from conveyor.settings import Settings
 
 BAR_WIDTH = 20
@@ -55,7 +55,9 @@ def register(subparsers: common.SubParsers) -> None:
         help="show every field of a DLQ entry and its error history",
         description="Show every field of a DLQ entry, with the error of every attempt.",
     )
-    show.add_argument("entry_id", metavar="ID", type=_positive, help="the entry's id")
+    show.add_argument(
+        "entry_id", metavar="ID", type=entry_ref, help="the entry's number, or the job's id"
+    )
     show.add_argument("--json", action="store_true", help="print one JSON object instead")
     common.set_handler(show, _show)
 
@@ -67,7 +69,11 @@ def register(subparsers: common.SubParsers) -> None:
         "each job replayed. An entry already replayed is refused.",
     )
     replay.add_argument(
-        "entry_id", metavar="ID", nargs="?", type=_positive, help="the entry to replay"
+        "entry_id",
+        metavar="ID",
+        nargs="?",
+        type=entry_ref,
+        help="the entry to replay: its number, or the job's id",
     )
     replay.add_argument("--type", help="with --all: the job type whose entries are replayed")
     replay.add_argument("--tenant", help="with --all: only entries of this tenant")
@@ -83,6 +89,22 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def entry_ref(text: str) -> int | str:
+    """Parses ID: an entry number (``dlq list``'s first column) or a job id (a UUID)."""
+    if text.strip().isdigit():
+        return _positive(text)
+    try:
+        return parse_job_id(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an entry number or a job id, got {text!r}"
+        ) from None
+
+
+async def _entry_id(store: JobStore, ref: int | str) -> int:
+    return ref if isinstance(ref, int) else await store.dlq_entry_of(ref)
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
@@ -129,9 +151,9 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     return common.run(_run_show(settings, args.entry_id, as_json=args.json))
 
 
-async def _run_show(settings: Settings, entry_id: int, *, as_json: bool) -> int:
+async def _run_show(settings: Settings, ref: int | str, *, as_json: bool) -> int:
     async with JobStore(settings, pool_size=1) as store:
-        entry = await store.dlq_show(entry_id)
+        entry = await store.dlq_show(await _entry_id(store, ref))
     if as_json:
         print(json.dumps(entry.to_json(), indent=2, ensure_ascii=False))
     else:
@@ -174,7 +196,7 @@ def _replay(parser: argparse.ArgumentParser, args: argparse.Namespace, settings:
 async def _run_replay(settings: Settings, args: argparse.Namespace) -> int:
     async with JobStore(settings, pool_size=1) as store:
         if not args.all:
-            print(await store.replay(args.entry_id), flush=True)
+            print(await store.replay(await _entry_id(store, args.entry_id)), flush=True)
             return common.EXIT_OK
         bar = ProgressBar(sys.stderr)
         replayed = await store.replay_all(type=args.type, tenant=args.tenant, on_progress=bar)

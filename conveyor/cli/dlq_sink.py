@@ -13,6 +13,7 @@ import signal
 
 from conveyor import db
 from conveyor.cli import common
+from conveyor.consumer import preflight
 from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
@@ -42,6 +43,7 @@ async def _run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await preflight.check(settings)
     pool = await db.create_pool(settings, min_size=1, max_size=2)
     try:
         with Serde(settings) as serde:

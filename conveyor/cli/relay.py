@@ -7,6 +7,7 @@ import asyncio
 import signal
 
 from conveyor.cli import common
+from conveyor.consumer import preflight
 from conveyor.consumer.relay import RetryRelay
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
@@ -38,6 +39,7 @@ async def _run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await preflight.check(settings, database=False)
     with Serde(settings) as serde:
         relay = RetryRelay(settings, serde=serde)
         await relay.start()

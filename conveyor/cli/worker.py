@@ -57,7 +57,11 @@ def load_worker(app: str) -> Worker:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError("APP", f"cannot import {module_name!r}: {exc}") from exc
-    worker = getattr(module, attribute, None)
+    if not hasattr(module, attribute):
+        raise ConfigurationError(
+            "APP", f"module {module_name!r} has no attribute {attribute!r} (from {app})"
+        )
+    worker = getattr(module, attribute)
     if not isinstance(worker, Worker):
         raise ConfigurationError(
             "APP", f"{app} is not a conveyor.Worker (got {type(worker).__name__})"

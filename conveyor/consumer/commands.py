@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka import Producer as KafkaProducer
-
 from conveyor.errors import DeliveryError
-from conveyor.producer.delivery import EXPIRY_MARGIN, producer_config
+from conveyor.producer.delivery import DeliveryCore
+from conveyor.producer.jobs import Outgoing
 from conveyor.schemas.contracts import CONTROL_COMMAND
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
@@ -22,13 +20,17 @@ from conveyor.topology.model import Topology
 CONTROL_DELIVERY_TIMEOUT = 10.0
 """Seconds the broker has to acknowledge a control command."""
 
+_RESEND = "(the cancel request is recorded; run cancel again to resend it)"
+
 
 class ControlPublisher:
     """Publishes control commands and waits for each acknowledgement.
 
     Blocking: call it from a thread (``asyncio.to_thread``) in async code. Thread-safe:
     librdkafka's producer and the serde both are. Creating one builds a confluent-kafka
-    producer and a schema registry client; :meth:`close` releases them.
+    producer and a schema registry client; :meth:`close` releases them. A broker that
+    never answers fails the first command within seconds, naming
+    ``CONVEYOR_KAFKA_BOOTSTRAP`` (``DeliveryCore``'s ``fail_fast``).
 
     Args:
         settings: Where Kafka and the schema registry are, and the topic prefix that
@@ -38,8 +40,8 @@ class ControlPublisher:
     def __init__(self, settings: Settings) -> None:
         self._topic = Topology.from_settings(settings).control_topic
         self._serde = Serde(settings)
-        self._producer = KafkaProducer(
-            producer_config(settings, delivery_timeout=CONTROL_DELIVERY_TIMEOUT, linger_ms=0)
+        self._core = DeliveryCore(
+            settings, delivery_timeout=CONTROL_DELIVERY_TIMEOUT, linger_ms=0, fail_fast=True
         )
 
     def cancel(self, job_id: str, reason: str | None) -> None:
@@ -50,8 +52,8 @@ class ControlPublisher:
             reason: Why, carried in the command.
 
         Raises:
-            DeliveryError: The command could not be queued, or the broker did not
-                acknowledge it within ``CONTROL_DELIVERY_TIMEOUT`` seconds.
+            DeliveryError: The command could not be queued, no broker answered, or the
+                broker did not acknowledge it within ``CONTROL_DELIVERY_TIMEOUT`` seconds.
         """
         record = {
             "command": "cancel",
@@ -60,38 +62,17 @@ class ControlPublisher:
             "reason": reason,
         }
         value = self._serde.encode(CONTROL_COMMAND, self._topic, record)
-        outcome: list[KafkaError | None] = []
+        message = Outgoing(job_id, self._topic, job_id.encode(), value, [])
         try:
-            self._producer.produce(
-                self._topic,
-                key=job_id.encode(),
-                value=value,
-                on_delivery=lambda err, _msg: outcome.append(err),
-            )
-        except (KafkaException, BufferError) as exc:
-            raise DeliveryError(
-                f"could not queue the cancel command of job {job_id}: {exc}"
-            ) from exc
-        self._producer.flush(CONTROL_DELIVERY_TIMEOUT + EXPIRY_MARGIN)
-        if not outcome:
-            raise DeliveryError(
-                f"the cancel command of job {job_id} was not acknowledged by {self._topic} "
-                f"within {CONTROL_DELIVERY_TIMEOUT:g}s; is the broker reachable? (the cancel "
-                "request is recorded; run cancel again to resend it)"
-            )
-        if outcome[0] is not None:
-            raise DeliveryError(
-                f"the cancel command of job {job_id} was not delivered to {self._topic}: "
-                f"{outcome[0].str()} (the cancel request is recorded; run cancel again to "
-                "resend it)"
-            )
+            self._core.wait(self._core.send([message]))
+        except DeliveryError as exc:
+            raise DeliveryError(f"the cancel command of job {job_id}: {exc} {_RESEND}") from exc
 
     def close(self) -> None:
-        """Waits for anything still queued, then closes the registry client."""
+        """Waits for anything still queued, then closes the producer and registry client."""
         try:
-            self._producer.flush(CONTROL_DELIVERY_TIMEOUT + EXPIRY_MARGIN)
+            self._core.close()
         finally:
-            self._producer.close()  # drops its broker connections now, not at collection
             self._serde.close()
 
 

@@ -73,7 +73,7 @@ class ControlListener:
             return
         if command["command"] == "cancel":
             job_id = str(command["job_id"])
-            if self._runner.cancel(job_id):
+            if self._runner.cancel(job_id, command.get("reason")):
                 log.info("job %s: cancel requested; interrupting it", job_id)
         else:
             log.warning("ignoring unknown control command %r", command["command"])

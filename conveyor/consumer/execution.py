@@ -75,6 +75,7 @@ class WorkerStats:
 class _Running:
     task: asyncio.Task[Any]
     cancel_requested: bool = False
+    cancel_reason: str | None = None
     lease_lost: bool = False
 
 
@@ -122,12 +123,17 @@ class JobRunner:
         self._running: dict[str, _Running] = {}
         # Cancels that arrived before their job's handler started here (claim races them).
         self._early_cancels: dict[str, float] = {}
+        self._early_reasons: dict[str, str | None] = {}  # their --reason, by job id
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, reason: str | None = None) -> bool:
         """Interrupts a running job (a cancel command); True if it runs here.
 
         A cancel for a job that is not running here is remembered for a while, so a job
         whose handler starts just after the command arrived is still interrupted.
+
+        Args:
+            job_id: The job to interrupt.
+            reason: Why (``conveyor cancel --reason``), kept in the job's history.
         """
         running = self._running.get(job_id)
         if running is None:
@@ -136,10 +142,15 @@ class JobRunner:
                 self._early_cancels = {
                     j: t for j, t in self._early_cancels.items() if now - t < EARLY_CANCEL_TTL
                 }
+                self._early_reasons = {
+                    j: r for j, r in self._early_reasons.items() if j in self._early_cancels
+                }
             if len(self._early_cancels) < EARLY_CANCEL_MAX:
                 self._early_cancels[job_id] = now
+                self._early_reasons[job_id] = reason
             return False
         running.cancel_requested = True
+        running.cancel_reason = reason
         running.task.cancel()
         return True
 
@@ -258,7 +269,9 @@ class JobRunner:
                 # handler's contract before the handler sees it.
                 problems = self._codec.problems(job.type, payload)
                 if problems:
-                    raise ValidationError([Problem(0, "payload", problem) for problem in problems])
+                    raise ValidationError(
+                        [Problem(0, "payload", problem) for problem in problems], batch=False
+                    )
         except (ContractError, ValidationError) as exc:
             return await self._failed(job, claim, spec, exc, failures.VALIDATION)
         return await self._call(job, claim, spec, payload)
@@ -278,8 +291,9 @@ class JobRunner:
         )
         running = _Running(task)
         self._running[job.job_id] = running
+        reason = self._early_reasons.pop(job.job_id, None)
         if self._take_early_cancel(job.job_id):
-            self.cancel(job.job_id)
+            self.cancel(job.job_id, reason)
         heartbeat = (
             asyncio.create_task(self._heartbeat(lease, running))
             if spec.duration == "long"
@@ -296,7 +310,7 @@ class JobRunner:
                 self._stats.fenced += 1
                 return Outcome.FENCED, None, 0.0
             if running.cancel_requested:
-                return await self._record_cancel(job, lease), None, 0.0
+                return await self._record_cancel(job, lease, running.cancel_reason), None, 0.0
             raise
         except Exception as exc:
             await transaction.finish(commit=False)
@@ -398,9 +412,11 @@ class JobRunner:
         self._metrics.dead_lettered.labels(job.priority).inc()
         return Outcome.FAILED, None, 0.0
 
-    async def _record_cancel(self, job: JobMessage, lease: Lease) -> Outcome:
+    async def _record_cancel(
+        self, job: JobMessage, lease: Lease, reason: str | None = None
+    ) -> Outcome:
         try:
-            await self._status.cancelled(lease, "cancel requested")
+            await self._status.cancelled(lease, reason or "cancel requested")
         except LeaseLostError:
             self._stats.fenced += 1
             return Outcome.FENCED

@@ -7,6 +7,15 @@ import dataclasses
 from conveyor.errors import ConfigurationError
 
 DEFAULT_CONCURRENCY = 32
+DEFAULT_FETCH_MAX_WAIT_MS = 100
+"""How long the broker may hold an empty fetch of a job topic (see ARCHITECTURE.md).
+
+On Apache Kafka a record ends the wait at once, so this only sets how often an idle
+consumer asks again (10 times a second). Tansu holds an empty fetch for the whole wait,
+so there it is added to an idle job's wait; 500 ms (Kafka's own default) made a worker
+started by hand on the embedded broker start an idle job 1.0 to 1.2 s after submit.
+"""
+
 #: Time a revoke has beyond its wait for running jobs: the commit, and the rejoin itself.
 REBALANCE_MARGIN_MS = 10_000
 
@@ -38,7 +47,9 @@ class WorkerOptions:
             at half of this, so memory stays bounded whatever the backlog.
         fetch_timeout_ms: How long one fetch waits for records.
         fetch_max_wait_ms: How long the broker holds a fetch that found no records. Kafka
-            answers as soon as a record arrives, so this bounds idle fetches, not latency.
+            answers as soon as a record arrives, so there this bounds idle fetches, not
+            latency; Tansu holds the fetch for all of it, so there it adds to an idle
+            job's wait. 100 ms suits both (``DEFAULT_FETCH_MAX_WAIT_MS``).
         lease_seconds: A job's lease; long jobs renew it every third of it.
         revoke_timeout: Seconds a revoke waits for running jobs of the revoked partitions.
         shutdown_grace: Seconds in-flight jobs get to finish on SIGTERM.
@@ -58,12 +69,14 @@ class WorkerOptions:
         metrics_host: The address ``/metrics``, ``/healthz`` and ``/readyz`` are served on
             (the port is ``Settings.metrics_port``; 0 there serves nothing).
         metrics_interval: Seconds between refreshes of the lag and DLQ-size gauges.
+        check_at_start: Before joining any group, check that the registry answers, the
+            migrations are applied and the topics exist; each failure is one error.
     """
 
     commit_interval: float = 1.0
     max_buffered_per_partition: int = 1000
     fetch_timeout_ms: int = 200
-    fetch_max_wait_ms: int = 500
+    fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
     lease_seconds: float = 30.0
     revoke_timeout: float = 20.0
     shutdown_grace: float = 30.0
@@ -76,6 +89,7 @@ class WorkerOptions:
     purge_interval: float | None = 3600.0
     metrics_host: str = "0.0.0.0"  # all interfaces: a pod's probes come from outside
     metrics_interval: float = 5.0
+    check_at_start: bool = True
 
     @property
     def effective_rebalance_timeout_ms(self) -> int:

@@ -48,7 +48,7 @@ from conveyor.errors import (
     ConfigurationError,
     ConveyorError,
 )
-from conveyor.observability import tracing
+from conveyor.observability import logs, tracing
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import Topology
@@ -389,7 +389,7 @@ class RetryRelay:
     def _assign(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             self._partitions[tp] = HeldPartition(tp)
-        log.info("relay assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        log.info("relay assigned %s", logs.partitions(assigned))
 
     async def _release(self, revoked: set[TopicPartition]) -> None:
         """Lets in-flight republishes settle, commits them, and drops what is pending."""

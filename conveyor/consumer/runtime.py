@@ -190,6 +190,12 @@ class ConsumerLoop:
             self._consumers[priority] = consumer
         await asyncio.gather(*(c.start() for c in self._consumers.values()))
 
+    async def close(self) -> None:
+        """Stops every consumer without committing: for a start that failed part-way."""
+        for consumer in self._consumers.values():
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Fetches and dispatches until ``stop`` is set, then shuts down gracefully."""
         loops = [asyncio.create_task(self._fetch(p, c)) for p, c in self._consumers.items()]
@@ -386,7 +392,9 @@ class ConsumerLoop:
             self._generation[tp] += 1
             self._lost[tp] = asyncio.Event()  # this assignment's; the old one stays set
         self._count_assigned(priority)
-        log.info("assigned %s: %s", priority, sorted(tp.partition for tp in assigned))
+        count = len(assigned)
+        log.info("assigned %s: %d partition%s", priority, count, "" if count == 1 else "s")
+        log.debug("assigned %s: %s", priority, sorted(tp.partition for tp in assigned))
 
     async def release(self, priority: str, revoked: set[TopicPartition]) -> None:
         """Drops not-started jobs, waits (bounded) for running ones, commits, then lets go."""

@@ -11,7 +11,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import asyncpg
+
 from conveyor import db, dlq
+from conveyor.consumer import preflight
 from conveyor.consumer.control import ControlListener, run_until_cancelled
 from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.consumer.execution import JobRunner, WorkerStats
@@ -188,8 +191,17 @@ class Worker:
         self._stop.set()
 
     async def run(self) -> None:
-        """Runs until ``stop()``; then finishes or cuts off in-flight jobs, commits, leaves."""
+        """Runs until ``stop()``; then finishes or cuts off in-flight jobs, commits, leaves.
+
+        Before it joins any group it checks that the registry answers, the migrations are
+        applied and the topics exist (``WorkerOptions.check_at_start``).
+
+        Raises:
+            ConveyorError: A start-up check failed; its message says what to run.
+        """
         self._stop = asyncio.Event()
+        if self.options.check_at_start:
+            await preflight.check(self.settings)
         pool = await db.create_pool(
             self.settings, min_size=1, max_size=self.concurrency + 2, custom_plans=True
         )
@@ -197,59 +209,40 @@ class Worker:
         publisher = FailurePublisher(self.settings, serde=serde)
         server: ProbeServer | None = None
         heartbeat: Heartbeat | None = None
-        topology = Topology.from_settings(self.settings)
         try:
-            codec = PayloadCodec(serde, self.settings.topic_prefix)
-            for spec in self._registry:
-                if spec.schema is not None:
-                    codec.register_type(spec.type, spec.schema)
-            self.metrics.know_types(spec.type for spec in self._registry)
-            runner = JobRunner(
-                status=StatusStore(
-                    pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
-                ),
-                pool=pool,
-                registry=self._registry,
-                codec=codec,
-                stats=self.stats,
-                metrics=self.metrics,
-                consumer_groups={
-                    topology.job_topic(p): topology.consumer_group(p) for p in PRIORITIES
-                },
-                lease_seconds=self.options.lease_seconds,
-                publisher=publisher,
-            )
+            runner = self._job_runner(pool, serde, publisher)
             control = ControlListener(self.settings, serde=serde, runner=runner)
             await control.start()
             control_task = asyncio.create_task(run_until_cancelled(control))
-            self._loop = ConsumerLoop(
-                self.settings,
-                priorities=self.priorities,
-                concurrency=self.concurrency,
-                runner=runner,
-                serde=serde,
-                publisher=publisher,
-                stats=self.stats,
-                metrics=self.metrics,
-                options=self.options,
-            )
-            probes = WorkerProbes(
-                asyncio.get_running_loop(), self._loop, pool, self.metrics, self._stop.is_set
-            )
-            server = self._serve(probes)
-            gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
-            self._stop_tasks.append(gauges)
-            heartbeat = Heartbeat(pool, self)
-            self._stop_tasks.append(asyncio.create_task(heartbeat.run()))
-            companions = self._companions(pool, serde)
-            # Each start waits for a group join: start them together, not one after another.
-            await asyncio.gather(self._loop.start(), *(c.start() for c in companions))
-            runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
             try:
-                await self._loop.run(self._stop)
+                self._loop = ConsumerLoop(
+                    self.settings,
+                    priorities=self.priorities,
+                    concurrency=self.concurrency,
+                    runner=runner,
+                    serde=serde,
+                    publisher=publisher,
+                    stats=self.stats,
+                    metrics=self.metrics,
+                    options=self.options,
+                )
+                probes = WorkerProbes(
+                    asyncio.get_running_loop(), self._loop, pool, self.metrics, self._stop.is_set
+                )
+                server = self._serve(probes)
+                gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
+                self._stop_tasks.append(gauges)
+                heartbeat = Heartbeat(pool, self)
+                self._stop_tasks.append(asyncio.create_task(heartbeat.run()))
+                companions = self._companions(pool, serde)
+                await self._start_all(self._loop, companions)
+                runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
+                try:
+                    await self._loop.run(self._stop)
+                finally:
+                    self._stop.set()
+                    await asyncio.gather(*runs, return_exceptions=True)
             finally:
-                self._stop.set()
-                await asyncio.gather(*runs, return_exceptions=True)
                 control_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await control_task
@@ -266,6 +259,53 @@ class Worker:
             await publisher.close()
             await pool.close()
             serde.close()
+
+    def _job_runner(
+        self, pool: asyncpg.Pool[Any], serde: Serde, publisher: FailurePublisher
+    ) -> JobRunner:
+        """The runner of this worker's handlers, with their payload schemas registered."""
+        topology = Topology.from_settings(self.settings)
+        codec = PayloadCodec(serde, self.settings.topic_prefix)
+        for spec in self._registry:
+            if spec.schema is not None:
+                codec.register_type(spec.type, spec.schema)
+        self.metrics.know_types(spec.type for spec in self._registry)
+        return JobRunner(
+            status=StatusStore(
+                pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
+            ),
+            pool=pool,
+            registry=self._registry,
+            codec=codec,
+            stats=self.stats,
+            metrics=self.metrics,
+            consumer_groups={topology.job_topic(p): topology.consumer_group(p) for p in PRIORITIES},
+            lease_seconds=self.options.lease_seconds,
+            publisher=publisher,
+        )
+
+    @staticmethod
+    async def _start_all(loop: ConsumerLoop, companions: Sequence[RetryRelay | DlqSink]) -> None:
+        """Starts the consumers and the companions together; a failure stops them all.
+
+        Each start waits for a group join, so they start at once rather than one after
+        another. If one fails, those that started are stopped before the error is raised,
+        so no consumer is left open (and no "Unclosed AIOKafkaConsumer" is logged).
+        """
+        results = await asyncio.gather(
+            loop.start(), *(c.start() for c in companions), return_exceptions=True
+        )
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is None:
+            return
+        await loop.close()
+        stopped = asyncio.Event()
+        stopped.set()
+        for companion, result in zip(companions, results[1:], strict=True):
+            if result is None:  # started: running it with the stop already set closes it
+                with contextlib.suppress(Exception):
+                    await companion.run(stopped)
+        raise failure
 
     def _serve(self, probes: WorkerProbes) -> ProbeServer | None:
         """Starts the /metrics, /healthz and /readyz endpoint, unless the port is 0."""

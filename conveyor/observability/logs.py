@@ -12,12 +12,16 @@ import contextvars
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Libraries whose INFO lines (every HTTP request, every group join) would bury
+#: conveyor's own; below DEBUG they log warnings and errors only.
+CHATTY_LIBRARIES = ("aiokafka", "httpx", "httpx2", "httpcore")
 
 _JOB_FIELDS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "conveyor_job_fields", default=None
@@ -79,8 +83,26 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def partitions(assigned: Iterable[Any], *, strip: str = "") -> str:
+    """Summarises (topic, partition) pairs per topic: ``jobs.retry.5s: 4 partitions``.
+
+    Args:
+        assigned: aiokafka ``TopicPartition``s (anything with ``topic`` and ``partition``).
+        strip: A prefix to drop from topic names, such as ``"<prefix>."``.
+    """
+    counts = Counter(str(tp.topic).removeprefix(strip) for tp in assigned)
+    if not counts:
+        return "no partitions"
+    return ", ".join(
+        f"{topic}: {n} partition{'s' if n != 1 else ''}" for topic, n in sorted(counts.items())
+    )
+
+
 def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
-    """Sends the root logger's records to stderr, as text or JSON lines, with job fields."""
+    """Sends the root logger's records to stderr, as text or JSON lines, with job fields.
+
+    Unless ``level`` is DEBUG, the libraries in ``CHATTY_LIBRARIES`` log at WARNING.
+    """
     handler = logging.StreamHandler()
     handler.addFilter(JobFieldsFilter())
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter(TEXT_FORMAT))
@@ -89,3 +111,6 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    libraries = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(libraries)

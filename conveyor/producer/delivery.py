@@ -6,6 +6,13 @@ so delivery reports arrive without the caller polling. Each message's outcome is
 it with ``asyncio.wrap_future``. A failed delivery is never silent: it goes to the
 ``on_delivery_error`` callback if one is given, and is otherwise kept and raised by
 the next ``flush()`` or ``close()``; either way it is counted.
+
+A core made with ``fail_fast=True`` (the producers' default) that has never reached a
+broker checks, once a delivery has waited ``PROBE_AFTER`` seconds, whether any broker
+answers; if none does within ``librdkafka.CONNECT_TIMEOUT``, ``wait`` and ``flush``
+drop what is queued and raise at once, naming the address and ``CONVEYOR_KAFKA_BOOTSTRAP``,
+rather than after the whole delivery timeout. Once a broker has answered, an outage
+waits as before, so a broker restart does not fail a producer that was working.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as KafkaProducer
 
 from conveyor.errors import DeliveryError
+from conveyor.observability import librdkafka
 from conveyor.producer.jobs import Outgoing
 from conveyor.settings import Settings
 
@@ -33,6 +41,8 @@ POLL_INTERVAL = 0.1
 #: librdkafka expires timed-out messages on a ~1 s scan; flush waits this much longer.
 EXPIRY_MARGIN = 3.0
 MAX_QUEUED_MESSAGES = 100_000
+PROBE_AFTER = 2.0
+"""Seconds a delivery may take before a core that never reached a broker looks for one."""
 
 DeliveryErrorCallback = Callable[[str, DeliveryError], None]
 
@@ -60,7 +70,6 @@ def producer_config(
         # whichever Kafka client produced it (librdkafka defaults to CRC32).
         "partitioner": "murmur2_random",
         "queue.buffering.max.messages": MAX_QUEUED_MESSAGES,
-        "log_level": 3,
     }
 
 
@@ -73,6 +82,8 @@ class DeliveryCore:
         linger_ms: How long librdkafka may wait to fill a batch.
         on_delivery_error: Called (from the poll thread) with the job id and the error of
             each failed delivery; when given, failures are not raised by ``flush``.
+        fail_fast: Until a broker has answered, give up after ``PROBE_AFTER`` plus
+            ``librdkafka.CONNECT_TIMEOUT`` seconds if none answers.
     """
 
     def __init__(
@@ -82,14 +93,23 @@ class DeliveryCore:
         delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         linger_ms: int = DEFAULT_LINGER_MS,
         on_delivery_error: DeliveryErrorCallback | None = None,
+        fail_fast: bool = False,
     ) -> None:
         self.delivery_timeout = delivery_timeout
+        self._bootstrap = settings.kafka_bootstrap
+        self._fail_fast = fail_fast
+        self._reached = False  # set by the first acknowledgement or answered probe
+        self._failed_probe: tuple[float, str] | None = None  # when, and what it said
         self.stats = DeliveryStats()
         self._on_error = on_delivery_error
         self._failures: list[tuple[str, DeliveryError]] = []
         self._lock = threading.Lock()
+        quiet, self._errors = librdkafka.client_config()
         self._producer = KafkaProducer(
-            producer_config(settings, delivery_timeout=delivery_timeout, linger_ms=linger_ms)
+            {
+                **producer_config(settings, delivery_timeout=delivery_timeout, linger_ms=linger_ms),
+                **quiet,
+            }
         )
         self._closed = threading.Event()
         self._poller = threading.Thread(
@@ -149,6 +169,7 @@ class DeliveryCore:
     ) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
+                self._reached = True
                 with self._lock:
                     self.stats.delivered += 1
                 future.set_result(None)
@@ -171,11 +192,17 @@ class DeliveryCore:
         """Blocks until every future is resolved; raises the first failure.
 
         Raises:
-            DeliveryError: A message failed, or was not acknowledged in time.
+            DeliveryError: A message failed, or was not acknowledged in time, or no broker
+                answered (see ``fail_fast``).
         """
-        _done, pending = concurrent.futures.wait(
-            futures, timeout=self.delivery_timeout + EXPIRY_MARGIN
-        )
+        timeout = self.delivery_timeout + EXPIRY_MARGIN
+        deadline = time.monotonic() + timeout
+        if self._fail_fast and not self._reached:
+            _done, pending = concurrent.futures.wait(futures, timeout=min(PROBE_AFTER, timeout))
+            if pending:
+                self.check_reachable(len(pending), timeout=deadline - time.monotonic())
+        remaining = max(0.0, deadline - time.monotonic())
+        _done, pending = concurrent.futures.wait(futures, timeout=remaining)
         if pending:
             raise DeliveryError(
                 f"{len(pending)} message(s) not acknowledged within {self.delivery_timeout:.0f}s"
@@ -205,7 +232,12 @@ class DeliveryCore:
         """
         if timeout is None:
             timeout = self.delivery_timeout + EXPIRY_MARGIN
-        remaining = self._producer.flush(timeout)
+        deadline = time.monotonic() + timeout
+        if self._fail_fast and not self._reached and timeout > PROBE_AFTER:
+            remaining = self._producer.flush(0 if self._probe_failed_lately() else PROBE_AFTER)
+            if remaining:
+                self.check_reachable(remaining, timeout=deadline - time.monotonic())
+        remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
         with self._lock:
             failures, self._failures = self._failures, []
         if failures:
@@ -217,6 +249,46 @@ class DeliveryCore:
         if remaining:
             raise DeliveryError(f"{remaining} message(s) still undelivered after flush timed out")
 
+    def check_reachable(
+        self, undelivered: int, *, timeout: float = librdkafka.CONNECT_TIMEOUT
+    ) -> None:
+        """Asks the cluster for metadata; raises when no broker answers in time.
+
+        Args:
+            undelivered: Messages waiting, for the message.
+            timeout: At most this long, and never longer than ``librdkafka.CONNECT_TIMEOUT``.
+
+        Raises:
+            DeliveryError: No broker answered within ``librdkafka.CONNECT_TIMEOUT``; the
+                message names the address tried and ``CONVEYOR_KAFKA_BOOTSTRAP``.
+        """
+        if self._failed_probe is not None and self._probe_failed_lately():
+            raise DeliveryError(f"{self._failed_probe[1]}; {undelivered} job(s) not delivered")
+        try:
+            self._producer.list_topics(timeout=max(0.1, min(timeout, librdkafka.CONNECT_TIMEOUT)))
+        except KafkaException as exc:
+            reason = self._errors.reason(default=str(exc.args[0]) if exc.args else "no answer")
+            message = librdkafka.unreachable(self._bootstrap, reason)
+            self._failed_probe = (time.monotonic(), message)
+            self._drop_queued()
+            raise DeliveryError(f"{message}; {undelivered} job(s) not delivered") from exc
+        self._reached = True
+
+    def _drop_queued(self) -> None:
+        # Every queued message is reported as not delivered by the caller's error, so none
+        # may still go out later (the caller may resubmit) or be raised again by flush().
+        self._producer.purge()
+        deadline = time.monotonic() + 1.0
+        while len(self._producer) and time.monotonic() < deadline:
+            self._producer.poll(0.05)  # serves the purged messages' delivery reports
+        with self._lock:
+            self._failures.clear()
+
+    def _probe_failed_lately(self) -> bool:
+        # A close() right after a failed wait() need not ask the same question again.
+        failed = self._failed_probe
+        return failed is not None and time.monotonic() - failed[0] < librdkafka.CONNECT_TIMEOUT
+
     def close(self, timeout: float | None = None) -> None:
         """Flushes, then stops the poll thread. Idempotent."""
         if self._closed.is_set():
@@ -226,4 +298,8 @@ class DeliveryCore:
         finally:
             self._closed.set()
             self._poller.join()
+            if len(self._producer):
+                # flush() has raised for these; close() would wait out their timeout.
+                self._producer.purge()
+                self._producer.poll(0)
             self._producer.close()  # drops its broker connections now, not at collection

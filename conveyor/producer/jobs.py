@@ -210,7 +210,7 @@ class MessageBuilder:
         """
         problems, payloads = self.problems(job_type, items, options)
         if problems:
-            raise ValidationError(problems)
+            raise ValidationError(problems, batch=batch)
         now = dt.datetime.now(dt.UTC)
         delay = _delay_seconds(options.delay)
         not_before = now + dt.timedelta(seconds=delay) if delay > 0 else None

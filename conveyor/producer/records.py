@@ -36,6 +36,8 @@ class RecordPublisher:
         serde: The encoder to use; one is built from ``settings`` (and closed with the
             publisher) when omitted.
         delivery_timeout: Seconds the broker has to acknowledge each record.
+        fail_fast: Until a broker has answered, give up soon if none does (replay from
+            the CLI); a long-running service (the DLQ sink) waits out the timeout instead.
     """
 
     def __init__(
@@ -44,10 +46,13 @@ class RecordPublisher:
         *,
         serde: Serde | None = None,
         delivery_timeout: float = PUBLISH_TIMEOUT,
+        fail_fast: bool = False,
     ) -> None:
         self._owns_serde = serde is None
         self.serde = Serde(settings) if serde is None else serde
-        self._core = DeliveryCore(settings, delivery_timeout=delivery_timeout, linger_ms=0)
+        self._core = DeliveryCore(
+            settings, delivery_timeout=delivery_timeout, linger_ms=0, fail_fast=fail_fast
+        )
 
     async def publish(
         self,

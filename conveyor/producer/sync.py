@@ -68,6 +68,7 @@ class ProducerBase:
             delivery_timeout=delivery_timeout,
             linger_ms=linger_ms,
             on_delivery_error=on_delivery_error,
+            fail_fast=True,
         )
 
     def _close(self, timeout: float | None) -> None:

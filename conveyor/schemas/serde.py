@@ -152,6 +152,22 @@ class Serde:
     ) -> None:
         self.close()
 
+    def check_reachable(self) -> None:
+        """Asks the registry for its subjects, so a worker learns at start that it answers.
+
+        Raises:
+            RegistryUnavailableError: The registry did not answer, or refused the request.
+        """
+        try:
+            self._client.get_subjects()
+        except SchemaRegistryError as exc:
+            raise RegistryUnavailableError(
+                f"schema registry at {self._url} refused to list subjects: {exc}; "
+                "check CONVEYOR_SCHEMA_REGISTRY_URL"
+            ) from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _unavailable(exc, self._url) from exc
+
     def encode(self, contract: Contract, topic: str, record: Mapping[str, Any]) -> bytes:
         """Encodes a record for ``topic``, registering the contract under ``<topic>-value``.
 

@@ -26,11 +26,12 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from conveyor.errors import BrokerUnavailableError, ConveyorError, TopologyDriftError, TopologyError
+from conveyor.observability import librdkafka
 from conveyor.settings import Settings
 from conveyor.topology.drift import ObservedTopic, Plan, diff
 from conveyor.topology.model import BROKER_DEFAULT_REPLICATION, TopicSpec, Topology
 
-__all__ = ["ADMIN_TIMEOUT_S", "ApplyResult", "apply", "diff", "plan"]
+__all__ = ["ADMIN_TIMEOUT_S", "ApplyResult", "apply", "check_reachable", "diff", "plan"]
 
 ADMIN_TIMEOUT_S = 10.0
 """Longest wait for one admin request, so an unreachable cluster fails in bounded time."""
@@ -104,22 +105,33 @@ def apply(
     return ApplyResult(created=created, plan=after)
 
 
+def check_reachable(settings: Settings) -> None:
+    """Returns once a broker answers a metadata request.
+
+    Raises:
+        BrokerUnavailableError: None answered within ``librdkafka.CONNECT_TIMEOUT``; the
+            message names the address and ``CONVEYOR_KAFKA_BOOTSTRAP``.
+    """
+    _Admin(settings).ping()
+
+
 class _Admin:
     """One AdminClient, with failures translated to conveyor errors."""
 
     def __init__(self, settings: Settings) -> None:
         self._bootstrap = settings.kafka_bootstrap
-        # A plain list as error_cb (not a bound method) avoids a reference cycle, so the
-        # client and its threads go away as soon as this object does.
-        self._errors: list[KafkaError] = []
-        config: dict[str, Any] = {
-            **settings.kafka_config(),
-            # librdkafka's own log lines would go to stderr and bury the one-line error
-            # the CLI promises; the reason reaches the exception through error_cb.
-            "log_level": 0,
-            "error_cb": self._errors.append,
-        }
+        # librdkafka's own lines go to Python logging at DEBUG, so they do not bury the
+        # one-line error the CLI promises; the reason reaches it through error_cb (which
+        # holds no reference to the client: no cycle, so the client goes away with this).
+        quiet, self._errors = librdkafka.client_config()
+        config: dict[str, Any] = {**settings.kafka_config(), **quiet}
         self._client = AdminClient(config)
+
+    def ping(self) -> None:
+        """Asks for metadata, so an unreachable cluster is one error."""
+        self._call(
+            "list topics", lambda: self._client.list_topics(timeout=librdkafka.CONNECT_TIMEOUT)
+        )
 
     def observe(self, topology: Topology, expect: Collection[str] = ()) -> dict[str, ObservedTopic]:
         """Describes the declared topics that exist, waiting a bounded time for ``expect``.
@@ -134,8 +146,10 @@ class _Admin:
             time.sleep(_VISIBILITY_POLL_S)
 
     def _observe_once(self, topology: Topology) -> dict[str, ObservedTopic]:
+        # The first request of a run is the connection check: a cluster that does not
+        # answer it within CONNECT_TIMEOUT is reported as unreachable.
         metadata = self._call(
-            "list topics", lambda: self._client.list_topics(timeout=ADMIN_TIMEOUT_S)
+            "list topics", lambda: self._client.list_topics(timeout=librdkafka.CONNECT_TIMEOUT)
         )
         declared = {spec.name for spec in topology.topics}
         present = {
@@ -235,16 +249,8 @@ class _Admin:
 
     def _unavailable(self, exc: KafkaException | None) -> BrokerUnavailableError:
         self._client.poll(0)  # serves error_cb, which collects the underlying reasons
-        # "1/1 brokers are down" follows the useful reason (refused, TLS, SASL) every time.
-        useful = [e for e in self._errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
-        if useful or self._errors:
-            reason = (useful or self._errors)[-1].str()
-        else:
-            reason = "no answer" if exc is None else _reason(exc)
-        return BrokerUnavailableError(
-            f"no Kafka broker answered at {self._bootstrap} within {ADMIN_TIMEOUT_S:.0f}s "
-            f"({reason}); check CONVEYOR_KAFKA_BOOTSTRAP and that the brokers are up"
-        )
+        reason = self._errors.reason(default="no answer" if exc is None else _reason(exc))
+        return BrokerUnavailableError(librdkafka.unreachable(self._bootstrap, reason))
 
 
 def _code(exc: KafkaException) -> int | None:

@@ -107,3 +107,44 @@ def test_ctrl_c_stops_every_child_process() -> None:
     assert all(refuses_connections(h, p) for h, p in tcp_addresses(out))
     assert not postgres_dir(out).exists()
     assert session_processes(proc.pid) == []
+
+
+@pytest.mark.timeout(240)
+def test_through_a_pipe_an_idle_stack_prints_its_status_line_once() -> None:
+    """A status line is printed when a figure changed, not every refresh of an idle stack."""
+    app = "tests.e2e.apps.echo_app:worker"
+    # --duration 9: four refreshes, every 2 s, with nothing to report.
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "dev", "--app", app, "--duration", "9"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=PLAIN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    statuses = [line for line in proc.stdout.splitlines() if "status:" in line]
+    assert statuses == [
+        "   status: complete 0 (c0 h0 n0 l0), failed 0, in flight 0, retries 0, DLQ 0, "
+        "wait p50 - p99 -"
+    ], proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_the_stack_alone_starts_and_stops_without_a_warning() -> None:
+    """No XDG_RUNTIME_DIR warning from the embedded Postgres (PLAIN_ENV lacks it), no
+    librdkafka or aiokafka lines: stderr stays empty, and stdout has the export lines."""
+    assert "XDG_RUNTIME_DIR" not in PLAIN_ENV
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "dev", "--no-worker", "--duration", "1"],
+        env=PLAIN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    exported = [line.split("=", 1)[0] for line in proc.stdout.splitlines() if "export " in line]
+    assert "export CONVEYOR_KAFKA_BOOTSTRAP" in exported, proc.stdout
+    assert "stopped: every service of the stack has exited" in proc.stdout

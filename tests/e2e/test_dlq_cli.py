@@ -151,6 +151,29 @@ async def test_dlq_list_show_and_replay_from_the_cli(
     assert [e["id"] for e in json.loads(pending.stdout)] == [raw]
 
 
+async def test_dlq_show_and_replay_accept_the_job_id_as_well_as_the_entry_number(
+    live: Settings, pool: asyncpg.Pool[Any]
+) -> None:
+    entry = await insert_entry(pool)
+    job_id = str(await pool.fetchval("SELECT original_job_id FROM job_dlq WHERE id = $1", entry))
+
+    shown = await cli("dlq", "show", job_id, settings=live)
+    assert shown.code == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == f"DLQ entry {entry}: MaxRetries, pending"
+    replayed = await cli("dlq", "replay", job_id, settings=live)
+    assert (replayed.code, replayed.stdout) == (0, f"{job_id}\n"), replayed.stderr
+    again = await cli("dlq", "show", job_id, settings=live)
+    assert again.stdout.splitlines()[0].startswith(f"DLQ entry {entry}: MaxRetries, replayed at")
+
+    unknown = str(uuid.uuid4())
+    missing = await cli("dlq", "show", unknown, settings=live)
+    assert missing.code == 1
+    assert missing.stderr.startswith(f"conveyor: error: job {unknown} has no DLQ entry")
+    garbage = await cli("dlq", "replay", "entry-7", settings=live)
+    assert garbage.code == 2
+    assert "expected an entry number or a job id, got 'entry-7'" in garbage.stderr
+
+
 async def test_dlq_replay_all_of_a_type_prints_each_job_id_and_a_progress_bar(
     live: Settings, pool: asyncpg.Pool[Any]
 ) -> None:

@@ -81,7 +81,8 @@ def test_unreachable_broker_is_one_error_line_and_exit_1_within_20s() -> None:
         assert result.stdout == ""
         lines = result.stderr.splitlines()
         assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("conveyor: error: no Kafka broker answered at ")
+        assert lines[0].startswith("conveyor: error: cannot reach Kafka at ")
+        assert "CONVEYOR_KAFKA_BOOTSTRAP" in lines[0]
         assert env["CONVEYOR_KAFKA_BOOTSTRAP"] in lines[0]
         assert "Traceback" not in result.stderr
     assert elapsed < 20.0

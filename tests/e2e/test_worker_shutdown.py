@@ -173,6 +173,10 @@ async def _at_least(count: Any, state: str, target: int) -> bool:
     [
         ("no_such_module:worker", "cannot import 'no_such_module'"),
         ("tests.e2e.apps.slow_app:effect", "is not a conveyor.Worker"),
+        (
+            "tests.e2e.apps.slow_app:missing",
+            "module 'tests.e2e.apps.slow_app' has no attribute 'missing'",
+        ),
         ("tests.e2e.apps.slow_app", "expected module:attribute"),
     ],
 )
