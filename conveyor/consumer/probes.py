@@ -41,6 +41,7 @@ class WorkerProbes:
         pool: The worker's Postgres pool.
         metrics: Where the gauges go.
         stopping: Whether the worker was asked to stop.
+        helpers: Why a helper task has ended, or None while all run.
     """
 
     def __init__(
@@ -50,18 +51,23 @@ class WorkerProbes:
         pool: asyncpg.Pool[Any],
         metrics: WorkerMetrics,
         stopping: Callable[[], bool],
+        *,
+        helpers: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._loop = loop
         self._consumer = consumer
         self._pool = pool
         self._metrics = metrics
         self._stopping = stopping
+        self._helpers = helpers
 
     def health(self) -> dict[str, str | None]:
-        """The liveness checks: ``event_loop`` and ``consumers``."""
+        """The liveness checks: ``event_loop``, ``consumers`` and ``helpers`` (the control
+        listener, retry relay and DLQ sink beside the jobs)."""
         return {
             "event_loop": self._on_loop(asyncio.sleep(0), LOOP_TIMEOUT),
             "consumers": None if self._consumer.alive else "a consumer loop has stopped",
+            "helpers": self._helpers(),
         }
 
     def ready(self) -> dict[str, str | None]:

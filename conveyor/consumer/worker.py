@@ -35,6 +35,9 @@ from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITIES, Topology
 
+#: How liveness names each companion that runs beside the jobs.
+_HELPER_NAMES = {"RetryRelay": "retry relay", "DlqSink": "DLQ sink"}
+
 log = logging.getLogger("conveyor.worker")
 
 
@@ -76,6 +79,7 @@ class Worker:
         self._registry = HandlerRegistry()
         self._stop = asyncio.Event()
         self._loop: ConsumerLoop | None = None
+        self._helpers: dict[str, asyncio.Task[None]] = {}
         self._stop_tasks: list[asyncio.Task[Any]] = []
         self.priorities: list[str] = []
         self.concurrency = 0
@@ -214,6 +218,7 @@ class Worker:
             control = ControlListener(self.settings, serde=serde, runner=runner)
             await control.start()
             control_task = asyncio.create_task(run_until_cancelled(control))
+            self._helpers = {"control listener": control_task}
             try:
                 self._loop = ConsumerLoop(
                     self.settings,
@@ -227,7 +232,12 @@ class Worker:
                     options=self.options,
                 )
                 probes = WorkerProbes(
-                    asyncio.get_running_loop(), self._loop, pool, self.metrics, self._stop.is_set
+                    asyncio.get_running_loop(),
+                    self._loop,
+                    pool,
+                    self.metrics,
+                    self._stop.is_set,
+                    helpers=self.helper_problem,
                 )
                 server = self._serve(probes)
                 gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
@@ -236,7 +246,7 @@ class Worker:
                 self._stop_tasks.append(asyncio.create_task(heartbeat.run()))
                 companions = self._companions(pool, serde)
                 await self._start_all(self._loop, companions)
-                runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
+                runs = self._run_companions(companions)
                 try:
                     await self._loop.run(self._stop)
                 finally:
@@ -259,6 +269,28 @@ class Worker:
             await publisher.close()
             await pool.close()
             serde.close()
+
+    def _run_companions(
+        self, companions: Sequence[RetryRelay | DlqSink]
+    ) -> list[asyncio.Task[None]]:
+        """Starts each companion's run as a task that liveness watches."""
+        runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
+        for companion, run in zip(companions, runs, strict=True):
+            name = type(companion).__name__
+            self._helpers[_HELPER_NAMES.get(name, name)] = run
+        return runs
+
+    def helper_problem(self) -> str | None:
+        """Which helper (control listener, retry relay, DLQ sink) ended while the worker
+        runs, and why; None while all run. A liveness check: a pod whose relay died
+        would otherwise look healthy while retries pile up unrelayed."""
+        if self._stop.is_set():
+            return None
+        for name, task in self._helpers.items():
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                return f"the {name} stopped" + (f": {error!r}" if error is not None else "")
+        return None
 
     def _job_runner(
         self, pool: asyncpg.Pool[Any], serde: Serde, publisher: FailurePublisher

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conveyor import JobContext, PermanentError, Producer, Settings, Worker, embedded
 from conveyor.consumer import probes
 from conveyor.consumer.failures import RetryPolicy
+from conveyor.consumer.relay import RetryRelay
 from conveyor.topology.model import Topology
 from tests.kafka_helpers import read_topic
 from tests.tcp_proxy import TcpProxy
@@ -312,3 +313,26 @@ async def test_healthz_fails_while_the_event_loop_is_blocked(
         assert response.status_code == 503
         assert response.json()["checks"]["event_loop"].startswith("no answer")
         assert (await probe(worker, "/healthz"))[0] == 200
+
+
+async def test_healthz_fails_when_a_helper_beside_the_jobs_dies(
+    live: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry relay's task ends with an error: liveness says which helper stopped and
+    why, so the pod is restarted instead of looking healthy while retries pile up."""
+
+    async def broken(self: RetryRelay, stop: asyncio.Event) -> None:
+        raise RuntimeError("relay broke")
+
+    monkeypatch.setattr(RetryRelay, "run", broken)
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=OPTIONS)
+    async with running(worker):
+        await eventually(lambda: worker.http_port is not None, what="the endpoint to listen")
+
+        async def unhealthy() -> bool:
+            status, checks = await probe(worker, "/healthz")
+            return status == 503 and "retry relay stopped" in (checks.get("helpers") or "")
+
+        await eventually(unhealthy, what="/healthz to name the dead relay")
+        _status, checks = await probe(worker, "/healthz")
+        assert "relay broke" in checks["helpers"]
