@@ -3,7 +3,8 @@
 ``Settings`` is frozen and keyword-only. Build it in code, or with
 ``Settings.from_env()`` from ``CONVEYOR_*`` variables: the only place conveyor reads
 the environment. An unknown ``CONVEYOR_*`` variable is an error rather than silently
-ignored, so a typo cannot leave a production worker on a default.
+ignored, so a typo cannot leave a production worker on a default; only the few that the
+local services and the test harness read (``HARNESS_VARIABLES``) are let through.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from urllib.parse import urlsplit, urlunsplit
 from conveyor.errors import ConfigurationError
 
 ENV_PREFIX = "CONVEYOR_"
+#: ``CONVEYOR_*`` variables that are not settings: read by the local services and the test
+#: harness (``conveyor.embedded``, ``tests/``), and ignored here rather than refused.
+HARNESS_VARIABLES = frozenset(
+    {"CONVEYOR_TEST_BROKER", "CONVEYOR_KAFKA_CACHE", "CONVEYOR_TEST_CHROMIUM"}
+)
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -216,12 +222,14 @@ class Settings:
         unknown = sorted(
             var
             for var in env
-            if var.startswith(ENV_PREFIX) and var[len(ENV_PREFIX) :].lower() not in names
+            if var.startswith(ENV_PREFIX)
+            and var not in HARNESS_VARIABLES
+            and var[len(ENV_PREFIX) :].lower() not in names
         )
         if unknown:
             raise ConfigurationError(", ".join(unknown), _unknown_problem(unknown, names))
         for var, raw in env.items():
-            if not var.startswith(ENV_PREFIX):
+            if not var.startswith(ENV_PREFIX) or var in HARNESS_VARIABLES:
                 continue
             name = var[len(ENV_PREFIX) :].lower()
             parser = _ENV_PARSERS.get(name, str)
@@ -283,7 +291,7 @@ def explicitly_set(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     return frozenset(
         var[len(ENV_PREFIX) :].lower()
         for var, value in env.items()
-        if var.startswith(ENV_PREFIX) and value
+        if var.startswith(ENV_PREFIX) and var not in HARNESS_VARIABLES and value
     )
 
 

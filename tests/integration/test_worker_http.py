@@ -321,7 +321,12 @@ async def test_healthz_fails_when_a_helper_beside_the_jobs_dies(
     """The retry relay's task ends with an error: liveness says which helper stopped and
     why, so the pod is restarted instead of looking healthy while retries pile up."""
 
+    relay_run = RetryRelay.run
+
     async def broken(self: RetryRelay, stop: asyncio.Event) -> None:
+        stopped = asyncio.Event()
+        stopped.set()
+        await relay_run(self, stopped)  # returns at once, having closed its consumer
         raise RuntimeError("relay broke")
 
     monkeypatch.setattr(RetryRelay, "run", broken)

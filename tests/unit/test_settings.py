@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from conveyor.errors import ConfigurationError
-from conveyor.settings import Secret, Settings, format_duration, parse_duration
+from conveyor.settings import Secret, Settings, explicitly_set, format_duration, parse_duration
 
 
 def test_defaults_follow_the_mission() -> None:
@@ -129,3 +129,17 @@ def test_settings_are_frozen_and_replace_revalidates() -> None:
 def test_durations_parse_and_format(text: str, seconds: float, label: str) -> None:
     assert parse_duration(text) == seconds
     assert format_duration(seconds) == label
+
+
+def test_the_harness_variables_are_not_settings_and_are_let_through() -> None:
+    """CONVEYOR_TEST_BROKER and CONVEYOR_KAFKA_CACHE steer the local services and the test
+    harness; a process that reads its settings from the environment must still start
+    (``CONVEYOR_TEST_BROKER=tansu python -m bench`` did not)."""
+    env = {
+        "CONVEYOR_TEST_BROKER": "tansu",
+        "CONVEYOR_KAFKA_CACHE": "/tmp/jars",
+        "CONVEYOR_TEST_CHROMIUM": "/usr/bin/chromium",
+        "CONVEYOR_TOPIC_PREFIX": "svc",
+    }
+    assert Settings.from_env(env).topic_prefix == "svc"
+    assert explicitly_set(env) == frozenset({"topic_prefix"})
