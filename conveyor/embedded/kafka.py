@@ -26,11 +26,16 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from conveyor.embedded import tls
-from conveyor.embedded.process import die_with_parent, free_port, wait_for_broker
+from conveyor.embedded.process import (
+    ChildService,
+    die_with_parent,
+    free_port,
+    halt,
+    wait_for_broker,
+)
 from conveyor.errors import BrokerUnavailableError, ConfigurationError
 
 KAFKA_VERSION = "4.4.0"
@@ -167,7 +172,7 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-class ApacheKafka:
+class ApacheKafka(ChildService):
     """One Apache Kafka node (broker + controller) on loopback; a context manager.
 
     Args:
@@ -349,21 +354,13 @@ class ApacheKafka:
     def kill(self) -> None:
         """SIGKILLs the broker, as a crash would; its data stays for ``start()``."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        halt(process, signal.SIGKILL)
         self._close_log()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stops the broker cleanly (SIGTERM, then SIGKILL after ``timeout``); data stays."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        halt(process, timeout=timeout)
         self._close_log()
 
     def _close_log(self) -> None:
@@ -376,15 +373,3 @@ class ApacheKafka:
         self.stop()
         if self._owned_tmp:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

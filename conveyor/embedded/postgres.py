@@ -19,12 +19,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 import asyncpg
 
-from conveyor.embedded.process import die_with_parent, free_port
+from conveyor.embedded.process import ChildService, die_with_parent, free_port, halt
 from conveyor.errors import ConfigurationError, DatabaseUnavailableError
 
 POSTGRES_PROBE_TIMEOUT = 3.0
@@ -77,7 +76,7 @@ def _system_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SYSTEM_USER)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildService):
     """A Postgres server on a free loopback port; a context manager.
 
     Args:
@@ -191,13 +190,7 @@ class EmbeddedPostgres:
 
     def _halt(self, sig: signal.Signals) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        halt(process, sig, timeout=30)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -208,15 +201,3 @@ class EmbeddedPostgres:
         if self._owned and self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -7,9 +7,12 @@ import ctypes
 import logging
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from types import TracebackType
+from typing import Self
 
 from conveyor.errors import BrokerUnavailableError
 
@@ -70,3 +73,48 @@ def wait_for_broker(
     raise BrokerUnavailableError(
         f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}"
     )
+
+
+def halt(
+    process: subprocess.Popen[bytes] | None,
+    sig: signal.Signals = signal.SIGTERM,
+    timeout: float = 10.0,
+) -> None:
+    """Sends ``sig`` to a child that still runs and waits for it; SIGKILL after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class ChildService:
+    """A local service in a child process: ``start()`` on entering a ``with``, ``close()``
+    (by default ``stop()``) on leaving it."""
+
+    def start(self) -> None:
+        """Starts the service and returns once a client can use it."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stops the service."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stops the service and frees what it holds."""
+        self.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

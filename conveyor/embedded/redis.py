@@ -12,10 +12,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from types import TracebackType
-from typing import Self
 
-from conveyor.embedded.process import die_with_parent, free_port
+from conveyor.embedded.process import ChildService, die_with_parent, free_port, halt
 from conveyor.errors import ConfigurationError, ServiceUnavailableError
 
 REDIS_START_TIMEOUT = 20.0
@@ -37,7 +35,7 @@ def _answers(port: int) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(ChildService):
     """One ``redis-server`` child on a free port; a context manager."""
 
     def __init__(self) -> None:
@@ -96,25 +94,7 @@ class RedisServer:
     def stop(self) -> None:
         """Stops the server and removes its directory."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        halt(process)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from conveyor.embedded.process import (
     BROKER_START_TIMEOUT,
+    ChildService,
     die_with_parent,
     free_port,
+    halt,
     wait_for_broker,
 )
 from conveyor.errors import BrokerUnavailableError, ConfigurationError
 
 
-class TansuBroker:
+class TansuBroker(ChildService):
     """A Tansu broker process on a free loopback port; a context manager.
 
     Args:
@@ -76,25 +77,7 @@ class TansuBroker:
     def stop(self) -> None:
         """Stops the broker and waits for it to exit."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        halt(process)
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -20,7 +20,6 @@ The in-process mode reuses the worker's own parts and replaces only the services
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -41,7 +40,7 @@ from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.scheduler import WeightedScheduler
 from conveyor.consumer.worker import Worker
 from conveyor.dlq import DlqEntry
-from conveyor.errors import ConveyorError, DeserializationError, DlqEntryNotFound
+from conveyor.errors import ConveyorError, DeserializationError
 from conveyor.jobstatus import JobStatus
 from conveyor.producer.aio import AsyncProducer
 from conveyor.producer.sync import Producer
@@ -50,6 +49,7 @@ from conveyor.schemas.payload import PayloadCodec
 from conveyor.schemas.serde import Serde
 from conveyor.testing.clock import FakeClock
 from conveyor.testing.database import TestPool
+from conveyor.testing.memdlq import MemoryDlq
 from conveyor.testing.memlog import MemoryDelivery, MemoryLog, Record
 from conveyor.testing.memstatus import MemoryStatus, canonical
 from conveyor.topology.model import PRIORITIES, PRIORITY_WEIGHTS, Topology
@@ -127,7 +127,7 @@ class TestWorker:
         }
         self._positions: dict[tuple[str, int], int] = {}
         self._due: dict[tuple[str, int, int], dt.datetime | None] = {}
-        self._dlq: list[DlqEntry] = []
+        self._dlq = MemoryDlq()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: list[BaseException] = []
         self._changed = self.clock.parked
@@ -249,13 +249,7 @@ class TestWorker:
         self, *, type: str | None = None, tenant: str | None = None, pending_only: bool = True
     ) -> list[DlqEntry]:
         """DLQ entries, oldest first, as ``JobStore.dlq_list`` gives them."""
-        return [
-            entry
-            for entry in self._dlq
-            if (type is None or entry.type == type)
-            and (tenant is None or entry.tenant_id == tenant)
-            and (not pending_only or entry.replayed_at is None)
-        ]
+        return self._dlq.list(type=type, tenant=tenant, pending_only=pending_only)
 
     async def dlq_show(self, entry_id: int) -> DlqEntry:
         """One DLQ entry.
@@ -263,10 +257,7 @@ class TestWorker:
         Raises:
             DlqEntryNotFound: No entry has this id.
         """
-        for entry in self._dlq:
-            if entry.id == entry_id:
-                return entry
-        raise DlqEntryNotFound(entry_id)
+        return self._dlq.show(entry_id)
 
     async def replay(self, entry_id: int) -> str:
         """Resubmits a dead job as attempt 1, once, as ``JobStore.replay`` does.
@@ -294,7 +285,7 @@ class TestWorker:
             self._serde.encode(JOB_ENVELOPE, topic, envelope),
             dlq.replay_headers(job_id, envelope["type"], envelope["priority"]),
         )
-        self._dlq[self._dlq.index(entry)] = dataclasses.replace(entry, replayed_at=self.clock.now())
+        self._dlq.mark_replayed(entry, self.clock.now())
         return job_id
 
     # -- the loop's steps -------------------------------------------------------------
@@ -418,8 +409,7 @@ class TestWorker:
             except DeserializationError as exc:
                 log.error("skipping undecodable DLQ message %s: %s", record.offset, exc)
                 continue
-            entry = _entry(len(self._dlq) + 1, dead)
-            self._dlq.append(entry)
+            entry = self._dlq.add(dead)
             if dead.get("job_id") is not None:
                 self.status_store.fail_unrecorded(dead, dlq_rows.last_error(dead))
                 self.events.append(dlq_rows.job_failed_event(dead, entry.id))
@@ -476,37 +466,3 @@ class TestWorker:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def _entry(entry_id: int, record: Mapping[str, Any]) -> DlqEntry:
-    """The ``job_dlq`` row the sink would insert for one DLQ record."""
-    dead_at = record["dead_at"]
-    if isinstance(dead_at, int):
-        dead_at = dt.datetime.fromtimestamp(dead_at / 1000, dt.UTC)
-    max_attempts = record.get("max_attempts")
-    row = {
-        "id": entry_id,
-        "original_job_id": record.get("job_id"),
-        "tenant_id": record.get("tenant_id"),
-        "type": record.get("type"),
-        "payload": record["payload"],
-        "content_type": record.get("content_type"),
-        "error_reason": record["error_reason"],
-        "attempts": record["attempts"],
-        "error_history": dlq_rows.history_json(record.get("error_history") or []),
-        "dlq_at": dead_at,
-        "replayed_at": None,
-        "trace_id": record.get("trace_id"),
-        "source_topic": record.get("source_topic"),
-        "source_partition": record.get("source_partition"),
-        "source_offset": record.get("source_offset"),
-        "key": record.get("key"),
-        "priority": record.get("priority"),
-        "event_published_at": dead_at if record.get("job_id") is not None else None,
-        "batch_id": None if record.get("batch_id") is None else str(record["batch_id"]),
-        "dedupe_key": record.get("dedupe_key"),
-        "max_attempts": None if max_attempts is not None and max_attempts < 1 else max_attempts,
-        "duration": record.get("duration"),
-        "submitted_at": record.get("submitted_at"),
-    }
-    return DlqEntry.from_row(row)
