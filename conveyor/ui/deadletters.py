@@ -31,6 +31,7 @@ from conveyor.ui.queries import (
     decode_cursor,
     decode_payload,
     encode_cursor,
+    filter_params,
     jsonable,
     parse_time,
 )
@@ -87,12 +88,7 @@ class DlqFilter:
 
     def as_params(self) -> dict[str, str]:
         """The filter as query parameters."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                out[f.name] = value.isoformat() if isinstance(value, dt.datetime) else str(value)
-        return out
+        return filter_params(self)
 
     def where(self) -> Where:
         """The filter as a parameterised WHERE clause."""

@@ -83,12 +83,7 @@ class JobFilter:
 
     def as_params(self) -> dict[str, str]:
         """The filter as query parameters (for links to the next page)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                out[f.name] = value.isoformat() if isinstance(value, dt.datetime) else str(value)
-        return out
+        return filter_params(self)
 
 
 def _uuid(text: str | None, name: str) -> str | None:
@@ -98,6 +93,16 @@ def _uuid(text: str | None, name: str) -> str | None:
         return str(uuid.UUID(text))
     except ValueError:
         raise QueryError(f"{name} must be a UUID, got {text!r}") from None
+
+
+def filter_params(search: Any) -> dict[str, str]:
+    """A filter dataclass's set fields as query parameters (times in ISO 8601), for links."""
+    out = {}
+    for f in dataclasses.fields(search):
+        value = getattr(search, f.name)
+        if value is not None:
+            out[f.name] = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+    return out
 
 
 def parse_time(text: str | None, name: str) -> dt.datetime | None:
