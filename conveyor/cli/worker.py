@@ -7,7 +7,9 @@ import importlib
 import os
 import sys
 
+from conveyor import supervisor
 from conveyor.cli import common
+from conveyor.consumer import preflight
 from conveyor.consumer.worker import Worker
 from conveyor.errors import ConfigurationError
 from conveyor.settings import Settings
@@ -37,6 +39,14 @@ def register(subparsers: common.SubParsers) -> None:
         type=int,
         help="port of /metrics, /healthz and /readyz; 0 turns the endpoint off "
         "(default: CONVEYOR_METRICS_PORT, else 9464)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes to run on this host, each joining the same consumer groups "
+        "(default: 1); process i serves its probes on the metrics port + i; one that dies "
+        "is started again, and repeated start failures end the run with exit 1",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     common.set_handler(parser, _worker)
@@ -76,10 +86,47 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     worker.configure(
         priorities=priorities, concurrency=args.concurrency, metrics_port=args.metrics_port
     )
+    if args.processes < 1:
+        raise ConfigurationError("--processes", f"must be >= 1, got {args.processes}")
+    if args.processes > 1:
+        return _supervise(args, worker)
     print(
         f"worker {worker.worker_id}: priorities {','.join(worker.priorities)}, "
         f"concurrency {worker.concurrency}",
         flush=True,
     )
     worker.run_sync()
+    return common.EXIT_OK
+
+
+def _supervise(args: argparse.Namespace, worker: Worker) -> int:
+    """Runs ``args.processes`` children of this command, each a one-process worker.
+
+    The start-up checks run here first, so a deployment error is one line and no child
+    is started.
+    """
+    if worker.options.check_at_start:
+        common.run(_checked(worker.settings))
+    base = worker.settings.metrics_port
+    if base and base + args.processes - 1 > 65535:
+        raise ConfigurationError(
+            "--metrics-port", f"{base} + {args.processes} processes passes port 65535"
+        )
+
+    def command(index: int) -> list[str]:
+        flags = ["--processes", "1", "--metrics-port", str(base + index if base else 0)]
+        flags += ["--priorities", ",".join(worker.priorities)]
+        flags += ["--concurrency", str(worker.concurrency), "--log-level", args.log_level]
+        return [sys.executable, "-m", "conveyor", "worker", args.app, *flags]
+
+    print(
+        f"supervising {args.processes} worker processes: priorities "
+        f"{','.join(worker.priorities)}, concurrency {worker.concurrency} each",
+        flush=True,
+    )
+    return supervisor.Supervisor(command, processes=args.processes).run_with_signals()
+
+
+async def _checked(settings: Settings) -> int:
+    await preflight.check(settings)
     return common.EXIT_OK
