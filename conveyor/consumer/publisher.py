@@ -75,6 +75,16 @@ class FailurePublisher:
         self._serde = serde
         self._core = core or DeliveryCore(settings, delivery_timeout=PUBLISH_TIMEOUT)
 
+    @property
+    def problem(self) -> str | None:
+        """Why this publisher can send nothing more (a fatal producer error), or None.
+
+        A liveness check: every retry and DLQ publish would fail from now on, so the
+        worker stops fetching and reports unhealthy until it is restarted.
+        """
+        fatal = self._core.fatal_error
+        return None if fatal is None else str(fatal)
+
     async def retry(
         self, job: JobMessage, errors: Sequence[Mapping[str, Any]], delay: float
     ) -> dt.datetime:

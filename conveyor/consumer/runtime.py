@@ -41,6 +41,8 @@ from conveyor.topology.model import PRIORITY_WEIGHTS, Topology
 
 log = logging.getLogger("conveyor.worker")
 
+_HALTED = "the retry/DLQ publisher is unusable"
+
 
 def _tp(key: Hashable) -> TopicPartition:
     """Narrows a mailbox or tracker key back to the TopicPartition the loop put there."""
@@ -217,6 +219,7 @@ class ConsumerLoop:
     async def _fetch(self, priority: str, consumer: AIOKafkaConsumer) -> None:
         mailboxes = self._mailboxes[priority]
         while True:
+            self._halt_if_publisher_broken(priority, consumer)
             batch = await consumer.getmany(
                 timeout_ms=self._options.fetch_timeout_ms, max_records=self._fetch_records
             )
@@ -232,6 +235,21 @@ class ConsumerLoop:
                 buffered = sum(m.total_buffered for m in self._mailboxes.values())
                 self._stats.max_buffered = max(self._stats.max_buffered, buffered)
                 self._wake.set()
+
+    def _halt_if_publisher_broken(self, priority: str, consumer: AIOKafkaConsumer) -> None:
+        """Stops taking jobs once the retry/DLQ publisher hit a fatal error.
+
+        Every failure would then fail to publish and be retried forever; liveness fails
+        (``WorkerProbes``), so the pod is restarted with a new producer, and until then
+        this consumer fetches nothing more (a new assignment is paused here too).
+        """
+        problem = self._publisher.problem
+        if problem is None:
+            return
+        unpaused = consumer.assignment() - consumer.paused()
+        if unpaused:
+            consumer.pause(*unpaused)
+            log.error("%s: stopped fetching %s jobs: %s", _HALTED, priority, problem)
 
     def _accept(
         self, mailboxes: Mailboxes[JobMessage], tp: TopicPartition, record: ConsumerRecord[Any, Any]

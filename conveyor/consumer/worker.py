@@ -238,6 +238,7 @@ class Worker:
                     self.metrics,
                     self._stop.is_set,
                     helpers=self.helper_problem,
+                    publisher=lambda: publisher.problem,
                 )
                 server = self._serve(probes)
                 gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
