@@ -14,6 +14,7 @@ The tree::
     ├── ContractError               a message does not fit its Avro contract
     │   ├── SerializationError          encoding refused (invalid record, registry refusal)
     │   └── DeserializationError        bytes are not a decodable conveyor message
+    │       └── UnknownSchemaError              the registry does not know the writer's id
     ├── ValidationError             submitted jobs are invalid; lists every problem
     ├── DeliveryError               the broker did not acknowledge a produced message
     │   ├── UncertainDeliveryError      timed out: the message may have been written anyway
@@ -111,6 +112,23 @@ class DeserializationError(ContractError):
     registry does not know, or whose Avro body does not decode. The worker routes
     such messages to the DLQ with ``error_reason = "Deserialization"``.
     """
+
+
+class UnknownSchemaError(DeserializationError):
+    """The registry answered that it does not know the writer schema id (HTTP 404).
+
+    Permanent for one-off reads, but a worker first waits: a registry follower that lags
+    its leader answers 404 for an id registered a moment ago. Only once
+    ``WorkerOptions.unknown_schema_wait`` has passed is the message dead-lettered.
+
+    Args:
+        message: What failed.
+        schema_id: The writer schema id the registry did not know.
+    """
+
+    def __init__(self, message: str, schema_id: int) -> None:
+        self.schema_id = schema_id
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,8 @@ class WorkerProbes:
 
     def ready(self) -> dict[str, str | None]:
         """The readiness checks: liveness, ``stopping``, ``consumer_groups``, ``database``,
-        and ``job_store`` (outcomes are being recorded)."""
+        ``job_store`` (outcomes are being recorded) and ``schema_registry`` (no partition
+        waits for the registry to decode a message)."""
         checks = self.health()
         checks["stopping"] = "the worker is shutting down" if self._stopping() else None
         checks["consumer_groups"] = (
@@ -87,6 +88,7 @@ class WorkerProbes:
             self._pool.fetchval("SELECT 1", timeout=DATABASE_TIMEOUT), DATABASE_TIMEOUT + 1
         )
         checks["job_store"] = self._consumer.record_problem
+        checks["schema_registry"] = self._consumer.registry_problem
         return checks
 
     def _on_loop(self, coro: Coroutine[Any, Any, Any], timeout: float) -> str | None:

@@ -23,6 +23,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from conveyor.consumer import failures
+from conveyor.consumer.decoding import RegistryWaits
 from conveyor.consumer.execution import JobRunner, WorkerStats
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.kafka import aiokafka_security, consumer_lag
@@ -127,6 +128,7 @@ class ConsumerLoop:
         self._in_flight = 0
         self._stopping = False
         self._recording = Recording(self._consumers, self._paused, stats)
+        self._registry_waits = RegistryWaits(serde, unknown_schema_wait=options.unknown_schema_wait)
         # One fetch never adds more than the pause threshold, so a partition's buffer stays
         # below twice the limit whatever the backlog.
         self._fetch_records = min(500, options.max_buffered_per_partition)
@@ -220,6 +222,8 @@ class ConsumerLoop:
         mailboxes = self._mailboxes[priority]
         while True:
             self._halt_if_publisher_broken(priority, consumer)
+            if not self._recording.store_down:
+                self._registry_waits.resume_due(consumer, self._paused)
             batch = await consumer.getmany(
                 timeout_ms=self._options.fetch_timeout_ms, max_records=self._fetch_records
             )
@@ -227,7 +231,19 @@ class ConsumerLoop:
                 if tp not in self._owned:
                     continue
                 for record in records:
-                    self._accept(mailboxes, tp, record)
+                    if not self._registry_waits.needs_registry(record.value):
+                        self._accept(mailboxes, tp, record)
+                        continue
+                    # A schema id not read yet: one registry request, in a thread.
+                    decoded = await self._registry_waits.decode(
+                        tp, record.offset, record.value or b""
+                    )
+                    if tp not in self._owned:
+                        break  # revoked meanwhile: its next owner reads it again
+                    if decoded is None:  # the registry is down or lags: wait, read again
+                        self._registry_waits.hold(consumer, tp)
+                        break
+                    self._accept(mailboxes, tp, record, decoded)
                 if mailboxes.buffered(tp) >= self._options.max_buffered_per_partition:
                     consumer.pause(tp)
                     self._paused.add(tp)
@@ -252,12 +268,18 @@ class ConsumerLoop:
             log.error("%s: stopped fetching %s jobs: %s", _HALTED, priority, problem)
 
     def _accept(
-        self, mailboxes: Mailboxes[JobMessage], tp: TopicPartition, record: ConsumerRecord[Any, Any]
+        self,
+        mailboxes: Mailboxes[JobMessage],
+        tp: TopicPartition,
+        record: ConsumerRecord[Any, Any],
+        decoded: dict[str, Any] | DeserializationError | None = None,
     ) -> None:
         self._offsets.track(tp, record.offset)
         headers = {k: v for k, v in record.headers or () if isinstance(v, bytes)}
         try:
-            envelope = self._serde.decode(JOB_ENVELOPE, tp.topic, record.value or b"")
+            if isinstance(decoded, DeserializationError):
+                raise decoded
+            envelope = decoded or self._serde.decode(JOB_ENVELOPE, tp.topic, record.value or b"")
         except DeserializationError as exc:
             # Never block a partition on a poison message: it goes to the DLQ as raw bytes,
             # and its offset is finished once the DLQ has it.
@@ -352,6 +374,11 @@ class ConsumerLoop:
     def record_problem(self) -> str | None:
         """Why job outcomes are not being recorded now, or None (a readiness check)."""
         return self._recording.problem
+
+    @property
+    def registry_problem(self) -> str | None:
+        """Which partitions wait for the schema registry, or None (a readiness check)."""
+        return self._registry_waits.problem
 
     def _lost_event(self, tp: TopicPartition) -> asyncio.Event:
         event = self._lost.get(tp)
