@@ -315,7 +315,8 @@ class JobStore:
 
         Raises:
             DlqEntryNotFound: No row has this id.
-            ReplayRefused: The entry was replayed already, or holds no job.
+            ReplayRefused: The entry was replayed already, holds no job, or its job is
+                not failed now (completed, or queued or running again).
             DeliveryError: The broker did not acknowledge the job; nothing changed.
         """
         async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:

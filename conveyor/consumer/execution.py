@@ -407,14 +407,23 @@ class JobRunner:
                     self._metrics.retried.labels(*labels).inc()
                     again = dataclasses.replace(job, attempt=job.attempt + 1, errors=errors)
                     return Outcome.RETRIED, again, delay
-                await self._publisher.retry(job, errors, delay)
-                await self._status.retry(lease, failures.error_json(latest))
+                # Published only while the lease is provably held (the job's row locked),
+                # so a worker that lost the job cannot fork its chain.
+                await self._status.retry_after(
+                    lease,
+                    failures.error_json(latest),
+                    lambda: self._publisher.retry(job, errors, delay),
+                )
                 self._stats.retried += 1
                 self._metrics.retried.labels(*labels).inc()
                 return Outcome.RETRIED, None, 0.0
             assert verdict.reason is not None
-            await self._publisher.dead(job, errors, verdict.reason)
-            await self._status.fail(lease, failures.error_json(latest, verdict.reason))
+            reason = verdict.reason
+            await self._status.fail_after(
+                lease,
+                failures.error_json(latest, reason),
+                lambda: self._publisher.dead(job, errors, reason),
+            )
         except LeaseLostError:
             self._stats.fenced += 1
             return Outcome.FENCED, None, 0.0

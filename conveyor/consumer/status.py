@@ -23,13 +23,14 @@ job id whenever a job's state or progress changes; ``JobStore.progress`` listens
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -50,6 +51,13 @@ R = TypeVar("R")
 
 AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 """A connection, or one acquired from a pool: every method here takes either."""
+
+#: Locks a job's row while the caller's lease is current (``fail_after``, ``retry_after``).
+LOCK_LEASE = """
+SELECT job_id FROM jobs
+WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
+FOR UPDATE
+"""
 
 CHANNEL_PREFIX = "conveyor_progress_"
 # Postgres truncates identifiers, channel names among them, to 63 bytes (NAMEDATALEN - 1).
@@ -329,6 +337,69 @@ class StatusStore:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
         await self._end(queries.RETRY, lease, "retry", error_json(error))
+
+    async def fail_after(
+        self, lease: Lease, error: Mapping[str, Any], publish: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Publishes the job's dead letter while holding its lease, then records it failed.
+
+        ``publish`` runs only while the job's row is locked with the lease still current,
+        so a worker that lost the job never publishes (no JobFailed for a job another
+        worker completes), and a takeover's claim waits for the commit. See
+        :meth:`retry_after`.
+
+        Raises:
+            LeaseLostError: The lease is no longer current; nothing was published.
+            DatabaseUnavailableError: The connection to Postgres was lost.
+        """
+        await self._end_after(queries.FAIL, lease, "fail", error_json(error), publish)
+
+    async def retry_after(
+        self, lease: Lease, error: Mapping[str, Any], publish: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Publishes the job's next attempt while holding its lease, then requeues it.
+
+        One transaction: lock the job's row if owner, epoch and state still match; run
+        ``publish`` (which returns once the broker acknowledged); record the outcome;
+        commit. A fenced worker gets :class:`LeaseLostError` before it publishes, so
+        it cannot fork the job's chain with a retry record of its own.
+
+        Raises:
+            LeaseLostError: The lease is no longer current; nothing was published.
+            DatabaseUnavailableError: The connection to Postgres was lost.
+            Exception: Whatever ``publish`` raised (nothing was recorded).
+        """
+        await self._end_after(queries.RETRY, lease, "retry", error_json(error), publish)
+
+    async def _end_after(
+        self,
+        query: str,
+        lease: Lease,
+        action: str,
+        error: str,
+        publish: Callable[[], Awaitable[Any]],
+    ) -> None:
+        what = f"recording job {lease.job_id}"
+        async with contextlib.AsyncExitStack() as stack:
+            with database_errors(what):
+                conn = await stack.enter_async_context(self._pool.acquire())
+                transaction = conn.transaction()
+                await transaction.start()
+            try:
+                with database_errors(what):
+                    held = await conn.fetchval(LOCK_LEASE, lease.job_id, lease.owner, lease.epoch)
+                if held is None:
+                    raise LeaseLostError(lease, action)
+                await publish()  # not under database_errors: its own errors stand
+                with database_errors(what):
+                    done = await conn.fetchval(query, lease.job_id, lease.owner, lease.epoch, error)
+                    if done is None:  # cannot happen while the row is locked
+                        raise LeaseLostError(lease, action)
+                    await transaction.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
 
     async def cancelled(self, lease: Lease, reason: str | None = None) -> None:
         """Records the job cancelled (after the worker interrupted it).
