@@ -381,7 +381,13 @@ class Worker:
                 )
             )
         if options.purge_interval is not None:
-            purge = asyncio.create_task(dlq.purge_periodically(pool, options.purge_interval))
+            purge = asyncio.create_task(
+                dlq.purge_periodically(
+                    pool,
+                    options.purge_interval,
+                    job_retention_days=self.settings.job_retention_days,
+                )
+            )
             self._stop_tasks.append(purge)
         return companions
 

@@ -334,7 +334,7 @@ async def test_purge_deletes_only_finished_jobs_and_replayed_entries_past_retent
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     jobs = {
-        "old": ("complete", now - dt.timedelta(days=8)),
+        "old": ("complete", now - dt.timedelta(days=9)),
         "recent": ("failed", now - dt.timedelta(days=1)),
         "running": ("processing", None),
     }
