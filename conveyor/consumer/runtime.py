@@ -186,6 +186,7 @@ class ConsumerLoop:
                 rebalance_timeout_ms=self._options.effective_rebalance_timeout_ms,
                 max_poll_interval_ms=self._options.max_poll_interval_ms,
                 fetch_max_wait_ms=self._options.fetch_max_wait_ms,
+                group_instance_id=self._settings.worker_instance_id,  # static membership
                 **aiokafka_security(self._settings),
             )
             consumer.subscribe(
