@@ -22,7 +22,7 @@ async def test_a_restart_under_the_same_instance_id_rebalances_no_other_worker(
     async with running(other):
         first = Worker(static, priorities=["normal"], concurrency=2, options=OPTIONS)
         async with running(first):
-            await eventually(lambda: first.assignment and other.assignment, what="a split")
+            await eventually(lambda: bool(first.assignment and other.assignment), what="a split")
         held, kept = first.assignment, other.assignment
         rebalances = other.stats.rebalances
 
