@@ -236,11 +236,12 @@ class ConsumerLoop:
                         self._accept(mailboxes, tp, record)
                         continue
                     # A schema id not read yet: one registry request, in a thread.
+                    generation = self._generation[tp]
                     decoded = await self._registry_waits.decode(
                         tp, record.offset, record.value or b""
                     )
-                    if tp not in self._owned:
-                        break  # revoked meanwhile: its next owner reads it again
+                    if tp not in self._owned or self._generation[tp] != generation:
+                        break  # revoked meanwhile: its owner now reads it again
                     if decoded is None:  # the registry is down or lags: wait, read again
                         self._registry_waits.hold(consumer, tp)
                         break
