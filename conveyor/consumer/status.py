@@ -23,7 +23,6 @@ job id whenever a job's state or progress changes; ``JobStore.progress`` listens
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -36,7 +35,7 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 import asyncpg.pool
 
-from conveyor.consumer import queries
+from conveyor.consumer import fenced_publish, queries
 from conveyor.consumer.batching import Coalescer
 from conveyor.consumer.job import JobMessage
 from conveyor.db import database_errors
@@ -51,13 +50,6 @@ R = TypeVar("R")
 
 AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 """A connection, or one acquired from a pool: every method here takes either."""
-
-#: Locks a job's row while the caller's lease is current (``fail_after``, ``retry_after``).
-LOCK_LEASE = """
-SELECT job_id FROM jobs
-WHERE job_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND state = 'processing'
-FOR UPDATE
-"""
 
 CHANNEL_PREFIX = "conveyor_progress_"
 # Postgres truncates identifiers, channel names among them, to 63 bytes (NAMEDATALEN - 1).
@@ -352,7 +344,10 @@ class StatusStore:
             LeaseLostError: The lease is no longer current; nothing was published.
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        await self._end_after(queries.FAIL, lease, "fail", error_json(error), publish)
+        encoded = error_json(error)
+        await fenced_publish.end_after(
+            self._pool, queries.FAIL, lease, action="fail", error=encoded, publish=publish
+        )
 
     async def retry_after(
         self, lease: Lease, error: Mapping[str, Any], publish: Callable[[], Awaitable[Any]]
@@ -369,37 +364,10 @@ class StatusStore:
             DatabaseUnavailableError: The connection to Postgres was lost.
             Exception: Whatever ``publish`` raised (nothing was recorded).
         """
-        await self._end_after(queries.RETRY, lease, "retry", error_json(error), publish)
-
-    async def _end_after(
-        self,
-        query: str,
-        lease: Lease,
-        action: str,
-        error: str,
-        publish: Callable[[], Awaitable[Any]],
-    ) -> None:
-        what = f"recording job {lease.job_id}"
-        async with contextlib.AsyncExitStack() as stack:
-            with database_errors(what):
-                conn = await stack.enter_async_context(self._pool.acquire())
-                transaction = conn.transaction()
-                await transaction.start()
-            try:
-                with database_errors(what):
-                    held = await conn.fetchval(LOCK_LEASE, lease.job_id, lease.owner, lease.epoch)
-                if held is None:
-                    raise LeaseLostError(lease, action)
-                await publish()  # not under database_errors: its own errors stand
-                with database_errors(what):
-                    done = await conn.fetchval(query, lease.job_id, lease.owner, lease.epoch, error)
-                    if done is None:  # cannot happen while the row is locked
-                        raise LeaseLostError(lease, action)
-                    await transaction.commit()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await transaction.rollback()
-                raise
+        encoded = error_json(error)
+        await fenced_publish.end_after(
+            self._pool, queries.RETRY, lease, action="retry", error=encoded, publish=publish
+        )
 
     async def cancelled(self, lease: Lease, reason: str | None = None) -> None:
         """Records the job cancelled (after the worker interrupted it).
