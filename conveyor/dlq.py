@@ -122,6 +122,9 @@ SELECT job_id, 'queued', now(), 0, $10::text::jsonb FROM requeued
 
 _MARK_REPLAYED = "UPDATE job_dlq SET replayed_at = now() WHERE id = $1"
 
+# The dead job's row, locked so no worker moves it while the replay decides.
+_JOB_STATE = "SELECT state FROM jobs WHERE job_id = $1 FOR UPDATE"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DlqEntry:
@@ -298,7 +301,8 @@ async def replay(
 
     Raises:
         DlqEntryNotFound: No row has this id.
-        ReplayRefused: The entry was replayed already, or has no job (undecodable).
+        ReplayRefused: The entry was replayed already, has no job (undecodable), or its
+            job is not failed now (it completed, or is queued or running again).
         DeliveryError: The broker did not acknowledge the job; nothing changed.
         RegistryUnavailableError: The registry did not answer; nothing changed.
         DatabaseUnavailableError: Postgres cannot be reached.
@@ -312,6 +316,7 @@ async def replay(
             entry = DlqEntry.from_row(row)
             check_replayable(entry)
             job_id = str(entry.original_job_id)
+            check_job_failed(entry, await conn.fetchval(_JOB_STATE, job_id))
             envelope = replay_envelope(entry, submitted_at=dt.datetime.now(dt.UTC))
             await conn.execute(
                 _REQUEUE,
@@ -358,6 +363,29 @@ def check_replayable(entry: DlqEntry) -> None:
             f"DLQ entry {entry.id} holds an undecodable message ({entry.error_reason}), "
             "not a job: there is nothing to resubmit; `conveyor dlq show` has its raw bytes"
         )
+
+
+def check_job_failed(entry: DlqEntry, state: str | None) -> None:
+    """Refuses to replay a job that is not failed now.
+
+    A dead letter is not proof the job ended failed: a worker that lost the job may have
+    dead-lettered it while its new owner completed it, or the job may already be queued
+    or running again. Replaying it then would run it twice. A job whose row is gone
+    (purged long after it failed) may be replayed.
+
+    Args:
+        entry: The DLQ entry.
+        state: The job's state now; None when its row was purged.
+
+    Raises:
+        ReplayRefused: The job is not failed.
+    """
+    if state is None or state == "failed":
+        return
+    raise ReplayRefused(
+        f"DLQ entry {entry.id}: job {entry.original_job_id} is {state}, not failed, so it "
+        "is not replayed (it would run again); `conveyor status` shows its history"
+    )
 
 
 def replay_envelope(entry: DlqEntry, *, submitted_at: dt.datetime) -> dict[str, Any]:
@@ -454,6 +482,7 @@ __all__ = [
     "DlqEntry",
     "ProgressCallback",
     "RecordPublisher",
+    "check_job_failed",
     "check_replayable",
     "database_errors",
     "get_entry",

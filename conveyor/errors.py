@@ -14,8 +14,11 @@ The tree::
     ├── ContractError               a message does not fit its Avro contract
     │   ├── SerializationError          encoding refused (invalid record, registry refusal)
     │   └── DeserializationError        bytes are not a decodable conveyor message
+    │       └── UnknownSchemaError              the registry does not know the writer's id
     ├── ValidationError             submitted jobs are invalid; lists every problem
     ├── DeliveryError               the broker did not acknowledge a produced message
+    │   ├── UncertainDeliveryError      timed out: the message may have been written anyway
+    │   └── ProducerFatalError          the producer hit a fatal error and sends no more
     ├── LeaseLostError              a worker lost its lease on a job; its outcome is discarded
     ├── DlqEntryNotFound            no job_dlq row has the id asked for
     ├── ReplayRefused               a DLQ entry cannot be replayed (already replayed, undecodable)
@@ -111,6 +114,23 @@ class DeserializationError(ContractError):
     """
 
 
+class UnknownSchemaError(DeserializationError):
+    """The registry answered that it does not know the writer schema id (HTTP 404).
+
+    Permanent for one-off reads, but a worker first waits: a registry follower that lags
+    its leader answers 404 for an id registered a moment ago. Only once
+    ``WorkerOptions.unknown_schema_wait`` has passed is the message dead-lettered.
+
+    Args:
+        message: What failed.
+        schema_id: The writer schema id the registry did not know.
+    """
+
+    def __init__(self, message: str, schema_id: int) -> None:
+        self.schema_id = schema_id
+        super().__init__(message)
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One reason a submitted item is invalid.
@@ -163,6 +183,24 @@ class ValidationError(ConveyorError, ValueError):
 
 class DeliveryError(ConveyorError):
     """The broker did not acknowledge a produced message."""
+
+
+class UncertainDeliveryError(DeliveryError):
+    """A message timed out on an idempotent producer: it may or may not have been written.
+
+    librdkafka gives up on a message after ``delivery.timeout.ms`` even when the broker
+    may already have appended it (the acknowledgement was lost or late). Sending it again
+    may write it twice; with a ``dedupe_key`` (a deterministic job id) the worker runs
+    the job once anyway, so a retry is safe.
+    """
+
+
+class ProducerFatalError(DeliveryError):
+    """The producer hit a fatal error (an idempotence or fencing failure) and is unusable.
+
+    Every later send raises this error; create a new producer (or restart the worker)
+    to send again. Messages still queued when it happened were not delivered.
+    """
 
 
 class LeaseLostError(ConveyorError):

@@ -315,7 +315,8 @@ class JobStore:
 
         Raises:
             DlqEntryNotFound: No row has this id.
-            ReplayRefused: The entry was replayed already, or holds no job.
+            ReplayRefused: The entry was replayed already, holds no job, or its job is
+                not failed now (completed, or queued or running again).
             DeliveryError: The broker did not acknowledge the job; nothing changed.
         """
         async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
@@ -340,12 +341,16 @@ class JobStore:
             )
 
     async def purge(self) -> tuple[int, int]:
-        """Deletes finished jobs (after 7 days) and replayed DLQ rows (after 30 days).
+        """Deletes finished jobs (after the job topics' retention plus 1 day, so 8 days by
+        default) and replayed DLQ rows (after 30 days), in batches; see
+        :func:`conveyor.retention.purge`.
 
         Returns:
-            (jobs deleted, DLQ rows deleted).
+            (jobs deleted, DLQ rows deleted); (0, 0) when another process purges now.
         """
-        return await dlq.purge(self._require_pool())
+        return await dlq.purge(
+            self._require_pool(), job_retention_days=self._settings.job_retention_days
+        )
 
     async def progress(self, job_id: str) -> AsyncIterator[JobStatus]:
         """Follows a job: yields its status now, then on each change of state or progress.

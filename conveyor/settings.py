@@ -170,6 +170,10 @@ class Settings:
         ui_token: Bearer token that ``conveyor ui`` accepts (``Authorization: Bearer ...``).
         ui_database_url: Postgres DSN of a non-owner role for ``conveyor ui --tenant``, so
             row-level security limits the UI to one tenant's rows.
+        worker_instance_id: A stable name of this worker instance (a StatefulSet pod's
+            name), used as Kafka's ``group.instance.id``: static membership, so a
+            restart within the session timeout rebalances no other worker. Each running
+            instance needs its own; unset (the default) means dynamic membership.
     """
 
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
@@ -195,6 +199,7 @@ class Settings:
     ssl_key_password: Secret | None = None
     ui_token: Secret | None = None
     ui_database_url: str | None = None
+    worker_instance_id: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("schema_registry_basic_auth", "sasl_password", "ssl_key_password", "ui_token"):
@@ -381,6 +386,11 @@ def _validate(s: Settings) -> None:
         or urlsplit(s.ui_database_url).scheme in ("postgres", "postgresql"),
         "ui_database_url",
         f"expected a postgresql:// URL, got {mask_url(s.ui_database_url or '')!r}",
+    )
+    _require(
+        s.worker_instance_id is None or bool(_TOPIC_PREFIX_RE.match(s.worker_instance_id)),
+        "worker_instance_id",
+        f"expected letters, digits, '.', '_' or '-' (at most 200), got {s.worker_instance_id!r}",
     )
     _validate_security(s)
 

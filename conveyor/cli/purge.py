@@ -25,15 +25,18 @@ def register(subparsers: common.SubParsers) -> None:
     parser = subparsers.add_parser(
         "purge",
         help="delete finished jobs and replayed DLQ rows past their retention",
-        description="Delete jobs that ended (complete, failed, cancelled) more than 7 days "
-        "ago with their history, and DLQ entries replayed more than 30 days ago. Pending "
-        "DLQ entries are never deleted. Prints how many rows went.",
+        description="Delete jobs that ended (complete, failed, cancelled) longer ago than "
+        "the job topics' retention plus 1 day (8 days by default, CONVEYOR_JOB_RETENTION_DAYS "
+        "+ 1) with their history, and DLQ entries replayed more than 30 days ago, in batches "
+        "of 5000 rows. Pending DLQ entries are never deleted. Only one process purges a "
+        "schema at a time; another one skips. Prints how many rows went.",
     )
     parser.add_argument(
         "--jobs-older-than",
         type=_duration,
         metavar="DURATION",
-        help="retention of finished jobs, like 7d or 36h (default: 7d)",
+        help="retention of finished jobs, like 8d or 36h (default: the job topics' "
+        "retention + 1d; a shorter one lets a re-read job run again)",
     )
     parser.add_argument(
         "--dlq-older-than",
@@ -54,7 +57,10 @@ async def _run(
     pool = await db.create_pool(settings, min_size=1, max_size=1)
     try:
         jobs, rows = await dlq.purge(
-            pool, jobs_older_than=jobs_older_than, dlq_older_than=dlq_older_than
+            pool,
+            jobs_older_than=jobs_older_than,
+            dlq_older_than=dlq_older_than,
+            job_retention_days=settings.job_retention_days,
         )
     finally:
         await pool.close()

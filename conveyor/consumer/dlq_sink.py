@@ -20,6 +20,12 @@ message is redelivered: consumers that must not see it twice dedupe on ``dlq_id`
 Records without a job id (messages the worker could not decode) get a row but no event,
 since a ``JobEvent`` needs a job id.
 
+On a rebalance the sink's listener stops handling messages of the revoked partitions and
+waits (at most ``REVOKE_WAIT``) for the message in hand to be stored, announced and
+committed before the partition is released. Without it the next owner read that message
+while this sink was still publishing its JobFailed, found ``event_published_at`` still
+null, and published the event a second time.
+
 A DLQ message that does not decode is logged, counted and committed past; it cannot
 block the partition. One whose data Postgres refuses (NUL in a text, an out-of-range
 field) is stored cleaned (``dlq_rows.cleaned``) rather than skipped. An outage (Postgres,
@@ -37,15 +43,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import Span
 
 from conveyor.consumer import dlq_rows
 from conveyor.consumer.kafka import aiokafka_security
+from conveyor.consumer.options import rebalance_timeout
 from conveyor.consumer.status import error_json
-from conveyor.dlq import RecordPublisher, database_errors
+from conveyor.dlq import PUBLISH_TIMEOUT, RecordPublisher, database_errors
 from conveyor.errors import (
     BrokerUnavailableError,
     ConveyorError,
@@ -66,6 +73,8 @@ DEFAULT_FETCH_TIMEOUT_MS = 500
 MAX_BATCH = 100
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
+REVOKE_WAIT = PUBLISH_TIMEOUT + 5.0
+"""Seconds a revoke waits for the message in hand (its event publish, then its commit)."""
 
 
 @dataclasses.dataclass
@@ -90,6 +99,17 @@ class DlqSinkStats:
     """Messages whose data Postgres refused, stored cleaned instead."""
     retries: int = 0
     """Messages tried again after an outage."""
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sink: DlqSink) -> None:
+        self._sink = sink
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._sink._release(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._sink._assign(assigned)
 
 
 class DlqSink:
@@ -126,6 +146,9 @@ class DlqSink:
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: RecordPublisher | None = None
         self.stats = DlqSinkStats()
+        # Held while one message is stored, announced and committed; a revoke waits on it.
+        self._handling = asyncio.Lock()
+        self._revoked: set[TopicPartition] = set()  # no more messages of these are handled
 
     @property
     def group_id(self) -> str:
@@ -144,7 +167,6 @@ class DlqSink:
         await asyncio.to_thread(self._serde.register, JOB_EVENT, events)
         self._publisher = RecordPublisher(self._settings, serde=self._serde)
         self._consumer = AIOKafkaConsumer(
-            self._topology.dlq_topic,
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=self.group_id,
             client_id="conveyor-dlq-sink",
@@ -152,8 +174,12 @@ class DlqSink:
             auto_offset_reset="earliest",
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
+            # The group waits for the revoke, which waits for the message in hand.
+            rebalance_timeout_ms=rebalance_timeout(REVOKE_WAIT, self._session_timeout_ms, None),
+            group_instance_id=self._settings.worker_instance_id,  # static membership
             **aiokafka_security(self._settings),
         )
+        self._consumer.subscribe([self._topology.dlq_topic], listener=_Listener(self))
         try:
             await self._consumer.start()
         except KafkaError as exc:
@@ -210,23 +236,48 @@ class DlqSink:
             for record in records:
                 if stop.is_set():
                     return healthy
-                try:
-                    await self._handle(tp, record)
-                except Exception:
-                    log.exception(
-                        "DLQ message %s[%d]@%d not stored yet; trying again after a pause",
-                        tp.topic,
-                        tp.partition,
-                        record.offset,
-                    )
-                    self.stats.retries += 1
-                    with contextlib.suppress(Exception):  # the partition may be gone
-                        self._consumer.seek(tp, record.offset)
-                    healthy = False
-                    break
-                self.stats.handled += 1
-                await self._commit(tp, record.offset + 1)
+                if tp in self._revoked:
+                    break  # its next owner reads the rest
+                async with self._handling:
+                    try:
+                        await self._handle(tp, record)
+                    except Exception:
+                        log.exception(
+                            "DLQ message %s[%d]@%d not stored yet; trying again after a pause",
+                            tp.topic,
+                            tp.partition,
+                            record.offset,
+                        )
+                        self.stats.retries += 1
+                        with contextlib.suppress(Exception):  # the partition may be gone
+                            self._consumer.seek(tp, record.offset)
+                        healthy = False
+                        break
+                    self.stats.handled += 1
+                    await self._commit(tp, record.offset + 1)
         return healthy
+
+    async def _release(self, revoked: set[TopicPartition]) -> None:
+        """The revoke: no further message of ``revoked`` is started, and the one in hand
+        is stored, announced and committed before the partitions go (at most
+        ``REVOKE_WAIT``; past it the next owner may announce it again)."""
+        self._revoked |= revoked
+        if not revoked:
+            return
+        try:
+            await asyncio.wait_for(self._handling.acquire(), REVOKE_WAIT)
+        except TimeoutError:
+            log.warning(
+                "revoke of %s: a DLQ message still in hand after %.0fs; its JobFailed may "
+                "be published again by the next owner",
+                sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked),
+                REVOKE_WAIT,
+            )
+            return
+        self._handling.release()
+
+    def _assign(self, assigned: set[TopicPartition]) -> None:
+        self._revoked -= assigned
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
         assert self._consumer is not None

@@ -26,7 +26,7 @@ from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.status import Lease, LeaseLostError, StatusStore
-from conveyor.errors import ContractError, Problem, ValidationError
+from conveyor.errors import ContractError, Problem, UnknownSchemaError, ValidationError
 from conveyor.observability import logs, tracing
 from conveyor.observability.metrics import WorkerMetrics
 from conveyor.schemas.contracts import CONTENT_TYPE_JSON
@@ -263,7 +263,7 @@ class JobRunner:
             error = LookupError(f"no handler is registered for job type {job.type!r}")
             return await self._failed(job, claim, None, error, failures.HANDLER_MISSING)
         try:
-            payload = self._codec.decode(job.type, job.payload, job.content_type)
+            payload = await self._decode_payload(job)
             if spec.schema is not None and job.content_type == CONTENT_TYPE_JSON:
                 # A producer that did not know the type's schema sent JSON: hold it to the
                 # handler's contract before the handler sees it.
@@ -272,9 +272,21 @@ class JobRunner:
                     raise ValidationError(
                         [Problem(0, "payload", problem) for problem in problems], batch=False
                     )
+        except UnknownSchemaError as exc:
+            # Maybe a registry follower that lags: not the payload's fault yet. Retried
+            # through the ladder, so it is dead-lettered only when the attempts run out.
+            return await self._failed(job, claim, spec, exc, None)
         except (ContractError, ValidationError) as exc:
             return await self._failed(job, claim, spec, exc, failures.VALIDATION)
         return await self._call(job, claim, spec, payload)
+
+    async def _decode_payload(self, job: JobMessage) -> Any:
+        """Decodes the payload; in a thread when that needs a registry request."""
+        if self._codec.needs_registry(job.payload, job.content_type):
+            return await asyncio.to_thread(
+                self._codec.decode, job.type, job.payload, job.content_type
+            )
+        return self._codec.decode(job.type, job.payload, job.content_type)
 
     async def _call(
         self, job: JobMessage, lease: Lease, spec: HandlerSpec, payload: Any
@@ -395,14 +407,23 @@ class JobRunner:
                     self._metrics.retried.labels(*labels).inc()
                     again = dataclasses.replace(job, attempt=job.attempt + 1, errors=errors)
                     return Outcome.RETRIED, again, delay
-                await self._publisher.retry(job, errors, delay)
-                await self._status.retry(lease, failures.error_json(latest))
+                # Published only while the lease is provably held (the job's row locked),
+                # so a worker that lost the job cannot fork its chain.
+                await self._status.retry_after(
+                    lease,
+                    failures.error_json(latest),
+                    lambda: self._publisher.retry(job, errors, delay),
+                )
                 self._stats.retried += 1
                 self._metrics.retried.labels(*labels).inc()
                 return Outcome.RETRIED, None, 0.0
             assert verdict.reason is not None
-            await self._publisher.dead(job, errors, verdict.reason)
-            await self._status.fail(lease, failures.error_json(latest, verdict.reason))
+            reason = verdict.reason
+            await self._status.fail_after(
+                lease,
+                failures.error_json(latest, reason),
+                lambda: self._publisher.dead(job, errors, reason),
+            )
         except LeaseLostError:
             self._stats.fenced += 1
             return Outcome.FENCED, None, 0.0

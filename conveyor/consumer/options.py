@@ -71,6 +71,10 @@ class WorkerOptions:
         metrics_interval: Seconds between refreshes of the lag and DLQ-size gauges.
         check_at_start: Before joining any group, check that the registry answers, the
             migrations are applied and the topics exist; each failure is one error.
+        unknown_schema_wait: Seconds a job whose writer schema id the registry says it
+            does not know (HTTP 404) holds its partition before it is dead-lettered: a
+            registry follower that lags its leader answers 404 for a new id at first.
+            A registry that does not answer at all is waited for without limit.
     """
 
     commit_interval: float = 1.0
@@ -90,6 +94,7 @@ class WorkerOptions:
     metrics_host: str = "0.0.0.0"  # all interfaces: a pod's probes come from outside
     metrics_interval: float = 5.0
     check_at_start: bool = True
+    unknown_schema_wait: float = 60.0
 
     @property
     def effective_rebalance_timeout_ms(self) -> int:
@@ -105,6 +110,7 @@ class WorkerOptions:
             "revoke_timeout",
             "shutdown_grace",
             "metrics_interval",
+            "unknown_schema_wait",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be > 0, got {getattr(self, name)}")

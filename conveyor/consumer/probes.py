@@ -4,8 +4,9 @@ The probes are called from the HTTP thread; they reach the worker's event loop w
 ``run_coroutine_threadsafe`` and a deadline, so a stuck loop fails ``/healthz``
 instead of hanging it.
 
-- liveness (``/healthz``): the event loop runs a no-op within ``LOOP_TIMEOUT``, and no
-  fetch, dispatch or commit loop has died;
+- liveness (``/healthz``): the event loop runs a no-op within ``LOOP_TIMEOUT``, no
+  fetch, dispatch or commit loop has died, and the retry/DLQ publisher has not hit a
+  fatal producer error;
 - readiness (``/readyz``): live, not stopping, every priority's consumer has joined its
   group (an empty assignment counts: a group can have more members than partitions),
   and Postgres answers ``SELECT 1`` within ``DATABASE_TIMEOUT``.
@@ -42,6 +43,7 @@ class WorkerProbes:
         metrics: Where the gauges go.
         stopping: Whether the worker was asked to stop.
         helpers: Why a helper task has ended, or None while all run.
+        publisher: Why the retry/DLQ publisher can send no more, or None while it can.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class WorkerProbes:
         stopping: Callable[[], bool],
         *,
         helpers: Callable[[], str | None] = lambda: None,
+        publisher: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._loop = loop
         self._consumer = consumer
@@ -60,19 +63,22 @@ class WorkerProbes:
         self._metrics = metrics
         self._stopping = stopping
         self._helpers = helpers
+        self._publisher = publisher
 
     def health(self) -> dict[str, str | None]:
-        """The liveness checks: ``event_loop``, ``consumers`` and ``helpers`` (the control
-        listener, retry relay and DLQ sink beside the jobs)."""
+        """The liveness checks: ``event_loop``, ``consumers``, ``helpers`` (the control
+        listener, retry relay and DLQ sink beside the jobs) and ``publisher``."""
         return {
             "event_loop": self._on_loop(asyncio.sleep(0), LOOP_TIMEOUT),
             "consumers": None if self._consumer.alive else "a consumer loop has stopped",
             "helpers": self._helpers(),
+            "publisher": self._publisher(),
         }
 
     def ready(self) -> dict[str, str | None]:
         """The readiness checks: liveness, ``stopping``, ``consumer_groups``, ``database``,
-        and ``job_store`` (outcomes are being recorded)."""
+        ``job_store`` (outcomes are being recorded) and ``schema_registry`` (no partition
+        waits for the registry to decode a message)."""
         checks = self.health()
         checks["stopping"] = "the worker is shutting down" if self._stopping() else None
         checks["consumer_groups"] = (
@@ -82,6 +88,7 @@ class WorkerProbes:
             self._pool.fetchval("SELECT 1", timeout=DATABASE_TIMEOUT), DATABASE_TIMEOUT + 1
         )
         checks["job_store"] = self._consumer.record_problem
+        checks["schema_registry"] = self._consumer.registry_problem
         return checks
 
     def _on_loop(self, coro: Coroutine[Any, Any, Any], timeout: float) -> str | None:

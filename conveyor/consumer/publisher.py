@@ -4,7 +4,8 @@ Each publish is a PRODUCER span (a child of the job's run) whose context replace
 trace headers of the message, so the relay hop and the DLQ sink continue the trace.
 The worker commits a failed job's offset only after its retry or DLQ message is
 acknowledged (``acks=all``, idempotent producer), so a failure is never lost between
-the two topics.
+the two topics. Encoding runs in a thread, since it may register a schema with the
+registry (an HTTP request) the first time a topic is written.
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ class FailurePublisher:
         self._serde = serde
         self._core = core or DeliveryCore(settings, delivery_timeout=PUBLISH_TIMEOUT)
 
+    @property
+    def problem(self) -> str | None:
+        """Why this publisher can send nothing more (a fatal producer error), or None.
+
+        A liveness check: every retry and DLQ publish would fail from now on, so the
+        worker stops fetching and reports unhealthy until it is restarted.
+        """
+        fatal = self._core.fatal_error
+        return None if fatal is None else str(fatal)
+
     async def retry(
         self, job: JobMessage, errors: Sequence[Mapping[str, Any]], delay: float
     ) -> dt.datetime:
@@ -88,7 +99,9 @@ class FailurePublisher:
         envelope = envelope_of(
             job, attempt=job.attempt + 1, not_before=not_before, errors=list(errors)
         )
-        value = self._serde.encode(JOB_ENVELOPE, topic, envelope)
+        # In a thread: the first encode for a topic registers its schema (an HTTP request
+        # of up to the registry timeout), which must not stall the worker's event loop.
+        value = await asyncio.to_thread(self._serde.encode, JOB_ENVELOPE, topic, envelope)
         attributes = tracing.job_attributes(
             job_id=job.job_id, job_type=job.type, priority=job.priority, attempt=job.attempt + 1
         )
@@ -173,7 +186,7 @@ class FailurePublisher:
         attributes: Mapping[str, Any],
     ) -> None:
         topic = self._topology.dlq_topic
-        value = self._serde.encode(DLQ_RECORD, topic, record)
+        value = await asyncio.to_thread(self._serde.encode, DLQ_RECORD, topic, record)
         with tracing.send_span(topic, attributes):
             traced = tracing.with_current_context(headers)
             await self._send(Outgoing(label, topic, key, value, traced))

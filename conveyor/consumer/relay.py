@@ -141,6 +141,7 @@ class RetryRelay:
                 self._options.session_timeout_ms,
                 None,
             ),
+            group_instance_id=self._settings.worker_instance_id,  # static membership
             **aiokafka_security(self._settings),
         )
         consumer.subscribe(list(self.retry_topics), listener=_Listener(self))

@@ -23,6 +23,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from conveyor.consumer import failures
+from conveyor.consumer.decoding import RegistryWaits
 from conveyor.consumer.execution import JobRunner, WorkerStats
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.kafka import aiokafka_security, consumer_lag
@@ -40,6 +41,8 @@ from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITY_WEIGHTS, Topology
 
 log = logging.getLogger("conveyor.worker")
+
+_HALTED = "the retry/DLQ publisher is unusable"
 
 
 def _tp(key: Hashable) -> TopicPartition:
@@ -125,6 +128,7 @@ class ConsumerLoop:
         self._in_flight = 0
         self._stopping = False
         self._recording = Recording(self._consumers, self._paused, stats)
+        self._registry_waits = RegistryWaits(serde, unknown_schema_wait=options.unknown_schema_wait)
         # One fetch never adds more than the pause threshold, so a partition's buffer stays
         # below twice the limit whatever the backlog.
         self._fetch_records = min(500, options.max_buffered_per_partition)
@@ -182,6 +186,7 @@ class ConsumerLoop:
                 rebalance_timeout_ms=self._options.effective_rebalance_timeout_ms,
                 max_poll_interval_ms=self._options.max_poll_interval_ms,
                 fetch_max_wait_ms=self._options.fetch_max_wait_ms,
+                group_instance_id=self._settings.worker_instance_id,  # static membership
                 **aiokafka_security(self._settings),
             )
             consumer.subscribe(
@@ -217,6 +222,9 @@ class ConsumerLoop:
     async def _fetch(self, priority: str, consumer: AIOKafkaConsumer) -> None:
         mailboxes = self._mailboxes[priority]
         while True:
+            self._halt_if_publisher_broken(priority, consumer)
+            if not self._recording.store_down:
+                self._registry_waits.resume_due(consumer, self._paused)
             batch = await consumer.getmany(
                 timeout_ms=self._options.fetch_timeout_ms, max_records=self._fetch_records
             )
@@ -224,7 +232,20 @@ class ConsumerLoop:
                 if tp not in self._owned:
                     continue
                 for record in records:
-                    self._accept(mailboxes, tp, record)
+                    if not self._registry_waits.needs_registry(record.value):
+                        self._accept(mailboxes, tp, record)
+                        continue
+                    # A schema id not read yet: one registry request, in a thread.
+                    generation = self._generation[tp]
+                    decoded = await self._registry_waits.decode(
+                        tp, record.offset, record.value or b""
+                    )
+                    if tp not in self._owned or self._generation[tp] != generation:
+                        break  # revoked meanwhile: its owner now reads it again
+                    if decoded is None:  # the registry is down or lags: wait, read again
+                        self._registry_waits.hold(consumer, tp)
+                        break
+                    self._accept(mailboxes, tp, record, decoded)
                 if mailboxes.buffered(tp) >= self._options.max_buffered_per_partition:
                     consumer.pause(tp)
                     self._paused.add(tp)
@@ -233,13 +254,34 @@ class ConsumerLoop:
                 self._stats.max_buffered = max(self._stats.max_buffered, buffered)
                 self._wake.set()
 
+    def _halt_if_publisher_broken(self, priority: str, consumer: AIOKafkaConsumer) -> None:
+        """Stops taking jobs once the retry/DLQ publisher hit a fatal error.
+
+        Every failure would then fail to publish and be retried forever; liveness fails
+        (``WorkerProbes``), so the pod is restarted with a new producer, and until then
+        this consumer fetches nothing more (a new assignment is paused here too).
+        """
+        problem = self._publisher.problem
+        if problem is None:
+            return
+        unpaused = consumer.assignment() - consumer.paused()
+        if unpaused:
+            consumer.pause(*unpaused)
+            log.error("%s: stopped fetching %s jobs: %s", _HALTED, priority, problem)
+
     def _accept(
-        self, mailboxes: Mailboxes[JobMessage], tp: TopicPartition, record: ConsumerRecord[Any, Any]
+        self,
+        mailboxes: Mailboxes[JobMessage],
+        tp: TopicPartition,
+        record: ConsumerRecord[Any, Any],
+        decoded: dict[str, Any] | DeserializationError | None = None,
     ) -> None:
         self._offsets.track(tp, record.offset)
         headers = {k: v for k, v in record.headers or () if isinstance(v, bytes)}
         try:
-            envelope = self._serde.decode(JOB_ENVELOPE, tp.topic, record.value or b"")
+            if isinstance(decoded, DeserializationError):
+                raise decoded
+            envelope = decoded or self._serde.decode(JOB_ENVELOPE, tp.topic, record.value or b"")
         except DeserializationError as exc:
             # Never block a partition on a poison message: it goes to the DLQ as raw bytes,
             # and its offset is finished once the DLQ has it.
@@ -334,6 +376,11 @@ class ConsumerLoop:
     def record_problem(self) -> str | None:
         """Why job outcomes are not being recorded now, or None (a readiness check)."""
         return self._recording.problem
+
+    @property
+    def registry_problem(self) -> str | None:
+        """Which partitions wait for the schema registry, or None (a readiness check)."""
+        return self._registry_waits.problem
 
     def _lost_event(self, tp: TopicPartition) -> asyncio.Event:
         event = self._lost.get(tp)

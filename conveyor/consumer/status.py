@@ -29,13 +29,13 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import asyncpg.pool
 
-from conveyor.consumer import queries
+from conveyor.consumer import fenced_publish, queries
 from conveyor.consumer.batching import Coalescer
 from conveyor.consumer.job import JobMessage
 from conveyor.db import database_errors
@@ -329,6 +329,45 @@ class StatusStore:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
         await self._end(queries.RETRY, lease, "retry", error_json(error))
+
+    async def fail_after(
+        self, lease: Lease, error: Mapping[str, Any], publish: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Publishes the job's dead letter while holding its lease, then records it failed.
+
+        ``publish`` runs only while the job's row is locked with the lease still current,
+        so a worker that lost the job never publishes (no JobFailed for a job another
+        worker completes), and a takeover's claim waits for the commit. See
+        :meth:`retry_after`.
+
+        Raises:
+            LeaseLostError: The lease is no longer current; nothing was published.
+            DatabaseUnavailableError: The connection to Postgres was lost.
+        """
+        encoded = error_json(error)
+        await fenced_publish.end_after(
+            self._pool, queries.FAIL, lease, action="fail", error=encoded, publish=publish
+        )
+
+    async def retry_after(
+        self, lease: Lease, error: Mapping[str, Any], publish: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Publishes the job's next attempt while holding its lease, then requeues it.
+
+        One transaction: lock the job's row if owner, epoch and state still match; run
+        ``publish`` (which returns once the broker acknowledged); record the outcome;
+        commit. A fenced worker gets :class:`LeaseLostError` before it publishes, so
+        it cannot fork the job's chain with a retry record of its own.
+
+        Raises:
+            LeaseLostError: The lease is no longer current; nothing was published.
+            DatabaseUnavailableError: The connection to Postgres was lost.
+            Exception: Whatever ``publish`` raised (nothing was recorded).
+        """
+        encoded = error_json(error)
+        await fenced_publish.end_after(
+            self._pool, queries.RETRY, lease, action="retry", error=encoded, publish=publish
+        )
 
     async def cancelled(self, lease: Lease, reason: str | None = None) -> None:
         """Records the job cancelled (after the worker interrupted it).

@@ -238,6 +238,7 @@ class Worker:
                     self.metrics,
                     self._stop.is_set,
                     helpers=self.helper_problem,
+                    publisher=lambda: publisher.problem,
                 )
                 server = self._serve(probes)
                 gauges = asyncio.create_task(probes.refresh_dlq_size(self.options.metrics_interval))
@@ -380,7 +381,13 @@ class Worker:
                 )
             )
         if options.purge_interval is not None:
-            purge = asyncio.create_task(dlq.purge_periodically(pool, options.purge_interval))
+            purge = asyncio.create_task(
+                dlq.purge_periodically(
+                    pool,
+                    options.purge_interval,
+                    job_retention_days=self.settings.job_retention_days,
+                )
+            )
             self._stop_tasks.append(purge)
         return companions
 

@@ -13,6 +13,19 @@ answers; if none does within ``librdkafka.CONNECT_TIMEOUT``, ``wait`` and ``flus
 drop what is queued and raise at once, naming the address and ``CONVEYOR_KAFKA_BOOTSTRAP``,
 rather than after the whole delivery timeout. Once a broker has answered, an outage
 waits as before, so a broker restart does not fail a producer that was working.
+
+Failures escalate by kind:
+
+- a *fatal* error (librdkafka's idempotence guarantees broken, reported through
+  ``error_cb`` or a delivery report with ``err.fatal()``) makes the core unusable:
+  every pending and later send fails with :class:`~conveyor.errors.ProducerFatalError`,
+  and :attr:`DeliveryCore.fatal_error` says why (the worker fails ``/healthz`` on it);
+- ``_MSG_TIMED_OUT`` on this idempotent producer means *maybe delivered*: the broker may
+  have appended the message and its acknowledgement been lost. It raises
+  :class:`~conveyor.errors.UncertainDeliveryError`, so a caller knows a resend may
+  duplicate the message (harmless for jobs with a ``dedupe_key``);
+- a future its caller cancelled (an ``asyncio`` waiter that gave up) is left alone by
+  the poll thread, which would otherwise die on ``InvalidStateError``.
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as KafkaProducer
 
-from conveyor.errors import DeliveryError
+from conveyor.errors import DeliveryError, ProducerFatalError, UncertainDeliveryError
 from conveyor.observability import librdkafka
 from conveyor.producer.jobs import Outgoing
 from conveyor.settings import Settings
@@ -45,6 +58,40 @@ PROBE_AFTER = 2.0
 """Seconds a delivery may take before a core that never reached a broker looks for one."""
 
 DeliveryErrorCallback = Callable[[str, DeliveryError], None]
+
+#: librdkafka's fatal error code: the producer's guarantees are broken and it sends no more.
+_FATAL = KafkaError._FATAL
+_TIMED_OUT = KafkaError._MSG_TIMED_OUT
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    return bool(err.fatal()) or err.code() == _FATAL
+
+
+class _ErrorWatch:
+    """The producer's ``error_cb``: feeds :class:`librdkafka.ClientErrors` and keeps the
+    first fatal error. It holds no reference to the core or its client."""
+
+    def __init__(self, errors: librdkafka.ClientErrors, bootstrap: str) -> None:
+        self._errors = errors
+        self._bootstrap = bootstrap
+        self.fatal: ProducerFatalError | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        self._errors(err)
+        if _is_fatal(err):
+            self.note_fatal(err)
+
+    def note_fatal(self, err: KafkaError) -> ProducerFatalError:
+        """Records a fatal error (the first one wins) and returns the error to raise."""
+        if self.fatal is None:
+            self.fatal = ProducerFatalError(
+                f"the Kafka producer for {self._bootstrap} hit a fatal error and sends no "
+                f"more: {err.str()} ({err.name()}); restart the process (a worker reports "
+                "unhealthy on /healthz) or create a new producer"
+            )
+            log.error("%s", self.fatal)
+        return self.fatal
 
 
 @dataclasses.dataclass
@@ -86,6 +133,8 @@ class DeliveryCore:
             ``librdkafka.CONNECT_TIMEOUT`` seconds if none answers.
     """
 
+    _watch: _ErrorWatch | None = None  # class default: test doubles skip __init__
+
     def __init__(
         self,
         settings: Settings,
@@ -105,10 +154,12 @@ class DeliveryCore:
         self._failures: list[tuple[str, DeliveryError]] = []
         self._lock = threading.Lock()
         quiet, self._errors = librdkafka.client_config()
+        self._watch = _ErrorWatch(self._errors, settings.kafka_bootstrap)
         self._producer = KafkaProducer(
             {
                 **producer_config(settings, delivery_timeout=delivery_timeout, linger_ms=linger_ms),
                 **quiet,
+                "error_cb": self._watch,
             }
         )
         self._closed = threading.Event()
@@ -117,9 +168,22 @@ class DeliveryCore:
         )
         self._poller.start()
 
+    @property
+    def fatal_error(self) -> ProducerFatalError | None:
+        """The fatal error that made this producer unusable, or None while it works."""
+        return None if self._watch is None else self._watch.fatal
+
     def _poll_loop(self) -> None:
+        purged = False
         while not self._closed.is_set():
-            self._producer.poll(POLL_INTERVAL)
+            try:
+                self._producer.poll(POLL_INTERVAL)
+                if not purged and self.fatal_error is not None:
+                    # Nothing queued can be delivered now: fail it at once, not at timeout.
+                    purged = True
+                    self._producer.purge()
+            except Exception:  # a callback's bug must not stop every later delivery report
+                log.exception("a delivery report failed; the producer keeps polling")
 
     def send(self, messages: Sequence[Outgoing]) -> list[concurrent.futures.Future[None]]:
         """Queues messages for delivery and returns one future per message, in order.
@@ -130,9 +194,13 @@ class DeliveryCore:
         """
         if self._closed.is_set():
             raise DeliveryError("the producer is closed; create a new one to submit more jobs")
+        if self.fatal_error is not None:
+            raise self.fatal_error
         futures = []
         for message in messages:
             future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            # Running: a caller's cancel can no longer flip it under the poll thread.
+            future.set_running_or_notify_cancel()
             self._produce(message, self._callback(message.job_id, future))
             futures.append(future)
         with self._lock:
@@ -162,6 +230,9 @@ class DeliveryCore:
                     ) from exc
                 self._producer.flush(POLL_INTERVAL)
             except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and _is_fatal(error) and self._watch:
+                    raise self._watch.note_fatal(error) from exc
                 raise DeliveryError(f"could not queue job {message.job_id}: {exc}") from exc
 
     def _callback(
@@ -172,14 +243,14 @@ class DeliveryCore:
                 self._reached = True
                 with self._lock:
                     self.stats.delivered += 1
-                future.set_result(None)
+                _settle(future, None)
                 return
-            error = DeliveryError(f"job {job_id} was not delivered to {msg.topic()}: {err.str()}")
+            error = self._delivery_error(job_id, msg.topic(), err)
             with self._lock:
                 self.stats.failed += 1
                 if self._on_error is None:
                     self._failures.append((job_id, error))
-            future.set_exception(error)
+            _settle(future, error)
             if self._on_error is not None:
                 try:
                     self._on_error(job_id, error)
@@ -187,6 +258,20 @@ class DeliveryCore:
                     log.exception("on_delivery_error callback failed for job %s", job_id)
 
         return on_delivery
+
+    def _delivery_error(self, job_id: str, topic: str | None, err: KafkaError) -> DeliveryError:
+        """The error a failed delivery report stands for."""
+        if _is_fatal(err) and self._watch is not None:
+            return self._watch.note_fatal(err)
+        if self.fatal_error is not None:  # purged because the producer is unusable
+            return self.fatal_error
+        if err.code() == _TIMED_OUT:
+            return UncertainDeliveryError(
+                f"job {job_id} may or may not have been delivered to {topic}: it timed out "
+                f"after {self.delivery_timeout:.0f}s ({err.str()}), possibly after the broker "
+                "wrote it; sending it again may duplicate it (harmless with a dedupe_key)"
+            )
+        return DeliveryError(f"job {job_id} was not delivered to {topic}: {err.str()}")
 
     def wait(self, futures: Sequence[concurrent.futures.Future[None]]) -> None:
         """Blocks until every future is resolved; raises the first failure.
@@ -293,6 +378,8 @@ class DeliveryCore:
         """Flushes, then stops the poll thread. Idempotent."""
         if self._closed.is_set():
             return
+        if self.fatal_error is not None:
+            timeout = 0.0  # nothing queued will be delivered; don't wait for it
         try:
             self.flush(timeout)
         finally:
@@ -303,3 +390,16 @@ class DeliveryCore:
                 self._producer.purge()
                 self._producer.poll(0)
             self._producer.close()  # drops its broker connections now, not at collection
+
+
+def _settle(future: concurrent.futures.Future[None], error: BaseException | None) -> None:
+    """Resolves a delivery's future unless it is already done (its caller gave up)."""
+    if future.done():
+        return
+    try:
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+    except concurrent.futures.InvalidStateError:  # cancelled between the check and here
+        log.debug("a delivery's waiter was cancelled before its report arrived")

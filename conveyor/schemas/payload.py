@@ -310,6 +310,11 @@ class PayloadCodec:
         data = self._serde.encode_subject(schema.contract, self.subject(job_type), record)
         return data, CONTENT_TYPE_AVRO
 
+    def needs_registry(self, data: bytes, content_type: str) -> bool:
+        """Whether :meth:`decode` may call the registry: an Avro payload whose writer
+        schema id this codec's serde has not read yet (run that decode in a thread)."""
+        return content_type == CONTENT_TYPE_AVRO and self._serde.needs_registry(data)
+
     def decode(self, job_type: str, data: bytes, content_type: str) -> Any:
         """Decodes a payload read from a job envelope.
 

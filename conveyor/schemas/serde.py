@@ -15,7 +15,13 @@ Errors are translated at this boundary: a record that does not fit its contract 
 :class:`~conveyor.errors.SerializationError`; bytes that cannot be decoded raise
 :class:`~conveyor.errors.DeserializationError` (the worker dead-letters those); a registry
 that does not answer raises :class:`~conveyor.errors.RegistryUnavailableError`, which is
-not the message's fault and must not dead-letter it.
+not the message's fault and must not dead-letter it, and a schema id the registry says it
+does not know raises :class:`~conveyor.errors.UnknownSchemaError` (a lagging follower
+says that too, so the worker waits a while before it dead-letters).
+
+:meth:`Serde.needs_registry` tells, without a network call, whether decoding some bytes
+would ask the registry (their writer id has not been read here yet), so an event loop can
+send only those to a thread.
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ from typing import Any
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 
-from conveyor.errors import DeserializationError, RegistryUnavailableError, SerializationError
+from conveyor.errors import (
+    DeserializationError,
+    RegistryUnavailableError,
+    SerializationError,
+    UnknownSchemaError,
+)
 from conveyor.schemas.contracts import Contract
 from conveyor.settings import Settings
 
@@ -130,6 +141,7 @@ class Serde:
         self._lock = threading.Lock()
         self._serializers: dict[tuple[str, str], AvroSerializer] = {}
         self._deserializers: dict[str, AvroDeserializer] = {}
+        self._known_ids: set[int] = set()  # writer ids fetched already: decoding is local
 
     @property
     def client(self) -> SchemaRegistryClient:
@@ -206,6 +218,15 @@ class Serde:
             raise SerializationError(f"{contract.short_name}: there is no record to encode")
         return data
 
+    def needs_registry(self, data: bytes | None) -> bool:
+        """Whether decoding ``data`` may call the registry: its writer schema id is well
+        formed and has not been fetched by this serde yet. False for bytes that fail
+        before any lookup (no header, wrong magic byte), which decode locally."""
+        try:
+            return schema_id(data) not in self._known_ids  # type: ignore[arg-type]
+        except DeserializationError:
+            return False
+
     def decode(self, contract: Contract, topic: str, data: bytes) -> dict[str, Any]:
         """Decodes a value read from ``topic`` with ``contract`` as the reader schema.
 
@@ -241,11 +262,12 @@ class Serde:
             raise DeserializationError(f"{label}message has a header but no Avro body")
         deserializer = self._deserializer(reader)
         try:
-            return deserializer(data, None)
+            decoded = deserializer(data, None)
         except SchemaRegistryError as exc:
             if exc.error_code in _SCHEMA_NOT_FOUND or exc.http_status_code == 404:
-                raise DeserializationError(
-                    f"{label}schema id {writer_id} is unknown to the registry at {self._url}"
+                raise UnknownSchemaError(
+                    f"{label}schema id {writer_id} is unknown to the registry at {self._url}",
+                    writer_id,
                 ) from exc
             raise _registry_refusal(exc, self._url, f"schema id {writer_id}") from exc
         except _TRANSPORT_ERRORS as exc:
@@ -253,9 +275,12 @@ class Serde:
         except Exception as exc:
             # Any failure past the registry lookup means the body is not what the writer
             # schema says (truncated, corrupt) or cannot resolve into the reader schema.
+            self._known_ids.add(writer_id)
             raise DeserializationError(
                 f"{label}Avro body does not decode with writer schema id {writer_id}: {_brief(exc)}"
             ) from exc
+        self._known_ids.add(writer_id)
+        return decoded
 
     def register(self, contract: Contract, topic: str) -> int:
         """Registers ``contract`` under ``<topic>-value`` and returns its schema id.

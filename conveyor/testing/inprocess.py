@@ -267,11 +267,14 @@ class TestWorker:
 
         Raises:
             DlqEntryNotFound: No entry has this id.
-            ReplayRefused: The entry was replayed already, or holds no job.
+            ReplayRefused: The entry was replayed already, holds no job, or its job is
+                not failed now.
         """
         entry = await self.dlq_show(entry_id)
         dlq.check_replayable(entry)
         job_id = str(entry.original_job_id)
+        state = self.status_store.status(job_id).state
+        dlq.check_job_failed(entry, None if state == "unknown" else state)
         envelope = dlq.replay_envelope(entry, submitted_at=self.clock.now())
         self.status_store.requeue(
             job_id,

@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from conveyor.consumer.job import FINAL_STATES, JobMessage
@@ -240,6 +240,22 @@ class MemoryStatus(StatusStore):
     async def retry(self, lease: Lease, error: Mapping[str, Any]) -> None:
         """Returns the job to ``queued`` after a failed attempt that will be retried."""
         self._finish(lease, "retry", "queued", json.loads(error_json(error)))
+
+    async def fail_after(
+        self, lease: Lease, error: Mapping[str, Any], publish: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Publishes the dead letter only while the lease is current, then records it."""
+        self._held(lease, "fail")
+        await publish()
+        await self.fail(lease, error)
+
+    async def retry_after(
+        self, lease: Lease, error: Mapping[str, Any], publish: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Publishes the next attempt only while the lease is current, then requeues."""
+        self._held(lease, "retry")
+        await publish()
+        await self.retry(lease, error)
 
     async def cancelled(self, lease: Lease, reason: str | None = None) -> None:
         """Records the job cancelled."""

@@ -355,3 +355,65 @@ async def test_a_record_postgres_refuses_is_stored_cleaned_and_announced_not_ski
     assert (row["type"], row["key"]) == ("email\\x00send", "user\\x00-1")
     assert [e["message"] for e in json.loads(row["error_history"])] == ["bad\\x00byte"] * 3
     assert sink.stats.cleaned == 1
+
+
+async def test_a_revoke_waits_for_the_message_in_hand_so_its_job_failed_goes_out_once(
+    live: Settings,
+    pool: asyncpg.Pool[Any],
+    serde: Serde,
+    sink: DlqSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sink is publishing a JobFailed when its partition is revoked. The revoke waits
+    until that message is stored, announced and committed, and stops the sink from
+    starting another; so the next owner starts after it, and does not find the row with
+    its event not yet marked out and publish it a second time."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    publish = sink._publish
+
+    async def slow_publish(record: Any, dlq_id: int) -> None:
+        entered.set()
+        await release.wait()
+        await publish(record, dlq_id)
+
+    monkeypatch.setattr(sink, "_publish", slow_publish)
+    job_id = str(uuid.uuid4())
+    [offset, behind] = produce(
+        live,
+        [
+            encode(serde, live, dead_record(job_id, offset=20)),
+            encode(serde, live, dead_record(str(uuid.uuid4()), offset=21)),
+        ],
+    )
+    await asyncio.wait_for(entered.wait(), 60)
+    consumer = sink._consumer
+    assert consumer is not None
+    try:
+        revoking = asyncio.create_task(sink._release(set(consumer.assignment())))
+        # An observation window, not a wait for a result: the revoke holds the partition.
+        done, _ = await asyncio.wait({revoking}, timeout=1.0)
+        assert not done, "the revoke let the partition go with a message in hand"
+    finally:
+        release.set()
+    await asyncio.wait_for(revoking, 30)
+    assert committed_offset(live, sink.group_id) == offset + 1
+    assert await published(pool, 20)
+    assert sink.stats.events_published == 1
+    assert not await published(pool, 21), "a message of a revoked partition was started"
+
+    # The next owner of the partition takes over from there: one event per dead job.
+    other = DlqSink(live, pool=pool, serde=serde, session_timeout_ms=6000, fetch_timeout_ms=100)
+    await other.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(other.run(stop))
+    try:
+        await eventually(lambda: published(pool, 21), what="the next owner's event")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    events_topic = Topology.from_settings(live).events_topic
+    events = read_topic(live.kafka_bootstrap, events_topic, 3, timeout=5)
+    keys = sorted(e.key for e in events if e.key is not None)
+    assert keys.count(job_id.encode()) == 1
+    assert behind == offset + 1

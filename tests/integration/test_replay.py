@@ -234,6 +234,31 @@ async def test_an_undecodable_or_missing_entry_is_refused_and_nothing_changes(
     assert (await dlq.get_entry(pool, raw)).replayed_at is None
 
 
+async def test_replay_is_refused_unless_the_job_is_failed_now(
+    live: Settings, pool: asyncpg.Pool[Any], publisher: dlq.RecordPublisher
+) -> None:
+    """A dead letter is not proof the job ended failed: a worker that lost the job may
+    have dead-lettered it while its new owner completed it, or it may be queued or
+    running again. Replaying it then would run it twice, so replay checks the job."""
+    job_id = str(uuid.uuid4())
+    entry_id = await insert_entry(pool, job_id=job_id, priority="low")
+    await pool.execute(
+        "INSERT INTO jobs (job_id, type, state, finished_at) VALUES ($1, 'email.send', "
+        "'complete', now())",
+        uuid.UUID(job_id),
+    )
+    for state in ("complete", "processing", "queued", "cancelled"):
+        await pool.execute("UPDATE jobs SET state = $2 WHERE job_id = $1", uuid.UUID(job_id), state)
+        with pytest.raises(ReplayRefused, match=f"job {job_id} is {state}, not failed"):
+            await dlq.replay(pool, publisher, live, entry_id)
+        assert (await dlq.get_entry(pool, entry_id)).replayed_at is None
+    messages = await asyncio.to_thread(read_jobs, live, "low", 1, 2.0)
+    assert messages == [], "a refused replay published the job"
+
+    await pool.execute("UPDATE jobs SET state = 'failed' WHERE job_id = $1", uuid.UUID(job_id))
+    assert await dlq.replay(pool, publisher, live, entry_id) == job_id
+
+
 async def test_replay_all_replays_the_pending_entries_of_one_type_and_reports_progress(
     live: Settings, pool: asyncpg.Pool[Any], publisher: dlq.RecordPublisher
 ) -> None:
@@ -309,7 +334,7 @@ async def test_purge_deletes_only_finished_jobs_and_replayed_entries_past_retent
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     jobs = {
-        "old": ("complete", now - dt.timedelta(days=8)),
+        "old": ("complete", now - dt.timedelta(days=9)),
         "recent": ("failed", now - dt.timedelta(days=1)),
         "running": ("processing", None),
     }

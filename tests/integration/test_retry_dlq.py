@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -68,7 +69,10 @@ async def test_permanent_and_validation_failures_go_to_the_dlq_after_one_attempt
 
 
 async def test_garbage_bytes_go_to_the_dlq_and_the_next_jobs_still_run(live: Settings) -> None:
-    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    # The second value names schema id 10000, which the registry does not know: it is
+    # dead-lettered once unknown_schema_wait has passed (a lagging follower gets that long).
+    options = dataclasses.replace(TEST_OPTIONS, unknown_schema_wait=1.0)
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=options)
     done: list[int] = []
 
     @worker.handler("after.garbage")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.errors import DeserializationError, SerializationError
+from conveyor.errors import DeserializationError, SerializationError, UnknownSchemaError
 from conveyor.schemas.contracts import (
     ALL_CONTRACTS,
     CONTROL_COMMAND,
@@ -137,6 +137,26 @@ def test_register_all_returns_one_id_per_value_subject(
 def test_unknown_schema_id_is_a_deserialization_error(serde: Serde) -> None:
     with pytest.raises(DeserializationError, match="schema id 2147483000 is unknown"):
         serde.decode(JOB_ENVELOPE, "any", b"\x00" + struct.pack(">I", 2147483000) + b"body")
+
+
+def test_an_unknown_id_is_told_apart_and_a_read_id_needs_the_registry_no_more(
+    serde: Serde, registry_settings: Settings
+) -> None:
+    """A 404 is an ``UnknownSchemaError`` (the worker waits on it: a follower may lag),
+    and once an id was read, decoding it again makes no registry request."""
+    unknown = b"\x00" + struct.pack(">I", 2147483000) + b"body"
+    assert serde.needs_registry(unknown)
+    with pytest.raises(UnknownSchemaError) as caught:
+        serde.decode(JOB_ENVELOPE, "any", unknown)
+    assert caught.value.schema_id == 2147483000
+    assert serde.needs_registry(unknown), "an unknown id is asked again next time"
+    assert not serde.needs_registry(b"\x01 not framed")  # fails locally, no request
+    topic = f"{registry_settings.topic_prefix}.jobs.normal"
+    with Serde(registry_settings) as producer:
+        data = producer.encode(JOB_ENVELOPE, topic, RECORDS[JOB_ENVELOPE.name])
+    assert serde.needs_registry(data)
+    serde.decode(JOB_ENVELOPE, topic, data)
+    assert not serde.needs_registry(data)
 
 
 def test_payload_schemas_evolve_compatibly_and_refuse_breaking_changes(

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from confluent_kafka import KafkaError
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -341,3 +342,44 @@ async def test_healthz_fails_when_a_helper_beside_the_jobs_dies(
         await eventually(unhealthy, what="/healthz to name the dead relay")
         _status, checks = await probe(worker, "/healthz")
         assert "relay broke" in checks["helpers"]
+
+
+async def test_a_fatal_publisher_error_fails_healthz_and_stops_fetching(live: Settings) -> None:
+    """The retry/DLQ publisher's producer reports a fatal error (what librdkafka's
+    ``error_cb`` does when idempotence breaks): every later retry or DLQ publish would
+    fail, so liveness fails naming it, and the worker stops taking jobs rather than
+    fail each one with health green."""
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=OPTIONS)
+    ran: list[str] = []
+
+    @worker.handler("ok.job")
+    async def ok(ctx: JobContext, payload: Any) -> None:
+        ran.append(ctx.job_id)
+
+    async with running(worker):
+        with Producer(live) as producer:
+            first = producer.submit("ok.job", {})
+        await eventually(lambda: ran == [first], what="the first job to run")
+        assert (await probe(worker, "/healthz"))[0] == 200
+        loop = worker._loop
+        assert loop is not None
+        watch = loop._publisher._core._watch
+        assert watch is not None
+        watch(KafkaError(KafkaError._FATAL, "Idempotent producer: sequence gap", fatal=True))
+
+        async def unhealthy() -> bool:
+            status, checks = await probe(worker, "/healthz")
+            return status == 503 and "fatal error" in (checks.get("publisher") or "")
+
+        await eventually(unhealthy, what="/healthz to name the broken publisher")
+        consumer = loop._consumers["normal"]
+        await eventually(
+            lambda: bool(consumer.assignment()) and consumer.paused() == consumer.assignment(),
+            what="fetching to stop",
+        )
+        with Producer(live) as producer:
+            producer.submit("ok.job", {})
+        # An observation window, not a wait for a result: fetching stays stopped.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(eventually(lambda: len(ran) > 1), timeout=3.0)
+        assert ran == [first]

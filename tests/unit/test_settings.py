@@ -143,3 +143,11 @@ def test_the_harness_variables_are_not_settings_and_are_let_through() -> None:
     }
     assert Settings.from_env(env).topic_prefix == "svc"
     assert explicitly_set(env) == frozenset({"topic_prefix"})
+
+
+def test_the_worker_instance_id_is_read_from_the_environment_and_checked() -> None:
+    settings = Settings.from_env({"CONVEYOR_WORKER_INSTANCE_ID": "conveyor-worker-0"})
+    assert settings.worker_instance_id == "conveyor-worker-0"
+    assert Settings().worker_instance_id is None
+    with pytest.raises(ConfigurationError, match="worker_instance_id"):
+        Settings(worker_instance_id="has spaces")
