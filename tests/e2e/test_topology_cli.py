@@ -23,7 +23,7 @@ def test_apply_creates_then_reports_nothing_to_change(settings: Settings) -> Non
     planned = run_cli("topology", "plan", env=env)
     assert (planned.code, planned.stderr) == (0, ""), planned.stderr
     assert [line.split()[2] for line in planned.stdout.splitlines()[:-1]] == names
-    assert planned.stdout.splitlines()[-1].startswith("plan: 10 to create, 0 in sync, 0 drift(s)")
+    assert planned.stdout.splitlines()[-1].startswith("plan: 11 to create, 0 in sync, 0 drift(s)")
 
     first = run_cli("topology", "apply", env=env)
     assert (first.code, first.stderr) == (0, ""), first.stderr
