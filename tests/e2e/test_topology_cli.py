@@ -32,7 +32,7 @@ def test_apply_creates_then_reports_nothing_to_change(settings: Settings) -> Non
     assert f"created {settings.topic_prefix}.jobs.critical partitions=8 " in first.stdout
 
     second = run_cli("topology", "apply", env=env)
-    assert (second.code, second.stdout) == (0, "nothing to change: 10 topics in sync\n")
+    assert (second.code, second.stdout) == (0, "nothing to change: 11 topics in sync\n")
 
     replanned = run_cli("topology", "plan", env=env)
     assert replanned.code == 0
