@@ -267,7 +267,9 @@ class JobStore:
 
     @staticmethod
     async def _cancel_row(conn: AnyConnection, job_id: str, error: str | None) -> str:
-        # The row lock orders this cancel against a concurrent claim of the same job.
+        # A scheduled row is locked first, as the dispatcher does, then the job's row:
+        # that lock orders this cancel against a release or a claim of the same job.
+        await conn.execute(scheduling_store.LOCK_ONE, job_id)
         state: str | None = await conn.fetchval(_LOCK, job_id)
         if state is None:
             if await conn.fetchval(_CANCEL_UNSEEN, job_id, error) is not None:

@@ -2,11 +2,12 @@
 
 Each round, in one transaction: lock up to ``batch`` due rows that no other dispatcher
 holds (``FOR UPDATE SKIP LOCKED``, so any number of dispatchers never release one row
-concurrently), publish each message exactly as it was submitted (same value, key, headers:
-the same job id) to its priority topic, wait for every ack, then mark the rows released
-and their jobs ``queued``. A crash or a failed ack before the commit leaves the rows
-pending, and a later round publishes them again under the same job id, which workers
-dedupe. A row whose job was cancelled is marked skipped and not published.
+concurrently), move their jobs from ``scheduled`` to ``queued``, publish each message
+exactly as it was submitted (same value, key, headers: the same job id) to its priority
+topic, wait for every ack, then mark the rows released. A crash or a failed ack before
+the commit leaves the rows pending, and a later round publishes them again under the same
+job id, which workers dedupe. A row whose job was cancelled is marked skipped and not
+published.
 
 Between rounds the dispatcher sleeps until the earliest pending due time (at most
 ``max_sleep``), and ``LISTEN`` on the schema's channel wakes it early when new rows arrive
@@ -176,6 +177,7 @@ class Dispatcher:
                     return 0
                 publish = [r for r in rows if r["state"] != "cancelled"]
                 skip = [r["job_id"] for r in rows if r["state"] == "cancelled"]
+                await conn.execute(store.QUEUE_JOBS, [r["job_id"] for r in publish])
                 futures = [
                     self._republisher.send(
                         r["topic"],

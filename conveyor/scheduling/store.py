@@ -4,7 +4,7 @@ Kept together so the life of a ``scheduled_jobs`` row reads in one place (migrat
 ``0030_scheduling``): the scheduler inserts it (:data:`INSERT_SCHEDULED`, with the job's
 ``scheduled`` row, :data:`INSERT_JOBS`), a dispatcher locks due rows
 (:data:`CLAIM_DUE`), publishes them and marks them released (:data:`MARK_RELEASED`), and
-``JobStore.cancel`` skips a row not released yet (:data:`SKIP_ONE`).
+``JobStore.cancel`` skips a row not released yet (:data:`LOCK_ONE`, :data:`SKIP_ONE`).
 """
 
 from __future__ import annotations
@@ -85,13 +85,8 @@ FOR UPDATE OF s SKIP LOCKED
 """Locks up to $1 due rows no other dispatcher holds, earliest first, with their job's
 state (a cancelled one is skipped, not released)."""
 
-MARK_RELEASED = """
-WITH released AS (
-    UPDATE scheduled_jobs
-    SET released_at = clock_timestamp(), skipped = NOT (job_id = ANY($1::uuid[]))
-    WHERE job_id = ANY($1::uuid[] || $2::uuid[]) AND released_at IS NULL
-    RETURNING job_id
-), queued AS (
+QUEUE_JOBS = """
+WITH queued AS (
     UPDATE jobs SET state = 'queued', updated_at = clock_timestamp()
     WHERE job_id = ANY($1::uuid[]) AND state = 'scheduled'
     RETURNING job_id, updated_at, attempts
@@ -99,8 +94,21 @@ WITH released AS (
 INSERT INTO job_transitions (job_id, state, at, attempt)
 SELECT job_id, 'queued', updated_at, attempts FROM queued ORDER BY job_id
 """
-"""Marks rows released ($1, published) or skipped ($2, their job was cancelled) and moves
-released jobs still ``scheduled`` to ``queued`` (a worker may have claimed one already)."""
+"""Moves the jobs about to be released ($1) from ``scheduled`` to ``queued``. Run before
+the publish, in the releasing transaction: the job rows stay locked until it commits, so a
+worker that receives a job at once records ``processing`` after ``queued``, never before."""
+
+MARK_RELEASED = """
+UPDATE scheduled_jobs
+SET released_at = clock_timestamp(), skipped = NOT (job_id = ANY($1::uuid[]))
+WHERE job_id = ANY($1::uuid[] || $2::uuid[]) AND released_at IS NULL
+"""
+"""Marks rows released ($1, published and acknowledged) or skipped ($2, their job was
+cancelled)."""
+
+LOCK_ONE = "SELECT 1 FROM scheduled_jobs WHERE job_id = $1 FOR UPDATE"
+"""Locks a job's scheduled row, if any, before its ``jobs`` row: the order the dispatcher
+takes them in, so a cancel and a release never deadlock. $1 job_id."""
 
 NEXT_DUE = """
 SELECT extract(epoch FROM min(due_at) - now())::float8 FROM scheduled_jobs
@@ -150,9 +158,11 @@ __all__ = [
     "CLAIM_DUE",
     "INSERT_JOBS",
     "INSERT_SCHEDULED",
+    "LOCK_ONE",
     "MARK_RELEASED",
     "NEXT_DUE",
     "PENDING_COUNT",
+    "QUEUE_JOBS",
     "SKIP_ONE",
     "headers_from",
     "headers_json",

@@ -18,9 +18,9 @@ from conveyor.consumer.context import JobContext
 from conveyor.consumer.worker import Worker
 from conveyor.db import create_pool
 from conveyor.jobstore import JobStore
+from conveyor.scheduling.service import Scheduler
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
-from conveyor.scheduling.service import Scheduler
 from conveyor.topology.model import Topology
 from tests.kafka_helpers import read_topic
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
@@ -37,8 +37,14 @@ async def scheduler(s: Settings) -> AsyncIterator[Scheduler]:
     """A scheduler (intake, dispatcher, recurring loop) running for the block."""
     pool = await create_pool(s, min_size=1, max_size=4)
     serde = Serde(s)
-    service = Scheduler(s, pool=pool, serde=serde, session_timeout_ms=6000,
-                        heartbeat_interval_ms=1000, record_lateness=True)
+    service = Scheduler(
+        s,
+        pool=pool,
+        serde=serde,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        record_lateness=True,
+    )
     stop = asyncio.Event()
     try:
         await service.start()
@@ -125,9 +131,9 @@ async def test_three_schedulers_release_each_job_exactly_once(
     assert sum(released) == 300
     assert landed == collections.Counter(ids)  # every job once, no other
     assert min(late) >= 0  # never before its time
-    assert await count(
-        db, live, "SELECT count(*) FROM scheduled_jobs WHERE released_at IS NULL"
-    ) == 0
+    assert (
+        await count(db, live, "SELECT count(*) FROM scheduled_jobs WHERE released_at IS NULL") == 0
+    )
     assert await count(db, live, "SELECT count(*) FROM jobs WHERE state = 'queued'") == 300
 
 
@@ -150,9 +156,7 @@ async def test_cancel_before_release_skips_the_job(live: Settings, db: asyncpg.C
     assert job_ids_on(live, topology.job_topic("normal"), 1) == collections.Counter([kept])
     assert status.state == "cancelled"
     assert [t.state for t in status.history] == ["scheduled", "cancelled"]
-    assert await count(
-        db, live, "SELECT count(*) FROM scheduled_jobs WHERE skipped"
-    ) == 1
+    assert await count(db, live, "SELECT count(*) FROM scheduled_jobs WHERE skipped") == 1
 
 
 async def test_jobs_that_fall_due_while_no_dispatcher_runs_are_released_once_on_restart(
