@@ -17,10 +17,10 @@ from conveyor import Settings
 from conveyor.consumer.worker import Worker
 from conveyor.db import create_pool
 from conveyor.errors import ScheduleNotFound
-from conveyor.schemas.contracts import JOB_ENVELOPE
-from conveyor.schemas.serde import Serde
 from conveyor.scheduling import recurring
 from conveyor.scheduling.recurring import RecurringLoop, ScheduleSpec
+from conveyor.schemas.contracts import JOB_ENVELOPE
+from conveyor.schemas.serde import Serde
 from conveyor.topology.model import Topology
 from tests.kafka_helpers import read_topic
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
@@ -128,12 +128,11 @@ async def test_ticks_missed_while_nothing_ran_follow_catch_up(
         catch_up=catch_up,
         payload={"k": 1},
     )
-    async with loops(live, clock, 1) as [loop]:
-        async with connection(live) as conn:
-            await recurring.upsert(conn, spec, source="code", now=clock())
-            clock.now = paris(2026, 3, 4, 9, 0)
-            await loop.run_once()
-            [row] = await recurring.list_schedules(conn)
+    async with loops(live, clock, 1) as [loop], connection(live) as conn:
+        await recurring.upsert(conn, spec, source="code", now=clock())
+        clock.now = paris(2026, 3, 4, 9, 0)
+        await loop.run_once()
+        [row] = await recurring.list_schedules(conn)
     expected = collections.Counter(
         recurring.tick_dedupe_key(spec.name, paris(2026, 3, d, 8)) for d in ticks
     )
@@ -145,32 +144,31 @@ async def test_ticks_missed_while_nothing_ran_follow_catch_up(
 async def test_pause_resume_and_remove(live: Settings) -> None:
     clock = Clock(paris(2026, 6, 1, 12))
     spec = ScheduleSpec(name="paused", cron="*/10 * * * *", type="tick.job")
-    async with loops(live, clock, 1) as [loop]:
-        async with connection(live) as conn:
-            await recurring.upsert(conn, spec, source="cli", now=clock())
-            await recurring.set_paused(conn, "paused", True, now=clock())
-            clock.now += dt.timedelta(hours=1)
-            assert await loop.run_once() == 0
-            await recurring.set_paused(conn, "paused", False, now=clock())
-            [row] = await recurring.list_schedules(conn)
-            assert (row.paused, row.next_fire_at) == (False, clock() + dt.timedelta(minutes=10))
-            clock.now += dt.timedelta(minutes=10)
-            assert await loop.run_once() == 1
+    async with loops(live, clock, 1) as [loop], connection(live) as conn:
+        await recurring.upsert(conn, spec, source="cli", now=clock())
+        await recurring.set_paused(conn, "paused", True, now=clock())
+        clock.now += dt.timedelta(hours=1)
+        assert await loop.run_once() == 0
+        await recurring.set_paused(conn, "paused", False, now=clock())
+        [row] = await recurring.list_schedules(conn)
+        assert (row.paused, row.next_fire_at) == (False, clock() + dt.timedelta(minutes=10))
+        clock.now += dt.timedelta(minutes=10)
+        assert await loop.run_once() == 1
+        await recurring.remove(conn, "paused")
+        with pytest.raises(ScheduleNotFound, match="no schedule named 'paused'"):
             await recurring.remove(conn, "paused")
-            with pytest.raises(ScheduleNotFound, match="no schedule named 'paused'"):
-                await recurring.remove(conn, "paused")
-            assert await recurring.list_schedules(conn) == []
+        assert await recurring.list_schedules(conn) == []
 
 
 async def test_a_worker_upserts_its_declared_schedule_and_submits_its_ticks(
     live: Settings,
 ) -> None:
     worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
-    ran: list[str] = []
+    ran: list[int] = []
 
     @worker.handler("tick.job")
     async def tick(ctx: object, payload: dict[str, int]) -> None:
-        ran.append(payload["n"])  # type: ignore[arg-type]
+        ran.append(payload["n"])
 
     worker.schedule("every-minute", cron="* * * * *", type="tick.job", payload={"n": 7})
     async with running(worker):
