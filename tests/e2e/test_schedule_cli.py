@@ -106,7 +106,8 @@ async def test_the_scheduler_alone_releases_a_run_at_job_and_status_shows_it_sch
     live: Settings,
 ) -> None:
     env = {**os.environ, **settings_env(live)}
-    proc = subprocess.Popen(
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
         [sys.executable, "-m", "conveyor", "scheduler"],
         env=env,
         stdout=subprocess.PIPE,
