@@ -26,6 +26,9 @@ DEFAULT_PURGE_INTERVAL = 3600.0
 
 _PURGE_JOBS = "SELECT purge_finished_jobs(coalesce($1::interval, interval '7 days'))"
 _PURGE_DLQ = "SELECT purge_replayed_dlq(coalesce($1::interval, interval '30 days'))"
+_PURGE_SCHEDULED = (
+    "SELECT purge_released_scheduled_jobs(coalesce($1::interval, interval '7 days'))"
+)
 
 
 async def purge(
@@ -34,7 +37,8 @@ async def purge(
     jobs_older_than: dt.timedelta | None = None,
     dlq_older_than: dt.timedelta | None = None,
 ) -> tuple[int, int]:
-    """Deletes finished jobs and replayed DLQ rows past their retention.
+    """Deletes finished jobs and replayed DLQ rows past their retention, and the
+    ``scheduled_jobs`` rows released longer ago than the jobs' retention.
 
     Args:
         pool: Connections to conveyor's schema.
@@ -52,6 +56,7 @@ async def purge(
         async with pool.acquire() as conn:
             jobs = int(await conn.fetchval(_PURGE_JOBS, jobs_older_than))
             dlq = int(await conn.fetchval(_PURGE_DLQ, dlq_older_than))
+            await conn.execute(_PURGE_SCHEDULED, jobs_older_than)
     return jobs, dlq
 
 

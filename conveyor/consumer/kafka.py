@@ -6,7 +6,9 @@ from collections.abc import Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
+from conveyor.errors import BrokerUnavailableError
 from conveyor.settings import Settings
 
 
@@ -31,6 +33,43 @@ def aiokafka_security(settings: Settings) -> dict[str, Any]:
             password=None if key_password is None else key_password.get_secret_value(),
         )
     return kwargs
+
+
+async def start_group_consumer(
+    settings: Settings,
+    topic: str,
+    *,
+    group_id: str,
+    client_id: str,
+    session_timeout_ms: int,
+    heartbeat_interval_ms: int,
+) -> AIOKafkaConsumer:
+    """A started consumer of ``topic`` in ``group_id`` that commits by hand, from the
+    earliest offset when the group is new (the DLQ sink's and the scheduler's).
+
+    Raises:
+        BrokerUnavailableError: The consumer could not start (it is closed).
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        **aiokafka_security(settings),
+    )
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise BrokerUnavailableError(
+            f"cannot consume {topic} from Kafka at {settings.kafka_bootstrap}: {exc}; check "
+            "CONVEYOR_KAFKA_BOOTSTRAP and that `conveyor topology apply` created the topics"
+        ) from exc
+    return consumer
 
 
 async def consumer_lag(consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]) -> int:

@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from conveyor.consumer.kafka import aiokafka_security
+from conveyor.consumer.kafka import start_group_consumer
 from conveyor.db import database_errors
-from conveyor.errors import BrokerUnavailableError, DeserializationError
+from conveyor.errors import DeserializationError
 from conveyor.scheduling import store
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
@@ -106,27 +106,14 @@ class ScheduledIntake:
         Raises:
             BrokerUnavailableError: The consumer could not start.
         """
-        topic = self._topology.scheduled_topic
-        self._consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=self._settings.kafka_bootstrap,
+        self._consumer = await start_group_consumer(
+            self._settings,
+            self._topology.scheduled_topic,
             group_id=self._topology.scheduler_group,
             client_id="conveyor-scheduler",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
-            **aiokafka_security(self._settings),
         )
-        try:
-            await self._consumer.start()
-        except KafkaError as exc:
-            await self.close()
-            raise BrokerUnavailableError(
-                f"cannot consume {topic} from Kafka at {self._settings.kafka_bootstrap}: "
-                f"{exc}; check CONVEYOR_KAFKA_BOOTSTRAP and that `conveyor topology apply` "
-                "created the topics"
-            ) from exc
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stores batches until ``stop`` is set, then closes the consumer."""
