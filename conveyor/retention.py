@@ -26,9 +26,7 @@ DEFAULT_PURGE_INTERVAL = 3600.0
 
 _PURGE_JOBS = "SELECT purge_finished_jobs(coalesce($1::interval, interval '7 days'))"
 _PURGE_DLQ = "SELECT purge_replayed_dlq(coalesce($1::interval, interval '30 days'))"
-_PURGE_SCHEDULED = (
-    "SELECT purge_released_scheduled_jobs(coalesce($1::interval, interval '7 days'))"
-)
+_PURGE_SCHEDULED = "SELECT purge_released_scheduled_jobs(coalesce($1::interval, interval '7 days'))"
 
 
 async def purge(
