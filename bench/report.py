@@ -373,6 +373,12 @@ def _summary(scenarios: dict[str, Any]) -> str:
     if prio:
         shares = "/".join(f"{prio['priorities'][p]['share_pct']:g}" for p in PRIORITIES)
         lines.append(f"- Priority shares critical/high/normal/low: {shares}% (design 40/30/20/10).")
+    sched = scenarios.get("scheduling", {}).get("contenders", {}).get("conveyor")
+    if sched:
+        lines.append(
+            f"- Scheduled jobs: release lateness p50/p95/p99 {_ms(sched['release_lateness_ms'])}"
+            f" ms, {sched['within_1s_pct']:g}% within 1 s."
+        )
     keys = scenarios.get("keys", {}).get("contenders", {}).get("conveyor")
     if keys:
         series = ", ".join(
