@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 
 from conveyor.db import database_errors
-from conveyor.errors import ConveyorError, ScheduleError, ScheduleNotFound
+from conveyor.errors import ConveyorError, ScheduleError, ScheduleNotFound, ValidationError
 from conveyor.producer.aio import AsyncProducer
 from conveyor.producer.jobs import type_problem
 from conveyor.scheduling import cron as cronexpr
@@ -331,16 +331,22 @@ class RecurringLoop:
                     ticks, following = cronexpr.due_ticks(
                         parsed, row.next_fire_at, now, row.catch_up
                     )
-                    for tick in ticks:
-                        await self._producer.submit(
-                            row.type,
-                            row.payload,
-                            key=row.key,
-                            priority=row.priority,
-                            dedupe_key=tick_dedupe_key(row.name, tick),
-                            tenant_id=row.tenant_id,
-                            wait=True,
-                        )
+                    try:
+                        for tick in ticks:
+                            await self._producer.submit(
+                                row.type,
+                                row.payload,
+                                key=row.key,
+                                priority=row.priority,
+                                dedupe_key=tick_dedupe_key(row.name, tick),
+                                tenant_id=row.tenant_id,
+                                wait=True,
+                            )
+                    except ValidationError as exc:
+                        # The job itself is refused (a payload over the size limit): trying
+                        # again cannot help, and must not hold back the other schedules.
+                        log.error("schedule %s: tick not submitted: %s", row.name, exc)
+                        ticks = []
                     await conn.execute(_ADVANCE, row.name, following, ticks[-1] if ticks else None)
                     count += len(ticks)
         self.submitted += count

@@ -61,9 +61,9 @@ def test_plan_and_apply_exit_3_on_partition_drift(settings: Settings) -> None:
     created = [
         line.split()[1] for line in applied.stdout.splitlines() if line.startswith("created")
     ]
-    assert len(created) == 9
+    assert len(created) == 10
     assert high.name not in created
-    assert applied.stdout.splitlines()[-1].startswith("apply: created 9 topic(s); 9 in sync")
+    assert applied.stdout.splitlines()[-1].startswith("apply: created 10 topic(s); 10 in sync")
 
 
 def test_unreachable_broker_is_one_error_line_and_exit_1_within_20s() -> None:

@@ -185,3 +185,22 @@ async def test_a_worker_upserts_its_declared_schedule_and_submits_its_ticks(
                 f'UPDATE "{live.database_schema}".schedules SET next_fire_at = now()'
             )
         await eventually(lambda: ran == [7], what="the tick's job to run")
+
+
+async def test_a_refused_tick_is_logged_and_skipped_without_holding_back_other_schedules(
+    live: Settings,
+) -> None:
+    small = live.replace(max_payload_bytes=100)
+    clock = Clock(paris(2026, 6, 1, 12))
+    good = ScheduleSpec(name="good", cron="*/10 * * * *", type="tick.job", payload={"n": 1})
+    bad = ScheduleSpec(name="bad", cron="*/10 * * * *", type="tick.job", payload={"x": "y" * 200})
+    async with loops(small, clock, 1) as [loop], connection(small) as conn:
+        for spec in (bad, good):
+            await recurring.upsert(conn, spec, source="cli", now=clock())
+        clock.now += dt.timedelta(minutes=10)
+        assert await loop.run_once() == 1
+        rows = {r.name: r for r in await recurring.list_schedules(conn)}
+    expected = collections.Counter([recurring.tick_dedupe_key("good", clock())])
+    assert dedupe_keys_on(small, 1) == expected
+    assert rows["bad"].next_fire_at == clock() + dt.timedelta(minutes=10)
+    assert rows["bad"].last_fire_at is None
