@@ -198,3 +198,24 @@ async def test_an_unacknowledged_release_is_repeated_with_the_same_job_id(
             job_id,
         ]
     assert uuid.UUID(job_id)
+
+
+async def test_a_job_cancelled_before_the_scheduler_stored_it_is_never_released(
+    live: Settings,
+) -> None:
+    """The cancel came first (its id known from a dedupe key): the scheduler still stores the
+    delayed job, and the dispatcher skips it when due instead of releasing it."""
+    from conveyor.producer.jobs import dedupe_job_id
+
+    topology = Topology.from_settings(live)
+    job_id = dedupe_job_id("later.job", "invoice-7")
+    async with JobStore(live) as store:
+        assert await store.cancel(job_id, reason="changed my mind") == "cancelled"
+        async with scheduler(live) as service, AsyncProducer(live) as producer:
+            assert await producer.submit("later.job", {}, dedupe_key="invoice-7", delay=1) == job_id
+            await eventually(lambda: service.dispatcher.stats.skipped == 1, what="the skip")
+            released = service.dispatcher.stats.released
+        status = await store.status(job_id)
+    assert released == 0
+    assert job_ids_on(live, topology.job_topic("normal"), 0) == collections.Counter()
+    assert [t.state for t in status.history] == ["cancelled"]
