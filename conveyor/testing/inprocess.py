@@ -53,6 +53,7 @@ from conveyor.testing.clock import FakeClock
 from conveyor.testing.database import TestPool
 from conveyor.testing.memdlq import MemoryDlq
 from conveyor.testing.memlog import MemoryDelivery, MemoryLog, Record
+from conveyor.testing.memschedule import MemorySchedule
 from conveyor.testing.memstatus import MemoryStatus, canonical
 from conveyor.topology.model import PRIORITIES, PRIORITY_WEIGHTS, Topology
 
@@ -130,8 +131,7 @@ class TestWorker:
         self._positions: dict[tuple[str, int], int] = {}
         self._due: dict[tuple[str, int, int], dt.datetime | None] = {}
         self._dlq = MemoryDlq()
-        #: The scheduler's table: (due, job id, record) of delayed jobs not released yet.
-        self._scheduled: list[tuple[dt.datetime, str, Record]] = []
+        self._scheduled: MemorySchedule[Record] = MemorySchedule()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: list[BaseException] = []
         self._changed = self.clock.parked
@@ -368,11 +368,8 @@ class TestWorker:
                 continue
             due = envelope.get("not_before") or self.clock.now()
             if self.status_store.schedule(envelope, due):
-                self._scheduled.append((due, str(envelope["job_id"]), record))
-        self._scheduled.sort(key=lambda item: (item[0], item[1]))
-        now = self.clock.now()
-        while self._scheduled and self._scheduled[0][0] <= now:
-            _due, job_id, record = self._scheduled.pop(0)
+                self._scheduled.add(due, str(envelope["job_id"]), record)
+        for job_id, record in self._scheduled.pop_due(self.clock.now()):
             if not self.status_store.release(job_id):
                 continue  # cancelled before its release
             envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value)
@@ -386,8 +383,8 @@ class TestWorker:
         """Seconds until the next retry, delayed job or in-place retry is due, if any."""
         now = self.clock.now()
         waits = []
-        if self._scheduled:
-            waits.append((self._scheduled[0][0] - now).total_seconds())
+        if (scheduled := self._scheduled.next_due()) is not None:
+            waits.append((scheduled - now).total_seconds())
         for rung in self.topology.retry_topics:
             for partition in range(self.log.partitions(rung.name)):
                 position = self._positions.get((rung.name, partition), 0)
