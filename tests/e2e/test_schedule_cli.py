@@ -117,7 +117,7 @@ async def test_the_scheduler_alone_releases_a_run_at_job_and_status_shows_it_sch
     )
     try:
         await asyncio.to_thread(read_until, proc, "scheduler: consuming", 60)
-        due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)
+        due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=15)
         submitted = await cli(
             "submit",
             "report.once",
