@@ -33,6 +33,10 @@ class Sizes:
         memory_seconds: How long the worker runs against that backlog.
         scaling_processes: The worker-process counts of the scaling series.
         scaling_jobs: Jobs preloaded for each step of that series.
+        scheduled_jobs: Jobs with a ``run_at`` in the scheduling scenario.
+        scheduled_window_s: The window their due times are spread over (the issue's hour,
+            compressed).
+        scheduled_lead_s: From the first submit to the first due time.
         job_timeout: Longest wait for one step's jobs to finish.
         poll_interval: Seconds between two readings of progress and process usage (each
             reading of conveyor's progress is a count over the jobs table).
@@ -55,6 +59,9 @@ class Sizes:
     memory_seconds: float
     scaling_processes: tuple[int, ...] = (1, 2, 4)
     scaling_jobs: int
+    scheduled_jobs: int = 100_000
+    scheduled_window_s: float = 180.0
+    scheduled_lead_s: float = 60.0
     job_timeout: float = 900.0
     poll_interval: float = 1.0
 
@@ -85,6 +92,9 @@ QUICK = Sizes(
     memory_backlog=10_000,
     memory_seconds=6.0,
     scaling_jobs=1_500,
+    scheduled_jobs=300,
+    scheduled_window_s=5.0,
+    scheduled_lead_s=4.0,
     job_timeout=60.0,
     poll_interval=0.25,
 )

@@ -16,6 +16,7 @@ from conveyor.errors import (
     DeserializationError,
     PermanentError,
     Problem,
+    ScheduleError,
     SerializationError,
     ValidationError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Producer",
     "Progress",
     "RetryPolicy",
+    "ScheduleError",
     "Secret",
     "SerializationError",
     "Settings",

@@ -22,6 +22,8 @@ The tree::
     ├── LeaseLostError              a worker lost its lease on a job; its outcome is discarded
     ├── DlqEntryNotFound            no job_dlq row has the id asked for
     ├── ReplayRefused               a DLQ entry cannot be replayed (already replayed, undecodable)
+    ├── ScheduleError               a recurring schedule is invalid (cron, time zone, catch_up)
+    │   └── ScheduleNotFound            no recurring schedule has the name asked for
     └── PermanentError              raised by a handler: do not retry this job
 
 Library errors (confluent-kafka, aiokafka, asyncpg, httpx) are translated at the
@@ -243,6 +245,22 @@ class DlqEntryNotFound(ConveyorError, LookupError):
 
 class ReplayRefused(ConveyorError):
     """A DLQ entry cannot be replayed: it was replayed already, or it has no job to resubmit."""
+
+
+class ScheduleError(ConveyorError, ValueError):
+    """A recurring schedule is invalid: its cron expression, time zone, name or catch_up."""
+
+
+class ScheduleNotFound(ScheduleError, LookupError):
+    """No recurring schedule has the name asked for.
+
+    Args:
+        name: The schedule name.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schedule named {name!r}; `conveyor schedule list` shows them")
 
 
 class PermanentError(ConveyorError):

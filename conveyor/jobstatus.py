@@ -23,7 +23,8 @@ class Transition:
     """One state change in a job's history.
 
     Args:
-        state: The state entered: queued, processing, complete, failed or cancelled.
+        state: The state entered: scheduled, queued, processing, complete, failed or
+            cancelled.
         at: When.
         attempt: The attempt it belongs to.
         error: The error that caused it (``type``, ``message``, ``traceback``, ``at``), if any.
@@ -56,8 +57,8 @@ class JobStatus:
 
     Args:
         job_id: The job's id.
-        state: queued, processing, complete, failed, cancelled, or ``unknown`` when no
-            worker has recorded the job.
+        state: scheduled, queued, processing, complete, failed, cancelled, or ``unknown``
+            when no worker (or scheduler) has recorded the job.
         attempts: The number of the latest attempt (0 before the first).
         history: Every state change, oldest first.
         result: What the handler returned (complete jobs only).
@@ -71,6 +72,8 @@ class JobStatus:
         submitted_at: When the producer built the job.
         started_at: When the latest attempt started.
         finished_at: When the job ended.
+        scheduled_for: When a delayed or ``run_at`` job is due (state ``scheduled``
+            until the scheduler releases it).
     """
 
     job_id: str
@@ -88,6 +91,7 @@ class JobStatus:
     submitted_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    scheduled_for: dt.datetime | None = None
 
     @classmethod
     def unknown(cls, job_id: str) -> JobStatus:

@@ -39,6 +39,7 @@ from conveyor.consumer.status import AnyConnection, error_json, progress_channel
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
 from conveyor.jobstatus import UNKNOWN, JobStatus, Progress, Transition
+from conveyor.scheduling import store as scheduling_store
 from conveyor.settings import Settings
 
 DEFAULT_POOL_SIZE = 5
@@ -48,7 +49,7 @@ DEFAULT_POLL_INTERVAL = 2.0
 _JOB = """
 SELECT job_id, state, attempts, result, last_error, progress_pct, progress_message,
        progress_at, type, key, tenant_id, priority, batch_id, submitted_at, started_at,
-       finished_at
+       finished_at, scheduled_for
 FROM jobs WHERE job_id = $1
 """
 
@@ -127,6 +128,7 @@ def _status_from(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -
         submitted_at=row["submitted_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        scheduled_for=row["scheduled_for"],
     )
 
 
@@ -232,8 +234,9 @@ class JobStore:
     async def cancel(self, job_id: str, *, reason: str | None = None) -> str:
         """Cancels a job that has not ended.
 
-        A job not yet run (queued, or not seen by any worker) is cancelled at once and
-        skipped when a worker consumes it. A running job is interrupted by the worker
+        A job not yet run (scheduled, queued, or not seen by any worker) is cancelled at
+        once: a scheduled one is never released, a queued one is skipped when a worker
+        consumes it. A running job is interrupted by the worker
         running it, through a command on the control topic; it stays ``processing``
         until that worker records it cancelled. A job that ended is left as it is.
 
@@ -264,7 +267,9 @@ class JobStore:
 
     @staticmethod
     async def _cancel_row(conn: AnyConnection, job_id: str, error: str | None) -> str:
-        # The row lock orders this cancel against a concurrent claim of the same job.
+        # A scheduled row is locked first, as the dispatcher does, then the job's row:
+        # that lock orders this cancel against a release or a claim of the same job.
+        await conn.execute(scheduling_store.LOCK_ONE, job_id)
         state: str | None = await conn.fetchval(_LOCK, job_id)
         if state is None:
             if await conn.fetchval(_CANCEL_UNSEEN, job_id, error) is not None:
@@ -275,8 +280,10 @@ class JobStore:
                 raise ConveyorError(f"job {job_id} vanished while being cancelled; try again")
         if state in FINAL_STATES:
             return state
-        if state == "queued":
+        if state in ("queued", "scheduled"):
             await conn.execute(_CANCEL_QUEUED, job_id, error)
+            if state == "scheduled":  # before its release: the dispatcher skips the row
+                await conn.execute(scheduling_store.SKIP_ONE, job_id)
             return "cancelled"
         await conn.execute(_REQUEST_CANCEL, job_id)
         return state

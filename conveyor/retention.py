@@ -76,6 +76,20 @@ WITH doomed AS (
 )
 SELECT count(*) FROM deleted
 """
+# Released scheduled_jobs rows go with the finished jobs' retention: a scheduled-topic
+# message re-read while its row exists is not scheduled twice. No ORDER BY: the scan
+# stops at the first batch of matches.
+_PURGE_SCHEDULED = """
+WITH doomed AS (
+    SELECT job_id FROM scheduled_jobs
+    WHERE released_at < now() - $1::interval
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM scheduled_jobs AS s USING doomed AS d WHERE s.job_id = d.job_id RETURNING 1
+)
+SELECT count(*) FROM deleted
+"""
 
 
 def job_row_retention(job_retention_days: int = MIN_JOB_RETENTION_DAYS) -> dt.timedelta:
@@ -95,7 +109,8 @@ async def purge(
     job_retention_days: int = MIN_JOB_RETENTION_DAYS,
     batch_size: int = PURGE_BATCH,
 ) -> tuple[int, int]:
-    """Deletes finished jobs and replayed DLQ rows past their retention, in batches.
+    """Deletes finished jobs and replayed DLQ rows past their retention, and the
+    ``scheduled_jobs`` rows released longer ago than the jobs' retention, in batches.
 
     Args:
         pool: Connections to conveyor's schema.
@@ -137,6 +152,7 @@ async def purge(
             try:
                 jobs = await _in_batches(conn, _PURGE_JOBS, jobs_age, batch_size)
                 dlq = await _in_batches(conn, _PURGE_DLQ, dlq_age, batch_size)
+                await _in_batches(conn, _PURGE_SCHEDULED, jobs_age, batch_size)
             finally:
                 await conn.fetchval(_UNLOCK, _LOCK_CLASS)
     return jobs, dlq

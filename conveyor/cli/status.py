@@ -63,6 +63,7 @@ def render(status: JobStatus) -> str:
         ("batch", status.batch_id),
         ("attempts", status.attempts),
         ("submitted", _time(status.submitted_at)),
+        *([("due", _time(status.scheduled_for))] if status.scheduled_for is not None else []),
         ("started", _time(status.started_at)),
         ("finished", _time(status.finished_at)),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -41,11 +42,29 @@ def register(subparsers: common.SubParsers) -> None:
     parser.add_argument("--dedupe-key", help="makes the id deterministic; a repeat is the same job")
     parser.add_argument("--tenant", help="tenant that owns the job")
     parser.add_argument("--max-attempts", type=int, help="override the handler's attempt limit")
-    parser.add_argument("--delay", type=float, help="seconds before the job may start")
+    parser.add_argument(
+        "--delay", type=float, help="seconds before the job may start (it is 'scheduled' until)"
+    )
+    parser.add_argument(
+        "--run-at",
+        type=run_at_argument,
+        metavar="ISO8601",
+        help="when the job may start, with its time zone (2031-01-01T08:00:00+01:00)",
+    )
     parser.add_argument(
         "--wait", action="store_true", help="return only after the broker acknowledged the job"
     )
     common.set_handler(parser, _submit)
+
+
+def run_at_argument(text: str) -> dt.datetime:
+    """Parses ``--run-at``; a missing time zone is left for the producer to refuse."""
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time like 2031-01-01T08:00:00+01:00"
+        ) from exc
 
 
 def read_json(option: str, value: str) -> Any:
@@ -94,6 +113,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             tenant_id=args.tenant,
             max_attempts=args.max_attempts,
             delay=args.delay,
+            run_at=args.run_at,
             wait=args.wait,
         )
     print("\n".join(ids) if isinstance(ids, list) else ids)

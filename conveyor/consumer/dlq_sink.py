@@ -49,7 +49,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import Span
 
 from conveyor.consumer import dlq_rows
-from conveyor.consumer.kafka import aiokafka_security
+from conveyor.consumer.kafka import start_group_consumer
 from conveyor.consumer.options import rebalance_timeout
 from conveyor.consumer.status import error_json
 from conveyor.dlq import PUBLISH_TIMEOUT, RecordPublisher, database_errors
@@ -166,29 +166,21 @@ class DlqSink:
         events = self._topology.events_topic
         await asyncio.to_thread(self._serde.register, JOB_EVENT, events)
         self._publisher = RecordPublisher(self._settings, serde=self._serde)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            group_id=self.group_id,
-            client_id="conveyor-dlq-sink",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=self._session_timeout_ms,
-            heartbeat_interval_ms=self._heartbeat_interval_ms,
-            # The group waits for the revoke, which waits for the message in hand.
-            rebalance_timeout_ms=rebalance_timeout(REVOKE_WAIT, self._session_timeout_ms, None),
-            group_instance_id=self._settings.worker_instance_id,  # static membership
-            **aiokafka_security(self._settings),
-        )
-        self._consumer.subscribe([self._topology.dlq_topic], listener=_Listener(self))
         try:
-            await self._consumer.start()
-        except KafkaError as exc:
+            self._consumer = await start_group_consumer(
+                self._settings,
+                self._topology.dlq_topic,
+                group_id=self.group_id,
+                client_id="conveyor-dlq-sink",
+                session_timeout_ms=self._session_timeout_ms,
+                heartbeat_interval_ms=self._heartbeat_interval_ms,
+                # The group waits for the revoke, which waits for the message in hand.
+                rebalance_timeout_ms=rebalance_timeout(REVOKE_WAIT, self._session_timeout_ms, None),
+                listener=_Listener(self),
+            )
+        except BrokerUnavailableError:
             await self.close()
-            raise BrokerUnavailableError(
-                f"cannot consume {self._topology.dlq_topic} from Kafka at "
-                f"{self._settings.kafka_bootstrap}: {exc}; check CONVEYOR_KAFKA_BOOTSTRAP and "
-                "that `conveyor topology apply` created the topics"
-            ) from exc
+            raise
 
     async def run(self, stop: asyncio.Event) -> None:
         """Handles DLQ messages until ``stop`` is set, then closes the consumer.

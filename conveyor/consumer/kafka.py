@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
+from conveyor.errors import BrokerUnavailableError
 from conveyor.settings import Settings
 
 
@@ -31,6 +33,56 @@ def aiokafka_security(settings: Settings) -> dict[str, Any]:
             password=None if key_password is None else key_password.get_secret_value(),
         )
     return kwargs
+
+
+async def start_group_consumer(
+    settings: Settings,
+    topic: str,
+    *,
+    group_id: str,
+    client_id: str,
+    session_timeout_ms: int,
+    heartbeat_interval_ms: int,
+    rebalance_timeout_ms: int | None = None,
+    listener: ConsumerRebalanceListener | None = None,
+) -> AIOKafkaConsumer:
+    """A started consumer of ``topic`` in ``group_id`` that commits by hand, from the
+    earliest offset when the group is new (the DLQ sink's and the scheduler's). It is a
+    static member when ``Settings.worker_instance_id`` is set.
+
+    Args:
+        rebalance_timeout_ms: How long the group waits for this member's revoke (None:
+            the session timeout).
+        listener: Called on revoke and assignment.
+
+    Raises:
+        BrokerUnavailableError: The consumer could not start (it is closed).
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        rebalance_timeout_ms=rebalance_timeout_ms or session_timeout_ms,
+        group_instance_id=settings.worker_instance_id,  # static membership
+        **aiokafka_security(settings),
+    )
+    if listener is None:
+        consumer.subscribe([topic])
+    else:
+        consumer.subscribe([topic], listener=listener)
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise BrokerUnavailableError(
+            f"cannot consume {topic} from Kafka at {settings.kafka_bootstrap}: {exc}; check "
+            "CONVEYOR_KAFKA_BOOTSTRAP and that `conveyor topology apply` created the topics"
+        ) from exc
+    return consumer
 
 
 async def consumer_lag(consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]) -> int:

@@ -65,6 +65,8 @@ class WorkerOptions:
             handlers, so long jobs do not approach it.
         run_relay: Also run the retry relay (``conveyor relay`` runs it on its own).
         run_dlq_sink: Also run the DLQ sink (``conveyor dlq-sink`` runs it on its own).
+        run_scheduler: Also run the scheduler: delayed and run_at jobs, cron schedules
+            (``conveyor scheduler`` runs it on its own).
         purge_interval: Seconds between runs of the retention purge; None disables it.
         metrics_host: The address ``/metrics``, ``/healthz`` and ``/readyz`` are served on
             (the port is ``Settings.metrics_port``; 0 there serves nothing).
@@ -90,6 +92,7 @@ class WorkerOptions:
     max_poll_interval_ms: int = 300_000
     run_relay: bool = True
     run_dlq_sink: bool = True
+    run_scheduler: bool = True
     purge_interval: float | None = 3600.0
     metrics_host: str = "0.0.0.0"  # all interfaces: a pod's probes come from outside
     metrics_interval: float = 5.0

@@ -30,13 +30,16 @@ from conveyor.consumer.status import StatusStore
 from conveyor.errors import ConfigurationError
 from conveyor.observability.http import ProbeServer
 from conveyor.observability.metrics import WorkerMetrics
+from conveyor.scheduling import recurring
+from conveyor.scheduling.service import Scheduler
 from conveyor.schemas.payload import PayloadCodec
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITIES, Topology
 
 #: How liveness names each companion that runs beside the jobs.
-_HELPER_NAMES = {"RetryRelay": "retry relay", "DlqSink": "DLQ sink"}
+_HELPER_NAMES = {"RetryRelay": "retry relay", "DlqSink": "DLQ sink", "Scheduler": "scheduler"}
+Companion = RetryRelay | DlqSink | Scheduler
 
 log = logging.getLogger("conveyor.worker")
 
@@ -81,6 +84,7 @@ class Worker:
         self._loop: ConsumerLoop | None = None
         self._helpers: dict[str, asyncio.Task[None]] = {}
         self._stop_tasks: list[asyncio.Task[Any]] = []
+        self._schedules: dict[str, recurring.ScheduleSpec] = {}
         self.priorities: list[str] = []
         self.concurrency = 0
         self.configure(priorities=priorities, concurrency=concurrency)
@@ -168,6 +172,59 @@ class Worker:
 
         return register
 
+    def schedule(
+        self,
+        name: str,
+        *,
+        cron: str,
+        type: str,
+        payload: Any = None,
+        timezone: str = "UTC",
+        priority: str = "normal",
+        key: str | None = None,
+        tenant_id: str | None = None,
+        catch_up: str = "last",
+    ) -> None:
+        """Declares a recurring job, stored (upserted) in Postgres when the worker starts.
+
+        Each tick is submitted once however many workers declare it: its job id derives
+        from (name, tick time). Pause, resume or remove it with ``conveyor schedule``.
+
+        Args:
+            name: Unique name of the schedule.
+            cron: Five-field cron expression (``"0 8 * * *"``), read in ``timezone``.
+            type: The job type submitted at each tick.
+            payload: The job's payload (JSON-compatible).
+            timezone: IANA zone name; ticks follow its DST changes.
+            priority: The jobs' priority.
+            key: The jobs' entity key.
+            tenant_id: The jobs' tenant.
+            catch_up: Ticks missed while no scheduler ran: ``"none"`` skips them,
+                ``"last"`` (default) submits the latest, ``"all"`` submits each.
+
+        Raises:
+            ScheduleError: Invalid cron expression, unknown time zone, bad type or
+                catch_up.
+        """
+        spec = recurring.ScheduleSpec(
+            name=name,
+            cron=cron,
+            type=type,
+            payload=payload,
+            timezone=timezone,
+            priority=priority,
+            key=key,
+            tenant_id=tenant_id,
+            catch_up=catch_up,
+        )
+        spec.check()
+        self._schedules[name] = spec
+
+    @property
+    def schedules(self) -> list[recurring.ScheduleSpec]:
+        """The recurring schedules declared with :meth:`schedule`."""
+        return list(self._schedules.values())
+
     @property
     def registry(self) -> HandlerRegistry:
         """The registered handlers, by job type."""
@@ -206,9 +263,7 @@ class Worker:
         self._stop = asyncio.Event()
         if self.options.check_at_start:
             await preflight.check(self.settings)
-        pool = await db.create_pool(
-            self.settings, min_size=1, max_size=self.concurrency + 2, custom_plans=True
-        )
+        pool = await self._open_pool()
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
         server: ProbeServer | None = None
@@ -271,9 +326,23 @@ class Worker:
             await pool.close()
             serde.close()
 
-    def _run_companions(
-        self, companions: Sequence[RetryRelay | DlqSink]
-    ) -> list[asyncio.Task[None]]:
+    async def _open_pool(self) -> asyncpg.Pool[Any]:
+        """The worker's connections, once the schedules declared with :meth:`schedule`
+        are upserted (each start, every worker)."""
+        extra = 5 if self.options.run_scheduler else 2  # the helpers' own transactions
+        pool = await db.create_pool(
+            self.settings, min_size=1, max_size=self.concurrency + extra, custom_plans=True
+        )
+        try:
+            async with pool.acquire() as conn:
+                for spec in self._schedules.values():
+                    await recurring.upsert(conn, spec, source="code")
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    def _run_companions(self, companions: Sequence[Companion]) -> list[asyncio.Task[None]]:
         """Starts each companion's run as a task that liveness watches."""
         runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
         for companion, run in zip(companions, runs, strict=True):
@@ -282,7 +351,7 @@ class Worker:
         return runs
 
     def helper_problem(self) -> str | None:
-        """Which helper (control listener, retry relay, DLQ sink) ended while the worker
+        """Which helper (control listener, retry relay, DLQ sink, scheduler) ended while the worker
         runs, and why; None while all run. A liveness check: a pod whose relay died
         would otherwise look healthy while retries pile up unrelayed."""
         if self._stop.is_set():
@@ -318,7 +387,7 @@ class Worker:
         )
 
     @staticmethod
-    async def _start_all(loop: ConsumerLoop, companions: Sequence[RetryRelay | DlqSink]) -> None:
+    async def _start_all(loop: ConsumerLoop, companions: Sequence[Companion]) -> None:
         """Starts the consumers and the companions together; a failure stops them all.
 
         Each start waits for a group join, so they start at once rather than one after
@@ -360,10 +429,10 @@ class Worker:
         )
         return server
 
-    def _companions(self, pool: Any, serde: Serde) -> list[RetryRelay | DlqSink]:
-        """The relay and DLQ sink that run beside the jobs, and the purge schedule."""
+    def _companions(self, pool: Any, serde: Serde) -> list[Companion]:
+        """The relay, DLQ sink and scheduler that run beside the jobs, and the purge."""
         options = self.options
-        companions: list[RetryRelay | DlqSink] = []
+        companions: list[Companion] = []
         if options.run_relay:
             relay_options = RelayOptions(
                 session_timeout_ms=options.session_timeout_ms,
@@ -376,6 +445,17 @@ class Worker:
                     self.settings,
                     pool=pool,
                     serde=serde,
+                    session_timeout_ms=options.session_timeout_ms,
+                    heartbeat_interval_ms=options.heartbeat_interval_ms,
+                )
+            )
+        if options.run_scheduler:
+            companions.append(
+                Scheduler(
+                    self.settings,
+                    pool=pool,
+                    serde=serde,
+                    metrics=self.metrics,
                     session_timeout_ms=options.session_timeout_ms,
                     heartbeat_interval_ms=options.heartbeat_interval_ms,
                 )

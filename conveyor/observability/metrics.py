@@ -25,6 +25,9 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 #: Seconds from submit to start; the goal is well under 50 ms.
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
+#: Seconds from a scheduled job's due time to its release; the goal is under 1 s at p99.
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
 _JOB = ("type", "priority")
 
 #: Jobs handed to the broker by producers of this process (the default registry).
@@ -99,6 +102,24 @@ class WorkerMetrics:
         )
         self.dlq_pending = Gauge(
             "conveyor_dlq_pending", "Rows in job_dlq not replayed yet.", registry=r
+        )
+        self.scheduled_pending = Gauge(
+            "conveyor_scheduled_jobs",
+            "Delayed and run_at jobs stored and not released yet (scheduled_jobs rows).",
+            registry=r,
+        )
+        self.release_lateness = Histogram(
+            "conveyor_scheduled_release_lateness_seconds",
+            "From a scheduled job's due time to the broker's ack of its release.",
+            ("priority",),
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.scheduled_released = Counter(
+            "conveyor_scheduled_released",
+            "Scheduled jobs released to their priority topic.",
+            ("priority",),
+            registry=r,
         )
 
     def know_types(self, job_types: Iterable[str]) -> None:

@@ -30,6 +30,7 @@ class AsyncProducer(ProducerBase):
         tenant_id: str | None = None,
         max_attempts: int | None = None,
         delay: Any = None,
+        run_at: Any = None,
         duration: str = "short",
         wait: bool = True,
     ) -> list[str]: ...
@@ -45,6 +46,7 @@ class AsyncProducer(ProducerBase):
         tenant_id: str | None = None,
         max_attempts: int | None = None,
         delay: Any = None,
+        run_at: Any = None,
         duration: str = "short",
         wait: bool = True,
     ) -> str: ...
@@ -60,6 +62,7 @@ class AsyncProducer(ProducerBase):
         tenant_id: str | None = None,
         max_attempts: int | None = None,
         delay: Any = None,
+        run_at: Any = None,
         duration: str = "short",
         wait: bool = True,
     ) -> str | list[str]:
@@ -73,7 +76,10 @@ class AsyncProducer(ProducerBase):
             dedupe_key: Makes the id deterministic.
             tenant_id: The tenant that owns the job.
             max_attempts: Overrides the handler's attempt limit.
-            delay: Seconds (or a timedelta) before the job may start.
+            delay: Seconds (or a timedelta) before the job may start, 0 to years; a
+                delayed job is ``scheduled`` until the scheduler releases it.
+            run_at: A timezone-aware datetime at which the job may start (instead of
+                ``delay``); a naive one, or one in the past, is a ``ValidationError``.
             duration: ``"short"`` or ``"long"``.
             wait: Return only after the broker acknowledged (the default here).
 
@@ -85,7 +91,9 @@ class AsyncProducer(ProducerBase):
             DeliveryError: The broker did not acknowledge within the delivery timeout.
         """
         items, batch = as_items(payload_or_list)
-        options = Options(key, priority, dedupe_key, tenant_id, max_attempts, delay, duration)
+        options = Options(
+            key, priority, dedupe_key, tenant_id, max_attempts, delay, duration, run_at
+        )
 
         # to_thread copies contextvars, so the caller's trace context reaches the headers.
         ids, futures = await asyncio.to_thread(

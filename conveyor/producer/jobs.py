@@ -26,6 +26,13 @@ DEFAULT_PRIORITY = "normal"
 DEFAULT_DURATION = "short"
 MAX_TYPE_LENGTH = 200
 
+#: How far in the past a ``run_at`` may be and still run now: clocks of two hosts differ,
+#: and a job built for "now" takes a moment to submit. Beyond it the caller made a mistake.
+RUN_AT_TOLERANCE_S = 5.0
+#: The longest delay accepted (about five years): a longer one is almost surely a unit
+#: mistake (milliseconds, or an epoch timestamp passed as seconds).
+MAX_DELAY_S = 5 * 366 * 86400.0
+
 #: Namespace of dedupe job ids: uuid5(DEDUPE_NAMESPACE, tenant \x1f type \x1f dedupe key).
 DEDUPE_NAMESPACE = uuid.UUID("6f1c2a7e-4d8b-5c39-9e0a-0c0ffee0b0a7")
 
@@ -65,6 +72,7 @@ class Options:
     max_attempts: int | None = None
     delay: float | dt.timedelta | None = None
     duration: str = DEFAULT_DURATION
+    run_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,16 +101,20 @@ def _delay_seconds(delay: float | dt.timedelta | None) -> float:
     return float(delay)
 
 
+def type_problem(job_type: str) -> str | None:
+    """What is wrong with ``job_type`` as a job type name, or None if it is valid."""
+    if isinstance(job_type, str) and _TYPE_RE.match(job_type) and len(job_type) <= MAX_TYPE_LENGTH:
+        return None
+    return (
+        f"{job_type!r} is not a job type: use dotted names of letters, digits, '_' and '-' "
+        f"(like 'email.send'), at most {MAX_TYPE_LENGTH} characters"
+    )
+
+
 def _option_problems(job_type: str, options: Options) -> list[tuple[str, str]]:
     problems = []
-    if not _TYPE_RE.match(job_type) or len(job_type) > MAX_TYPE_LENGTH:
-        problems.append(
-            (
-                "type",
-                f"{job_type!r} is not a job type: use dotted names of letters, digits, '_' and '-' "
-                f"(like 'email.send'), at most {MAX_TYPE_LENGTH} characters",
-            )
-        )
+    if (problem := type_problem(job_type)) is not None:
+        problems.append(("type", problem))
     if options.duration not in DURATIONS:
         problems.append(("duration", f"{options.duration!r} is not one of {', '.join(DURATIONS)}"))
     if isinstance(options.delay, bool) or not isinstance(
@@ -111,6 +123,11 @@ def _option_problems(job_type: str, options: Options) -> list[tuple[str, str]]:
         problems.append(("delay", f"expected seconds or a timedelta, got {options.delay!r}"))
     elif _delay_seconds(options.delay) < 0:
         problems.append(("delay", f"must be >= 0, got {options.delay!r}"))
+    elif _delay_seconds(options.delay) > MAX_DELAY_S:
+        problems.append(
+            ("delay", f"must be at most {MAX_DELAY_S:.0f} s (5 years), got {options.delay!r}")
+        )
+    problems.extend(_run_at_problems(options))
     if options.max_attempts is not None and (
         not isinstance(options.max_attempts, int) or options.max_attempts < 1
     ):
@@ -120,6 +137,45 @@ def _option_problems(job_type: str, options: Options) -> list[tuple[str, str]]:
     ):
         problems.append(("tenant_id", f"must be a non-empty string, got {options.tenant_id!r}"))
     return problems
+
+
+def _run_at_problems(options: Options) -> list[tuple[str, str]]:
+    run_at = options.run_at
+    if run_at is None:
+        return []
+    if not isinstance(run_at, dt.datetime):
+        return [("run_at", f"expected a timezone-aware datetime, got {run_at!r}")]
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        return [
+            (
+                "run_at",
+                f"{run_at.isoformat()} has no time zone; pass an aware datetime such as "
+                "datetime(..., tzinfo=datetime.UTC)",
+            )
+        ]
+    if options.delay is not None:
+        return [("run_at", "give either delay or run_at, not both")]
+    late = (dt.datetime.now(dt.UTC) - run_at).total_seconds()
+    if late > RUN_AT_TOLERANCE_S:
+        return [
+            (
+                "run_at",
+                f"{run_at.isoformat()} is {late:.0f} s in the past (tolerance "
+                f"{RUN_AT_TOLERANCE_S:.0f} s); submit without run_at to run it now",
+            )
+        ]
+    if -late > MAX_DELAY_S:
+        return [("run_at", f"{run_at.isoformat()} is more than 5 years ahead")]
+    return []
+
+
+def due_time(options: Options, now: dt.datetime) -> dt.datetime | None:
+    """When a job submitted ``now`` with ``options`` may start; None to start at once."""
+    if options.run_at is not None:
+        due = options.run_at.astimezone(dt.UTC)
+        return due if due > now else None
+    delay = _delay_seconds(options.delay)
+    return now + dt.timedelta(seconds=delay) if delay > 0 else None
 
 
 def _item_problems(priority: Any, key: Any, dedupe_key: Any) -> list[tuple[str, str]]:
@@ -212,8 +268,7 @@ class MessageBuilder:
         if problems:
             raise ValidationError(problems, batch=batch)
         now = dt.datetime.now(dt.UTC)
-        delay = _delay_seconds(options.delay)
-        not_before = now + dt.timedelta(seconds=delay) if delay > 0 else None
+        not_before = due_time(options, now)
         batch_id = str(uuid.uuid4()) if batch else None
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
@@ -245,10 +300,11 @@ class MessageBuilder:
                 "duration": options.duration,
                 "errors": [],
             }
-            # A delayed job waits in the retry ladder; the relay moves it to its priority
-            # topic when due, so no worker holds a partition for it.
+            # A delayed job goes to the scheduled topic; the scheduler keeps it in
+            # Postgres and releases it to its priority topic when due (conveyor.scheduling),
+            # so it never sits at the head of a retry rung, whatever its horizon.
             topic = (
-                self._topology.retry_topic_for(delay)
+                self._topology.scheduled_topic
                 if not_before is not None
                 else self._topology.job_topic(priority)
             )

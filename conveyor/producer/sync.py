@@ -152,6 +152,7 @@ class Producer(ProducerBase):
         tenant_id: str | None = None,
         max_attempts: int | None = None,
         delay: Any = None,
+        run_at: Any = None,
         duration: str = "short",
         wait: bool = False,
     ) -> list[str]: ...
@@ -167,6 +168,7 @@ class Producer(ProducerBase):
         tenant_id: str | None = None,
         max_attempts: int | None = None,
         delay: Any = None,
+        run_at: Any = None,
         duration: str = "short",
         wait: bool = False,
     ) -> str: ...
@@ -182,6 +184,7 @@ class Producer(ProducerBase):
         tenant_id: str | None = None,
         max_attempts: int | None = None,
         delay: Any = None,
+        run_at: Any = None,
         duration: str = "short",
         wait: bool = False,
     ) -> str | list[str]:
@@ -196,7 +199,10 @@ class Producer(ProducerBase):
                 runs once.
             tenant_id: The tenant that owns the job.
             max_attempts: Overrides the handler's attempt limit.
-            delay: Seconds (or a timedelta) before the job may start.
+            delay: Seconds (or a timedelta) before the job may start, 0 to years; a
+                delayed job is ``scheduled`` until the scheduler releases it.
+            run_at: A timezone-aware datetime at which the job may start (instead of
+                ``delay``); a naive one, or one in the past, is a ``ValidationError``.
             duration: ``"long"`` for jobs that heartbeat their lease while running.
             wait: Return only after the broker acknowledged every message.
 
@@ -208,7 +214,9 @@ class Producer(ProducerBase):
             DeliveryError: With ``wait=True``, the broker did not acknowledge in time.
         """
         items, batch = as_items(payload_or_list)
-        options = Options(key, priority, dedupe_key, tenant_id, max_attempts, delay, duration)
+        options = Options(
+            key, priority, dedupe_key, tenant_id, max_attempts, delay, duration, run_at
+        )
         ids, futures = self._build_and_send(job_type, items, options, batch=batch)
         if wait:
             self._core.wait(futures)

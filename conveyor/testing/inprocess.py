@@ -13,6 +13,8 @@ The in-process mode reuses the worker's own parts and replaces only the services
   jobs run one at a time, in order, and priorities share ``concurrency`` 4:3:2:1;
 - job status lives in :class:`~conveyor.testing.memstatus.MemoryStatus` and reads back as
   the ``JobStatus`` ``JobStore`` gives; dead jobs become ``DlqEntry`` rows;
+- delayed and ``run_at`` jobs are held as the scheduler holds them (``scheduled``, with
+  their due time, cancellable) and released to their priority topic when due;
 - a :class:`~conveyor.testing.clock.FakeClock` decides when a retry or a delayed job is
   due, and wakes in-place retries (``ordering="key"``), so backoff costs no real time.
 """
@@ -51,6 +53,7 @@ from conveyor.testing.clock import FakeClock
 from conveyor.testing.database import TestPool
 from conveyor.testing.memdlq import MemoryDlq
 from conveyor.testing.memlog import MemoryDelivery, MemoryLog, Record
+from conveyor.testing.memschedule import MemorySchedule
 from conveyor.testing.memstatus import MemoryStatus, canonical
 from conveyor.topology.model import PRIORITIES, PRIORITY_WEIGHTS, Topology
 
@@ -128,6 +131,7 @@ class TestWorker:
         self._positions: dict[tuple[str, int], int] = {}
         self._due: dict[tuple[str, int, int], dt.datetime | None] = {}
         self._dlq = MemoryDlq()
+        self._scheduled: MemorySchedule[Record] = MemorySchedule()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: list[BaseException] = []
         self._changed = self.clock.parked
@@ -173,6 +177,7 @@ class TestWorker:
         ran = 0
         while True:
             self._changed.clear()
+            self._schedule()
             await self._relay()
             await self._fetch()
             self._sink()
@@ -354,10 +359,35 @@ class TestWorker:
                 topic = self.topology.job_topic(str(priority))
                 self.log.append(topic, record.key, record.value, record.headers)
 
+    def _schedule(self) -> None:
+        """The scheduler: stores new delayed jobs, then releases those due, in due order."""
+        topic = self.topology.scheduled_topic
+        for record in self._unread(topic):
+            self._consumed(record)
+            try:
+                envelope = self._serde.decode(JOB_ENVELOPE, topic, record.value)
+            except DeserializationError as exc:
+                log.error("skipping undecodable scheduled message %s: %s", record.offset, exc)
+                continue
+            due = envelope.get("not_before") or self.clock.now()
+            if self.status_store.schedule(envelope, due):
+                self._scheduled.add(due, str(envelope["job_id"]), record)
+        for job_id, record in self._scheduled.pop_due(self.clock.now()):
+            if not self.status_store.release(job_id):
+                continue  # cancelled before its release
+            envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value)
+            priority = envelope.get("priority")
+            if priority not in PRIORITIES:
+                priority = _FALLBACK_PRIORITY
+            target = self.topology.job_topic(str(priority))
+            self.log.append(target, record.key, record.value, record.headers)
+
     def _next_due(self) -> float | None:
         """Seconds until the next retry, delayed job or in-place retry is due, if any."""
         now = self.clock.now()
         waits = []
+        if (scheduled := self._scheduled.next_due()) is not None:
+            waits.append((scheduled - now).total_seconds())
         for rung in self.topology.retry_topics:
             for partition in range(self.log.partitions(rung.name)):
                 position = self._positions.get((rung.name, partition), 0)

@@ -44,6 +44,7 @@ class _Row:
     lease_owner: str | None = None
     lease_epoch: int = 0
     cancel_requested: bool = False
+    scheduled_for: dt.datetime | None = None
     history: list[Transition] = dataclasses.field(default_factory=list)
 
 
@@ -109,6 +110,7 @@ class MemoryStatus(StatusStore):
             submitted_at=row.submitted_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            scheduled_for=row.scheduled_for,
         )
 
     def job_ids(self) -> list[str]:
@@ -132,11 +134,48 @@ class MemoryStatus(StatusStore):
         if row.state in FINAL_STATES:
             return row.state
         row.cancel_requested = True
-        if row.state == "queued":
+        if row.state in ("queued", "scheduled"):
             row.state, row.finished_at, row.lease_owner = "cancelled", now, None
             row.history.append(Transition("cancelled", now, row.attempts, _cancel_error(reason)))
             return "cancelled"
         return row.state
+
+    def schedule(self, envelope: Mapping[str, Any], due: dt.datetime) -> bool:
+        """The scheduler's ``INSERT_JOBS``: records a new delayed job ``scheduled``.
+
+        Returns:
+            False when the job id was already recorded (left as it is).
+        """
+        job_id = canonical(str(envelope["job_id"]))
+        if job_id in self._rows:
+            return False
+        row = _Row(
+            job_id=job_id,
+            state="scheduled",
+            type=envelope["type"],
+            key=envelope.get("key"),
+            tenant_id=envelope.get("tenant_id"),
+            priority=envelope.get("priority"),
+            batch_id=envelope.get("batch_id"),
+            submitted_at=envelope.get("submitted_at"),
+            scheduled_for=due,
+        )
+        row.history.append(Transition("scheduled", envelope.get("submitted_at") or due, 0))
+        self._rows[job_id] = row
+        return True
+
+    def release(self, job_id: str) -> bool:
+        """The dispatcher's ``QUEUE_JOBS``: a scheduled job becomes ``queued``.
+
+        Returns:
+            False when the job is no longer scheduled (cancelled): it is not released.
+        """
+        row = self._rows.get(canonical(job_id))
+        if row is None or row.state != "scheduled":
+            return row is None or row.state not in FINAL_STATES
+        row.state = "queued"
+        row.history.append(Transition("queued", self._clock.now(), row.attempts))
+        return True
 
     def requeue(self, job_id: str, envelope: Mapping[str, Any], error: Mapping[str, Any]) -> None:
         """A DLQ replay's row change: the job is queued again at attempt 0, history kept."""

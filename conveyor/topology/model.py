@@ -10,6 +10,7 @@ Partition counts follow the partition unit ``u`` (``CONVEYOR_PARTITION_UNIT``)::
     <prefix>.jobs.high       3u      <prefix>.jobs.dlq             u
     <prefix>.jobs.normal     2u      <prefix>.jobs.events          4u
     <prefix>.jobs.low        u       <prefix>.jobs.control         1
+                                     <prefix>.jobs.scheduled       2u
 
 The job topics' 4:3:2:1 ratio bounds how far each priority's worker deployment can
 scale (one consumer per partition), so higher priorities get more parallelism.
@@ -28,12 +29,13 @@ from conveyor.settings import Settings, format_duration
 
 PRIORITIES = ("critical", "high", "normal", "low")
 PRIORITY_WEIGHTS = {"critical": 4, "high": 3, "normal": 2, "low": 1}
-ROLES = ("jobs", "retry", "dlq", "events", "control")
+ROLES = ("jobs", "retry", "dlq", "events", "control", "scheduled")
 
 RETRY_PARTITION_FACTOR = 2
 DLQ_PARTITION_FACTOR = 1
 EVENTS_PARTITION_FACTOR = 4
 CONTROL_PARTITIONS = 1
+SCHEDULED_PARTITION_FACTOR = 2
 DLQ_RETENTION_DAYS = 30
 CONTROL_RETENTION_DAYS = 1
 MIN_INSYNC_REPLICAS = 2
@@ -54,7 +56,7 @@ class TopicSpec:
         name: The full topic name, prefix included.
         partitions: The declared partition count.
         configs: Topic configs conveyor sets at creation and checks afterwards.
-        role: One of ``ROLES``: jobs, retry, dlq, events or control.
+        role: One of ``ROLES``: jobs, retry, dlq, events, control or scheduled.
         priority: The priority of a job topic; ``None`` for the other roles.
     """
 
@@ -78,6 +80,7 @@ class TopicSpec:
             "retry": RETRY_PARTITION_FACTOR,
             "dlq": DLQ_PARTITION_FACTOR,
             "events": EVENTS_PARTITION_FACTOR,
+            "scheduled": SCHEDULED_PARTITION_FACTOR,
         }
         return factors.get(self.role)
 
@@ -111,7 +114,7 @@ class Topology:
         partition_unit: Partitions of the ``low`` topic; the unit of every other count.
         replication_factor: Replicas per topic; ``None`` takes the broker's default.
         topics: Every declared topic: job topics in ``PRIORITIES`` order, the retry
-            ladder by increasing delay, then dlq, events and control.
+            ladder by increasing delay, then dlq, events, control and scheduled.
         retry_topics: The retry ladder ordered by delay.
     """
 
@@ -175,6 +178,14 @@ class Topology:
                 configs={**base, "retention.ms": str(CONTROL_RETENTION_DAYS * _DAY_MS)},
                 role="control",
             ),
+            # Delayed and run_at jobs wait here only until the scheduler stores them in
+            # Postgres (conveyor.scheduling); the table holds them for any horizon.
+            TopicSpec(
+                name=f"{prefix}.jobs.scheduled",
+                partitions=unit * SCHEDULED_PARTITION_FACTOR,
+                configs=job_configs,
+                role="scheduled",
+            ),
         ]
         return cls(
             prefix=prefix,
@@ -229,6 +240,16 @@ class Topology:
     def control_topic(self) -> str:
         """The single-partition topic of control commands every worker reads."""
         return f"{self.prefix}.jobs.control"
+
+    @property
+    def scheduled_topic(self) -> str:
+        """The topic of delayed and ``run_at`` jobs, which the scheduler stores until due."""
+        return f"{self.prefix}.jobs.scheduled"
+
+    @property
+    def scheduler_group(self) -> str:
+        """The consumer group of the schedulers reading :attr:`scheduled_topic`."""
+        return f"{self.prefix}.scheduler"
 
     @property
     def job_topics(self) -> tuple[TopicSpec, ...]:

@@ -19,9 +19,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from conveyor.errors import ConveyorError, DatabaseUnavailableError, DlqEntryNotFound, ReplayRefused
+from conveyor.errors import (
+    ConveyorError,
+    DatabaseUnavailableError,
+    DlqEntryNotFound,
+    ReplayRefused,
+    ScheduleNotFound,
+)
 from conveyor.jobstore import parse_job_id
-from conveyor.ui import cluster, deadletters, overview, queries
+from conveyor.ui import cluster, deadletters, overview, queries, scheduled
 from conveyor.ui.security import csrf_ok, csrf_token, form_fields, set_csrf_cookie
 from conveyor.ui.state import UiState
 
@@ -102,6 +108,29 @@ async def get_workers(request: Request) -> Response:
 
 async def get_topology(request: Request) -> Response:
     return JSONResponse(await state_of(request).cluster.topology())
+
+
+async def get_scheduled(request: Request) -> Response:
+    return JSONResponse(await scheduled.scheduled(state_of(request).pool))
+
+
+async def post_schedule_pause(request: Request) -> Response:
+    return await _pause(request, paused=True)
+
+
+async def post_schedule_resume(request: Request) -> Response:
+    return await _pause(request, paused=False)
+
+
+async def _pause(request: Request, *, paused: bool) -> Response:
+    refused = await _guard(request)
+    if refused is not None:
+        return refused
+    name = request.path_params["name"]
+    await scheduled.set_paused(state_of(request).pool, name, paused)
+    if _wants_html(request):
+        return RedirectResponse("/scheduled", status_code=303)
+    return JSONResponse({"name": name, "paused": paused})
 
 
 async def get_csrf(request: Request) -> Response:
@@ -261,6 +290,9 @@ def routes() -> list[Route]:
         Route("/api/dlq/{entry_id}/replay", post_replay, methods=["POST"]),
         Route("/api/workers", get_workers),
         Route("/api/topology", get_topology),
+        Route("/api/scheduled", get_scheduled),
+        Route("/api/schedules/{name}/pause", post_schedule_pause, methods=["POST"]),
+        Route("/api/schedules/{name}/resume", post_schedule_resume, methods=["POST"]),
         Route("/api/csrf", get_csrf),
         Route("/api/stream/overview", stream_overview),
         Route("/api/stream/jobs/{job_id}", stream_job),
@@ -268,6 +300,8 @@ def routes() -> list[Route]:
         Route("/jobs/{job_id}/cancel", post_cancel, methods=["POST"]),
         Route("/dlq/replay", post_replay_matching, methods=["POST"]),
         Route("/dlq/{entry_id}/replay", post_replay, methods=["POST"]),
+        Route("/schedules/{name}/pause", post_schedule_pause, methods=["POST"]),
+        Route("/schedules/{name}/resume", post_schedule_resume, methods=["POST"]),
     ]
 
 
@@ -275,7 +309,7 @@ def error_status(exc: ConveyorError) -> int:
     """The HTTP status of a conveyor error raised by a handler."""
     if isinstance(exc, queries.QueryError):
         return 400
-    if isinstance(exc, DlqEntryNotFound):
+    if isinstance(exc, DlqEntryNotFound | ScheduleNotFound):
         return 404
     if isinstance(exc, ReplayRefused):
         return 409

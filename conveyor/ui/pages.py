@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from conveyor.topology.model import PRIORITIES
-from conveyor.ui import cluster, deadletters, queries
+from conveyor.ui import cluster, deadletters, queries, scheduled
 from conveyor.ui.api import overview_data, state_of
 from conveyor.ui.security import csrf_token, set_csrf_cookie
 
@@ -151,6 +151,10 @@ async def topology_page(request: Request) -> Response:
     return render(request, "topology.html", topology=await state_of(request).cluster.topology())
 
 
+async def scheduled_page(request: Request) -> Response:
+    return render(request, "scheduled.html", data=await scheduled.scheduled(state_of(request).pool))
+
+
 def routes() -> list[BaseRoute]:
     """The HTML pages and the static files."""
     static = resources.files("conveyor.ui") / "static"
@@ -163,5 +167,6 @@ def routes() -> list[BaseRoute]:
         Route("/dlq/{entry_id:int}", dlq_entry_page),
         Route("/workers", workers_page),
         Route("/topology", topology_page),
+        Route("/scheduled", scheduled_page),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]

@@ -23,7 +23,7 @@ from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
 from conveyor.topology.model import PRIORITIES
 
-STATES = ("queued", "processing", "complete", "failed", "cancelled")
+STATES = ("scheduled", "queued", "processing", "complete", "failed", "cancelled")
 FINAL = ("complete", "failed", "cancelled")
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -20,7 +20,16 @@ from bench import redisrun
 from conveyor.embedded import redis as embedded_redis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"throughput", "latency", "priority", "keys", "memory", "scaling", "ui"}
+SCENARIOS = {
+    "throughput",
+    "latency",
+    "priority",
+    "keys",
+    "memory",
+    "scaling",
+    "ui",
+    "scheduling",
+}
 CHARTS = {"throughput", "latency", "priority", "keys", "scaling"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -128,9 +137,17 @@ def test_quick_run_reports_every_scenario_and_contender(
     assert [s["processes"] for s in scaling] == [1, 2, 4]
     assert all(s["jobs_per_s"] > 0 and s["jobs"] > 0 for s in scaling), scaling
 
+    scheduling = result["scenarios"]["scheduling"]["contenders"]["conveyor"]
+    jobs = result["scenarios"]["scheduling"]["params"]["jobs"]
+    assert (scheduling["jobs"], scheduling["released"], scheduling["early"]) == (jobs, jobs, 0)
+    late = scheduling["release_lateness_ms"]
+    assert late["p99"] >= late["p50"] >= 0
+    assert scheduling["cpu_s_per_1000"] > 0
+
     titles = ("1. Throughput", "2. Latency", "3. Priority", "4. Key concurrency", "5. Memory")
     # The budget is rendered from the committed python -m bench.profile result.
-    for title in (*titles, "6. Scaling", "7. Web UI", "Per-job CPU budget of the worker"):
+    scaled = ("6. Scaling", "7. Web UI", "8. Scheduled jobs", "Per-job CPU budget of the worker")
+    for title in (*titles, *scaled):
         assert f"## {title}" in markdown
     charts = _charts(tmp_path)
     assert set(charts) == {f"{name}.png" for name in CHARTS}

@@ -23,7 +23,7 @@ def test_apply_creates_then_reports_nothing_to_change(settings: Settings) -> Non
     planned = run_cli("topology", "plan", env=env)
     assert (planned.code, planned.stderr) == (0, ""), planned.stderr
     assert [line.split()[2] for line in planned.stdout.splitlines()[:-1]] == names
-    assert planned.stdout.splitlines()[-1].startswith("plan: 10 to create, 0 in sync, 0 drift(s)")
+    assert planned.stdout.splitlines()[-1].startswith("plan: 11 to create, 0 in sync, 0 drift(s)")
 
     first = run_cli("topology", "apply", env=env)
     assert (first.code, first.stderr) == (0, ""), first.stderr
@@ -32,7 +32,7 @@ def test_apply_creates_then_reports_nothing_to_change(settings: Settings) -> Non
     assert f"created {settings.topic_prefix}.jobs.critical partitions=8 " in first.stdout
 
     second = run_cli("topology", "apply", env=env)
-    assert (second.code, second.stdout) == (0, "nothing to change: 10 topics in sync\n")
+    assert (second.code, second.stdout) == (0, "nothing to change: 11 topics in sync\n")
 
     replanned = run_cli("topology", "plan", env=env)
     assert replanned.code == 0
@@ -61,9 +61,9 @@ def test_plan_and_apply_exit_3_on_partition_drift(settings: Settings) -> None:
     created = [
         line.split()[1] for line in applied.stdout.splitlines() if line.startswith("created")
     ]
-    assert len(created) == 9
+    assert len(created) == 10
     assert high.name not in created
-    assert applied.stdout.splitlines()[-1].startswith("apply: created 9 topic(s); 9 in sync")
+    assert applied.stdout.splitlines()[-1].startswith("apply: created 10 topic(s); 10 in sync")
 
 
 def test_unreachable_broker_is_one_error_line_and_exit_1_within_20s() -> None:

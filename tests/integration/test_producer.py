@@ -184,12 +184,12 @@ def test_an_oversized_payload_is_refused_before_sending(psettings: Settings) -> 
         producer.submit("big.job", {"blob": "x" * 100}, wait=True)
 
 
-def test_delayed_jobs_wait_in_the_retry_ladder_with_not_before(psettings: Settings) -> None:
+def test_delayed_jobs_go_to_the_scheduled_topic_with_not_before(psettings: Settings) -> None:
     topology = Topology.from_settings(psettings)
     before = time.time()
     with Producer(psettings) as producer:
         job_id = producer.submit("later.job", {}, delay=40, wait=True)
-    [record] = read_topic(psettings.kafka_bootstrap, topology.retry_topic_for(40), 1)
+    [record] = read_topic(psettings.kafka_bootstrap, topology.scheduled_topic, 1)
     envelope = decode(psettings, record)
     assert envelope["job_id"] == job_id
     not_before = envelope["not_before"].timestamp()  # type: ignore[attr-defined]

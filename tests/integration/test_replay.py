@@ -377,3 +377,22 @@ async def test_purge_periodically_purges_at_once_and_keeps_running(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_purge_deletes_scheduled_rows_released_past_the_job_retention(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    rows = {"old": now - dt.timedelta(days=8), "recent": now - dt.timedelta(days=1), "due": None}
+    ids = {name: uuid.uuid4() for name in rows}
+    for name, released_at in rows.items():
+        await pool.execute(
+            "INSERT INTO scheduled_jobs (job_id, due_at, topic, type, priority, message_key, "
+            "message_value, released_at) VALUES ($1, $2, 't', 'a.b', 'normal', 'k', 'v', $3)",
+            ids[name],
+            now,
+            released_at,
+        )
+    await dlq.purge(pool)
+    left = {row["job_id"] for row in await pool.fetch("SELECT job_id FROM scheduled_jobs")}
+    assert left == {ids["recent"], ids["due"]}

@@ -48,6 +48,7 @@ def expected_partitions(prefix: str) -> dict[str, int]:
         f"{prefix}.jobs.dlq": 2,
         f"{prefix}.jobs.events": 8,
         f"{prefix}.jobs.control": 1,
+        f"{prefix}.jobs.scheduled": 4,
     }
 
 

@@ -108,6 +108,7 @@ async def test_job_search_filters_by_state_key_tenant_and_batch_and_counts_per_s
     body = client.get("/api/jobs", params={"key": "k1", "tenant": "acme"}).json()
     assert [j["job_id"] for j in body["jobs"]] == ids[:2]
     assert body["counts"] == {
+        "scheduled": 0,
         "queued": 1,
         "processing": 0,
         "complete": 0,

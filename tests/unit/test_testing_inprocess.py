@@ -63,7 +63,7 @@ async def test_a_delayed_job_runs_only_once_the_clock_reaches_it() -> None:
         await tw.drain()
         await tw.advance(3000)
         assert ran == []
-        assert (await tw.status(job_id)).state == "unknown"
+        assert (await tw.status(job_id)).state == "scheduled"
         await tw.advance(600)
         assert ran == [job_id]
         assert (await tw.status(job_id)).state == "complete"
@@ -245,16 +245,10 @@ async def test_memory_status_fences_an_old_lease_like_postgres_does() -> None:
         await store.complete_alone(second, object())
 
 
-@pytest.mark.parametrize(
-    ("keys", "after_one_day"),
-    [
-        (("alpha", "gamma"), [1]),  # different retry partitions: each is due on its own
-        (("alpha", "alpha"), []),  # one partition: the relay holds it behind the 2-day job
-    ],
-)
-async def test_delayed_jobs_wait_in_retry_partitions_as_the_relay_holds_them(
-    keys: tuple[str, str], after_one_day: list[int]
-) -> None:
+@pytest.mark.parametrize("keys", [("alpha", "gamma"), ("alpha", "alpha")])
+async def test_a_far_delayed_job_never_holds_back_a_nearer_one(keys: tuple[str, str]) -> None:
+    """Delayed jobs wait in the scheduler's table, not at a retry rung's head: a 1-day job
+    runs after a day even behind a 2-day job of the same key (the same partition)."""
     import datetime as dt
 
     worker = new_worker()
@@ -265,16 +259,46 @@ async def test_delayed_jobs_wait_in_retry_partitions_as_the_relay_holds_them(
         ran.append(payload["n"])
 
     async with TestWorker(worker) as tw:
-        rung = tw.topology.retry_topic_for(86400)
-        partitions = {tw.log.partition_for(rung, key.encode()) for key in keys}
-        assert len(partitions) == len(set(keys))
         producer = tw.producer()
         producer.submit("later.job", {"n": 2}, key=keys[0], delay=dt.timedelta(days=2))
         producer.submit("later.job", {"n": 1}, key=keys[1], delay=dt.timedelta(days=1))
         await tw.advance(dt.timedelta(days=1, hours=1))
-        assert ran == after_one_day
+        assert ran == [1]
         await tw.advance(dt.timedelta(days=1))
-    assert sorted(ran) == [1, 2]
+    assert ran == [1, 2]
+
+
+async def test_run_at_and_cancel_of_a_scheduled_job_on_the_fake_clock() -> None:
+    import datetime as dt
+
+    worker = new_worker()
+    ran: list[str] = []
+
+    @worker.handler("mail.remind")
+    async def remind(ctx: JobContext, payload: dict[str, Any]) -> None:
+        ran.append(ctx.job_id)
+
+    async with TestWorker(worker) as tw:
+        producer = tw.producer()
+        due = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+        kept = producer.submit("mail.remind", {}, run_at=due)
+        dropped = producer.submit("mail.remind", {}, run_at=due)
+        await tw.drain()
+        status = await tw.status(kept)
+        assert (status.state, status.scheduled_for) == (
+            "scheduled",
+            due.replace(microsecond=due.microsecond // 1000 * 1000),
+        )
+        assert await tw.cancel(dropped) == "cancelled"
+        await tw.settle()
+        assert ran == [kept]
+        assert [t.state for t in (await tw.status(kept)).history] == [
+            "scheduled",
+            "queued",
+            "processing",
+            "complete",
+        ]
+        assert (await tw.status(dropped)).state == "cancelled"
 
 
 async def test_a_dead_job_is_replayed_once_and_keeps_its_history() -> None:

@@ -42,6 +42,7 @@ def test_topic_names_follow_the_prefix_and_default_retry_ladder() -> None:
         "acme.jobs.dlq",
         "acme.jobs.events",
         "acme.jobs.control",
+        "acme.jobs.scheduled",
     ]
     assert [spec.role for spec in topology.topics] == [
         *["jobs"] * 4,
@@ -49,7 +50,12 @@ def test_topic_names_follow_the_prefix_and_default_retry_ladder() -> None:
         "dlq",
         "events",
         "control",
+        "scheduled",
     ]
+    assert (topology.scheduled_topic, topology.scheduler_group) == (
+        "acme.jobs.scheduled",
+        "acme.scheduler",
+    )
     assert [topology.job_topic(p) for p in PRIORITIES] == [
         f"acme.jobs.{p}" for p in ("critical", "high", "normal", "low")
     ]
@@ -91,9 +97,9 @@ def test_priority_of_maps_job_topics_back_and_other_topics_to_none() -> None:
 @pytest.mark.parametrize(
     ("unit", "expected"),
     [
-        (1, [4, 3, 2, 1, 2, 2, 2, 1, 4, 1]),
-        (2, [8, 6, 4, 2, 4, 4, 4, 2, 8, 1]),
-        (3, [12, 9, 6, 3, 6, 6, 6, 3, 12, 1]),
+        (1, [4, 3, 2, 1, 2, 2, 2, 1, 4, 1, 2]),
+        (2, [8, 6, 4, 2, 4, 4, 4, 2, 8, 1, 4]),
+        (3, [12, 9, 6, 3, 6, 6, 6, 3, 12, 1, 6]),
     ],
 )
 def test_partition_counts_scale_with_the_unit_and_control_stays_at_one(
@@ -166,7 +172,7 @@ def test_diff_of_an_empty_cluster_creates_everything() -> None:
     topology = declared()
     plan = diff(topology, {})
     assert (plan.to_create, plan.in_sync, plan.drifts) == (topology.topics, (), ())
-    assert plan.summary() == "10 to create, 0 in sync, 0 drift(s)"
+    assert plan.summary() == "11 to create, 0 in sync, 0 drift(s)"
 
 
 def test_diff_of_a_matching_cluster_is_all_in_sync_and_ignores_other_prefixes() -> None:

@@ -1,0 +1,247 @@
+"""The scheduler's intake: delayed jobs from ``<prefix>.jobs.scheduled`` into Postgres.
+
+Producers publish a job with a ``delay`` or ``run_at`` to the scheduled topic (acked like
+any submit). :class:`ScheduledIntake` reads it in the consumer group
+``<prefix>.scheduler`` and, per fetched batch, in one transaction: stores each message in
+``scheduled_jobs`` (keyed by job id, so a message read again after a crash adds nothing)
+and records the job ``scheduled`` with its due time in ``jobs``. Only then are the
+offsets committed, so a crash re-reads and re-inserts harmlessly, and nothing is lost.
+
+A message that does not decode is logged, counted and committed past. An outage
+(Postgres, the registry) seeks back to the batch and tries again after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from conveyor.consumer.kafka import start_group_consumer
+from conveyor.db import database_errors
+from conveyor.errors import DeserializationError
+from conveyor.scheduling import store
+from conveyor.schemas.contracts import JOB_ENVELOPE
+from conveyor.schemas.serde import Serde
+from conveyor.settings import Settings
+from conveyor.topology.model import PRIORITIES, Topology
+
+log = logging.getLogger("conveyor.scheduler")
+
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
+DEFAULT_HEARTBEAT_INTERVAL_MS = 3_000
+DEFAULT_FETCH_TIMEOUT_MS = 200
+MAX_BATCH = 500
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+_FALLBACK_PRIORITY = "normal"
+
+
+@dataclasses.dataclass
+class IntakeStats:
+    """What the intake did (read them; they only grow)."""
+
+    stored: int = 0
+    """Messages stored (a redelivered one counts again; its row was already there)."""
+    undecodable: int = 0
+    """Messages that did not decode; skipped."""
+    retries: int = 0
+    """Batches tried again after an outage."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Row:
+    job_id: Any
+    due_at: dt.datetime
+    envelope: Mapping[str, Any]
+    priority: str
+    key: bytes
+    value: bytes
+    headers: str
+
+
+class ScheduledIntake:
+    """Stores delayed jobs from the scheduled topic in ``scheduled_jobs``.
+
+    Call :meth:`start`, then :meth:`run` until a stop event is set.
+
+    Args:
+        settings: Broker, registry and topic prefix.
+        pool: Connections to conveyor's schema.
+        serde: Decodes job envelopes.
+        session_timeout_ms: Kafka consumer session timeout.
+        heartbeat_interval_ms: Kafka consumer heartbeat interval.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool: asyncpg.Pool[Any],
+        serde: Serde,
+        session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._serde = serde
+        self._topology = Topology.from_settings(settings)
+        self._session_timeout_ms = session_timeout_ms
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self.stats = IntakeStats()
+
+    async def start(self) -> None:
+        """Joins the group ``<prefix>.scheduler`` on the scheduled topic.
+
+        Raises:
+            BrokerUnavailableError: The consumer could not start.
+        """
+        self._consumer = await start_group_consumer(
+            self._settings,
+            self._topology.scheduled_topic,
+            group_id=self._topology.scheduler_group,
+            client_id="conveyor-scheduler",
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=self._heartbeat_interval_ms,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stores batches until ``stop`` is set, then closes the consumer."""
+        if self._consumer is None:
+            raise RuntimeError("call ScheduledIntake.start() before run()")
+        backoff = MIN_BACKOFF
+        try:
+            while not stop.is_set():
+                batch = await self._consumer.getmany(
+                    timeout_ms=DEFAULT_FETCH_TIMEOUT_MS, max_records=MAX_BATCH
+                )
+                if not batch:
+                    continue
+                try:
+                    await self._store_batch(batch)
+                except Exception:
+                    log.exception("scheduled jobs not stored yet; trying again after a pause")
+                    self.stats.retries += 1
+                    for tp, records in batch.items():
+                        with contextlib.suppress(Exception):  # the partition may be gone
+                            self._consumer.seek(tp, records[0].offset)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    continue
+                backoff = MIN_BACKOFF
+                await self._commit(batch)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Leaves the group. Idempotent."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def _commit(
+        self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        assert self._consumer is not None
+        offsets = {
+            tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()
+        }
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance took a partition: its next owner re-reads and finds the rows there.
+            log.warning("commit of scheduled offsets deferred: %s", exc)
+
+    def _decode(self, tp: TopicPartition, message: ConsumerRecord[Any, Any]) -> _Row | None:
+        try:
+            envelope = self._serde.decode(JOB_ENVELOPE, tp.topic, message.value)
+        except DeserializationError as exc:
+            self.stats.undecodable += 1
+            log.error(
+                "skipping undecodable scheduled message %s[%d]@%d: %s",
+                tp.topic,
+                tp.partition,
+                message.offset,
+                exc,
+            )
+            return None
+        priority = envelope.get("priority")
+        if priority not in PRIORITIES:
+            priority = _FALLBACK_PRIORITY
+        due = envelope.get("not_before") or envelope.get("submitted_at")
+        if not isinstance(due, dt.datetime):
+            due = dt.datetime.now(dt.UTC)
+        return _Row(
+            job_id=envelope["job_id"],
+            due_at=due,
+            envelope=envelope,
+            priority=str(priority),
+            key=message.key if message.key is not None else str(envelope["job_id"]).encode(),
+            value=message.value,
+            headers=store.headers_json(message.headers),
+        )
+
+    async def _store_batch(
+        self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        decoded = await asyncio.to_thread(
+            lambda: [self._decode(tp, m) for tp, records in batch.items() for m in records]
+        )
+        rows: dict[str, _Row] = {}
+        for row in decoded:
+            if row is not None:
+                rows.setdefault(str(row.job_id), row)
+        if rows:
+            await self.store(list(rows.values()))
+        self.stats.stored += len(rows)
+
+    async def store(self, rows: Sequence[_Row]) -> None:
+        """Inserts the rows and their jobs' ``scheduled`` state in one transaction."""
+        envelopes = [r.envelope for r in rows]
+        with database_errors("storing scheduled jobs"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    store.INSERT_SCHEDULED,
+                    [r.job_id for r in rows],
+                    [r.due_at for r in rows],
+                    [self._topology.job_topic(r.priority) for r in rows],
+                    [e["type"] for e in envelopes],
+                    [r.priority for r in rows],
+                    [e.get("tenant_id") for e in envelopes],
+                    [r.key for r in rows],
+                    [r.value for r in rows],
+                    [r.headers for r in rows],
+                    [e.get("schedule_name") for e in envelopes],
+                )
+                await conn.execute(
+                    store.INSERT_JOBS,
+                    [r.job_id for r in rows],
+                    [e["type"] for e in envelopes],
+                    [e.get("key") for e in envelopes],
+                    [e.get("tenant_id") for e in envelopes],
+                    [r.priority for r in rows],
+                    [e.get("batch_id") for e in envelopes],
+                    [e.get("dedupe_key") for e in envelopes],
+                    [_max_attempts(e) for e in envelopes],
+                    [e.get("submitted_at") for e in envelopes],
+                    [r.due_at for r in rows],
+                )
+
+
+def _max_attempts(envelope: Mapping[str, Any]) -> int | None:
+    value = envelope.get("max_attempts")
+    return value if isinstance(value, int) and value >= 1 else None
+
+
+__all__ = ["IntakeStats", "ScheduledIntake"]
