@@ -8,7 +8,8 @@ between them but the broker and Postgres.
 The parent only supervises:
 
 - it starts the children, child ``i`` serving its probes on ``metrics_port + i`` (0 keeps
-  every endpoint off), so each can be scraped;
+  every endpoint off), so each can be scraped, and, under static membership, as instance
+  ``<CONVEYOR_WORKER_INSTANCE_ID>-i``, since two members of a group may not share one;
 - SIGTERM or SIGINT is passed on as SIGTERM, so every child stops fetching, finishes or
   cuts off its jobs within its grace period, commits and leaves; a child still alive
   ``stop_timeout`` seconds later is killed; the exit code is 0 when every child exited 0;
@@ -22,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 log = logging.getLogger("conveyor.supervisor")
@@ -58,6 +60,7 @@ class Supervisor:
 
     Args:
         command: The command line of child ``i`` (0-based).
+        environment: Variables child ``i`` gets on top of this process's environment.
         processes: How many children run at once.
         start_seconds: A child that exits sooner failed to start.
         max_start_failures: Start failures in a row (of any child) that end the run.
@@ -68,12 +71,14 @@ class Supervisor:
         self,
         command: Callable[[int], Sequence[str]],
         *,
+        environment: Callable[[int], Mapping[str, str]] | None = None,
         processes: int,
         start_seconds: float = START_SECONDS,
         max_start_failures: int = MAX_START_FAILURES,
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self._command = command
+        self._environment = environment
         self._children = [_Child(i) for i in range(processes)]
         self._start_seconds = start_seconds
         self._max_start_failures = max_start_failures
@@ -115,7 +120,9 @@ class Supervisor:
                 signal.signal(sig, handler)
 
     def _start(self, child: _Child) -> None:
-        child.process = subprocess.Popen(list(self._command(child.index)))
+        extra = self._environment(child.index) if self._environment else {}
+        env = {**os.environ, **extra} if extra else None
+        child.process = subprocess.Popen(list(self._command(child.index)), env=env)
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info(

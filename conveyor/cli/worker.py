@@ -119,12 +119,19 @@ def _supervise(args: argparse.Namespace, worker: Worker) -> int:
         flags += ["--concurrency", str(worker.concurrency), "--log-level", args.log_level]
         return [sys.executable, "-m", "conveyor", "worker", args.app, *flags]
 
+    def environment(index: int) -> dict[str, str]:
+        instance = worker.settings.worker_instance_id
+        # Two members of one group may not share an instance id.
+        return {"CONVEYOR_WORKER_INSTANCE_ID": f"{instance}-{index}"} if instance else {}
+
     print(
         f"supervising {args.processes} worker processes: priorities "
         f"{','.join(worker.priorities)}, concurrency {worker.concurrency} each",
         flush=True,
     )
-    return supervisor.Supervisor(command, processes=args.processes).run_with_signals()
+    return supervisor.Supervisor(
+        command, environment=environment, processes=args.processes
+    ).run_with_signals()
 
 
 async def _checked(settings: Settings) -> int:

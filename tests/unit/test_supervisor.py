@@ -86,3 +86,28 @@ def test_a_child_that_will_not_stop_is_killed_after_the_timeout() -> None:
     supervisor.stop()
     thread.join(30)
     assert codes == [1]  # killed, so not a clean stop
+
+
+def test_each_child_gets_its_own_environment_on_top_of_the_parents(tmp_path: Path) -> None:
+    # Written aside, then renamed: the test never reads a file half written.
+    writes = (
+        "import os, pathlib, sys; pathlib.Path(sys.argv[1] + '.tmp').write_text(os.environ['X']);"
+        " os.replace(sys.argv[1] + '.tmp', sys.argv[1])"
+    )
+    supervisor = Supervisor(
+        lambda i: [*_python(writes), str(tmp_path / str(i))],
+        environment=lambda i: {"X": f"member-{i}"},
+        processes=2,
+        start_seconds=0.0,
+    )
+    thread = threading.Thread(target=supervisor.run)
+    thread.start()
+    try:
+        _until(lambda: len(list(tmp_path.glob("[0-9]"))) == 2)
+    finally:
+        supervisor.stop()
+        thread.join(30)
+    assert {p.name: p.read_text() for p in tmp_path.glob("[0-9]")} == {
+        "0": "member-0",
+        "1": "member-1",
+    }
