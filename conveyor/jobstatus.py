@@ -15,7 +15,7 @@ from typing import Any
 from conveyor.consumer.job import FINAL_STATES
 
 UNKNOWN = "unknown"
-"""The state reported for a job id no worker has recorded (or whose history was purged)."""
+"""The state reported for a job id nothing has recorded yet (or whose history was purged)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +56,14 @@ class JobStatus:
 
     Args:
         job_id: The job's id.
-        state: queued, processing, complete, failed, cancelled, or ``unknown`` when no
-            worker has recorded the job.
+        state: queued, processing, complete, failed, cancelled, or ``unknown`` when
+            neither the ledger nor a worker has recorded the job.
         attempts: The number of the latest attempt (0 before the first).
         history: Every state change, oldest first.
         result: What the handler returned (complete jobs only).
         last_error: The latest attempt's error, if one failed.
         progress: The latest progress report of the current attempt.
-        type: The job type, once a worker has seen the job.
+        type: The job type, once the ledger or a worker has seen the job.
         key: The entity key.
         tenant_id: The owning tenant.
         priority: critical, high, normal or low.
@@ -71,6 +71,9 @@ class JobStatus:
         submitted_at: When the producer built the job.
         started_at: When the latest attempt started.
         finished_at: When the job ended.
+        position: For a queued job the ledger recorded: how many jobs of its partition
+            are ahead of it that the workers have not finished (its offset minus the
+            worker group's committed offset); None when unknown or not queued.
     """
 
     job_id: str
@@ -88,6 +91,7 @@ class JobStatus:
     submitted_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    position: int | None = None
 
     @classmethod
     def unknown(cls, job_id: str) -> JobStatus:

@@ -28,6 +28,7 @@ from conveyor.consumer.relay import RelayOptions, RetryRelay
 from conveyor.consumer.runtime import ConsumerLoop
 from conveyor.consumer.status import StatusStore
 from conveyor.errors import ConfigurationError
+from conveyor.ledger import Ledger
 from conveyor.observability.http import ProbeServer
 from conveyor.observability.metrics import WorkerMetrics
 from conveyor.schemas.payload import PayloadCodec
@@ -36,7 +37,10 @@ from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITIES, Topology
 
 #: How liveness names each companion that runs beside the jobs.
-_HELPER_NAMES = {"RetryRelay": "retry relay", "DlqSink": "DLQ sink"}
+_HELPER_NAMES = {"RetryRelay": "retry relay", "DlqSink": "DLQ sink", "Ledger": "ledger"}
+
+#: A helper that runs beside the jobs: started with the consumers, run until the stop.
+Companion = RetryRelay | DlqSink | Ledger
 
 log = logging.getLogger("conveyor.worker")
 
@@ -206,8 +210,12 @@ class Worker:
         self._stop = asyncio.Event()
         if self.options.check_at_start:
             await preflight.check(self.settings)
+        # Two connections beyond the jobs' for the DLQ sink and the purge, one for the ledger.
         pool = await db.create_pool(
-            self.settings, min_size=1, max_size=self.concurrency + 2, custom_plans=True
+            self.settings,
+            min_size=1,
+            max_size=self.concurrency + 2 + self.options.run_ledger,
+            custom_plans=True,
         )
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
@@ -270,9 +278,7 @@ class Worker:
             await pool.close()
             serde.close()
 
-    def _run_companions(
-        self, companions: Sequence[RetryRelay | DlqSink]
-    ) -> list[asyncio.Task[None]]:
+    def _run_companions(self, companions: Sequence[Companion]) -> list[asyncio.Task[None]]:
         """Starts each companion's run as a task that liveness watches."""
         runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
         for companion, run in zip(companions, runs, strict=True):
@@ -281,8 +287,8 @@ class Worker:
         return runs
 
     def helper_problem(self) -> str | None:
-        """Which helper (control listener, retry relay, DLQ sink) ended while the worker
-        runs, and why; None while all run. A liveness check: a pod whose relay died
+        """Which helper (control listener, retry relay, DLQ sink, ledger) ended while the
+        worker runs, and why; None while all run. A liveness check: a pod whose relay died
         would otherwise look healthy while retries pile up unrelayed."""
         if self._stop.is_set():
             return None
@@ -317,7 +323,7 @@ class Worker:
         )
 
     @staticmethod
-    async def _start_all(loop: ConsumerLoop, companions: Sequence[RetryRelay | DlqSink]) -> None:
+    async def _start_all(loop: ConsumerLoop, companions: Sequence[Companion]) -> None:
         """Starts the consumers and the companions together; a failure stops them all.
 
         Each start waits for a group join, so they start at once rather than one after
@@ -359,10 +365,10 @@ class Worker:
         )
         return server
 
-    def _companions(self, pool: Any, serde: Serde) -> list[RetryRelay | DlqSink]:
-        """The relay and DLQ sink that run beside the jobs, and the purge schedule."""
+    def _companions(self, pool: Any, serde: Serde) -> list[Companion]:
+        """The relay, DLQ sink and ledger that run beside the jobs, and the purge schedule."""
         options = self.options
-        companions: list[RetryRelay | DlqSink] = []
+        companions: list[Companion] = []
         if options.run_relay:
             relay_options = RelayOptions(
                 session_timeout_ms=options.session_timeout_ms,
@@ -377,6 +383,17 @@ class Worker:
                     serde=serde,
                     session_timeout_ms=options.session_timeout_ms,
                     heartbeat_interval_ms=options.heartbeat_interval_ms,
+                )
+            )
+        if options.run_ledger:
+            companions.append(
+                Ledger(
+                    self.settings,
+                    pool=pool,
+                    serde=serde,
+                    session_timeout_ms=options.session_timeout_ms,
+                    heartbeat_interval_ms=options.heartbeat_interval_ms,
+                    fetch_max_wait_ms=options.fetch_max_wait_ms,
                 )
             )
         if options.purge_interval is not None:
