@@ -33,6 +33,9 @@ class Sizes:
         memory_seconds: How long the worker runs against that backlog.
         scaling_processes: The worker-process counts of the scaling series.
         scaling_jobs: Jobs preloaded for each step of that series.
+        visibility_rate: Jobs per second submitted while the ledger records them.
+        visibility_seconds: How long that rate is offered (per step).
+        visibility_backlog: Jobs preloaded for the ledger's catch-up.
         job_timeout: Longest wait for one step's jobs to finish.
         poll_interval: Seconds between two readings of progress and process usage (each
             reading of conveyor's progress is a count over the jobs table).
@@ -55,6 +58,9 @@ class Sizes:
     memory_seconds: float
     scaling_processes: tuple[int, ...] = (1, 2, 4)
     scaling_jobs: int
+    visibility_rate: float = 5000.0
+    visibility_seconds: float = 20.0
+    visibility_backlog: int = 100_000
     job_timeout: float = 900.0
     poll_interval: float = 1.0
 
@@ -85,6 +91,9 @@ QUICK = Sizes(
     memory_backlog=10_000,
     memory_seconds=6.0,
     scaling_jobs=1_500,
+    visibility_rate=300.0,
+    visibility_seconds=2.0,
+    visibility_backlog=6_000,
     job_timeout=60.0,
     poll_interval=0.25,
 )

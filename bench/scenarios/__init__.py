@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.context import Context
-from bench.scenarios import keys, latency, memory, priority, scaling, throughput, ui
+from bench.scenarios import keys, latency, memory, priority, scaling, throughput, ui, visibility
 
 Scenario = Callable[[Context], Awaitable[dict[str, Any]]]
 
@@ -23,4 +23,5 @@ SCENARIOS: dict[str, Scenario] = {
     "memory": memory.run,
     "scaling": scaling.run,
     "ui": ui.run,
+    "visibility": visibility.run,
 }

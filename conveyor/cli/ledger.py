@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import signal
 
-from conveyor import db
 from conveyor.cli import common
 from conveyor.consumer import preflight
 from conveyor.ledger import Ledger
@@ -47,18 +46,14 @@ async def _run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await preflight.check(settings)
-    pool = await db.create_pool(settings, min_size=1, max_size=2)
-    try:
-        with Serde(settings) as serde:
-            ledger = Ledger(settings, pool=pool, serde=serde)
-            await ledger.start()
-            print(
-                f"ledger: consuming {', '.join(ledger.topics)} in group {ledger.group_id}",
-                flush=True,
-            )
-            await ledger.run(stop)
-    finally:
-        await pool.close()
+    with Serde(settings) as serde:
+        ledger = Ledger(settings, serde=serde)
+        await ledger.start()
+        print(
+            f"ledger: consuming {', '.join(ledger.topics)} in group {ledger.group_id}",
+            flush=True,
+        )
+        await ledger.run(stop)
     stats = ledger.stats
     print(
         f"ledger: stopped; {stats.read} message(s) read, {stats.inserted} queued row(s) "

@@ -210,12 +210,8 @@ class Worker:
         self._stop = asyncio.Event()
         if self.options.check_at_start:
             await preflight.check(self.settings)
-        # Two connections beyond the jobs' for the DLQ sink and the purge, one for the ledger.
         pool = await db.create_pool(
-            self.settings,
-            min_size=1,
-            max_size=self.concurrency + 2 + self.options.run_ledger,
-            custom_plans=True,
+            self.settings, min_size=1, max_size=self.concurrency + 2, custom_plans=True
         )
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
@@ -387,9 +383,9 @@ class Worker:
             )
         if options.run_ledger:
             companions.append(
+                # Its own connection: jobs hold the pool's in their transactions.
                 Ledger(
                     self.settings,
-                    pool=pool,
                     serde=serde,
                     session_timeout_ms=options.session_timeout_ms,
                     heartbeat_interval_ms=options.heartbeat_interval_ms,

@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from conveyor import db
 from conveyor.consumer.kafka import aiokafka_security
 from conveyor.db import database_errors
 from conveyor.errors import BrokerUnavailableError, ConveyorError, DeserializationError
@@ -96,7 +97,10 @@ class Ledger:
 
     Args:
         settings: Broker, registry, database schema and topic prefix.
-        pool: Connections to conveyor's schema (``conveyor.db.create_pool``).
+        pool: Connections to conveyor's schema (``conveyor.db.create_pool``); by default
+            the ledger opens its own single connection in :meth:`start` (closed by
+            :meth:`close`), so it never waits behind jobs holding a shared pool's
+            connections in their transactions.
         serde: Its registry client resolves the envelopes' schema ids.
         group_id: The consumer group; ``<prefix>.ledger`` by default.
         session_timeout_ms: Kafka consumer session timeout.
@@ -110,7 +114,7 @@ class Ledger:
         self,
         settings: Settings,
         *,
-        pool: asyncpg.Pool[Any],
+        pool: asyncpg.Pool[Any] | None = None,
         serde: Serde,
         group_id: str | None = None,
         session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
@@ -121,6 +125,7 @@ class Ledger:
     ) -> None:
         self._settings = settings
         self._pool = pool
+        self._owns_pool = pool is None
         self._decoder = EnvelopeDecoder(serde.client)
         self._topology = Topology.from_settings(settings)
         self.group_id = group_id or f"{self._topology.prefix}.ledger"
@@ -138,11 +143,15 @@ class Ledger:
         self.stats = LedgerStats()
 
     async def start(self) -> None:
-        """Joins the group on the four job topics.
+        """Opens its connection (unless given a pool), then joins the group on the four
+        job topics.
 
         Raises:
+            DatabaseUnavailableError: Postgres cannot be reached.
             BrokerUnavailableError: The consumer could not start.
         """
+        if self._pool is None:
+            self._pool = await db.create_pool(self._settings, min_size=1, max_size=1)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=self.group_id,
@@ -189,13 +198,18 @@ class Ledger:
             await self.close()
 
     async def close(self) -> None:
-        """Leaves the group. Idempotent."""
+        """Leaves the group and closes its own connection. Idempotent."""
         consumer, self._consumer = self._consumer, None
+        pool = self._pool if self._owns_pool else None
+        if self._owns_pool:
+            self._pool = None
         try:
             if consumer is not None:
                 await consumer.stop()
         finally:
-            await asyncio.to_thread(self._worker_offsets.close)
+            self._worker_offsets.close()
+            if pool is not None:
+                await pool.close()
 
     async def _record(
         self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
@@ -207,6 +221,7 @@ class Ledger:
             found = self._decode(batch)
             unique = rows.distinct(found)
             if unique:
+                assert self._pool is not None
                 with database_errors("recording queued jobs"):
                     status = await self._pool.execute(rows.INSERT_QUEUED, *rows.arguments(unique))
                 inserted = rows.inserted_count(status)

@@ -20,7 +20,7 @@ from bench import redisrun
 from conveyor.embedded import redis as embedded_redis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"throughput", "latency", "priority", "keys", "memory", "scaling", "ui"}
+SCENARIOS = {"throughput", "latency", "priority", "keys", "memory", "scaling", "ui", "visibility"}
 CHARTS = {"throughput", "latency", "priority", "keys", "scaling"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -128,10 +128,20 @@ def test_quick_run_reports_every_scenario_and_contender(
     assert [s["processes"] for s in scaling] == [1, 2, 4]
     assert all(s["jobs_per_s"] > 0 and s["jobs"] > 0 for s in scaling), scaling
 
+    visibility = result["scenarios"]["visibility"]["contenders"]["conveyor"]
+    assert visibility["catch_up"]["jobs_per_s"] > 0
+    for step in (visibility["ledger"], visibility["in_worker"]):
+        # Every job submitted was seen queued (or claimed), in order of percentiles.
+        assert step["visible"] == step["jobs"] > 0, step
+        timing = step["submit_to_visible"]
+        assert timing["p99"] >= timing["p50"] > 0, step
+
     titles = ("1. Throughput", "2. Latency", "3. Priority", "4. Key concurrency", "5. Memory")
+    later = ("6. Scaling", "7. Web UI", "8. Visible as queued")
     # The budget is rendered from the committed python -m bench.profile result.
-    for title in (*titles, "6. Scaling", "7. Web UI", "Per-job CPU budget of the worker"):
+    for title in (*titles, *later, "Per-job CPU budget of the worker"):
         assert f"## {title}" in markdown
+    assert "- Visible as queued at 300 jobs/s offered" in markdown
     charts = _charts(tmp_path)
     assert set(charts) == {f"{name}.png" for name in CHARTS}
     assert all(data.startswith(PNG_MAGIC) for data in charts.values())

@@ -20,6 +20,7 @@ from conveyor import JobContext, PermanentError, Producer, Settings, Worker, emb
 from conveyor.consumer import probes
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.relay import RetryRelay
+from conveyor.ledger import Ledger
 from conveyor.topology.model import Topology
 from tests.kafka_helpers import read_topic
 from tests.tcp_proxy import TcpProxy
@@ -341,3 +342,30 @@ async def test_healthz_fails_when_a_helper_beside_the_jobs_dies(
         await eventually(unhealthy, what="/healthz to name the dead relay")
         _status, checks = await probe(worker, "/healthz")
         assert "relay broke" in checks["helpers"]
+
+
+async def test_healthz_fails_when_the_ledger_beside_the_jobs_dies(
+    live: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker runs the ledger by default; its task ending shows on /healthz like the
+    other helpers', so a pod whose submitted jobs stopped showing as queued is restarted."""
+    ledger_run = Ledger.run
+
+    async def broken(self: Ledger, stop: asyncio.Event) -> None:
+        stopped = asyncio.Event()
+        stopped.set()
+        await ledger_run(self, stopped)  # returns at once, having closed its consumer
+        raise RuntimeError("ledger broke")
+
+    monkeypatch.setattr(Ledger, "run", broken)
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=OPTIONS)
+    async with running(worker):
+        await eventually(lambda: worker.http_port is not None, what="the endpoint to listen")
+
+        async def unhealthy() -> bool:
+            status, checks = await probe(worker, "/healthz")
+            return status == 503 and "the ledger stopped" in (checks.get("helpers") or "")
+
+        await eventually(unhealthy, what="/healthz to name the dead ledger")
+        _status, checks = await probe(worker, "/healthz")
+        assert "ledger broke" in checks["helpers"]
