@@ -348,11 +348,12 @@ def _visibility(s: dict[str, Any]) -> str:
                 step["achieved_rate"],
                 step["visible"],
                 _ms(step["submit_to_visible"]),
+                _ms(step["submit_to_statement"]) if step.get("submit_to_statement") else "",
                 step["cpu_s_per_1000"],
             ]
         )
     header = ["set-up", "jobs", "submitted/s", "seen queued", "submit to visible p50/p95/p99 ms"]
-    header.append("CPU s / 1,000 jobs (ledger or worker process)")
+    header += ["of which before the statement", "CPU s / 1,000 jobs (ledger or worker process)"]
     claimed = c["in_worker"].get("claimed_first", 0)
     return (
         f"## {_TITLES['visibility']}\n\n"

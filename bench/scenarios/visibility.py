@@ -18,8 +18,10 @@ Visible means the bench has been told: it LISTENs on the channel the ``jobs`` in
 trigger notifies at commit, and takes the first notification of each job id. The
 submit time is taken just before ``Producer.submit`` in the same process and clock, so
 the figure includes the producer's linger, the broker, the ledger's fetch and statement,
-the commit and the notification. In step 3 a job the worker claimed before the ledger
-recorded it is counted when the claim commits (``claimed_first`` says how many).
+the commit and the notification; ``submit_to_statement`` splits off the part before the
+ledger's statement began (the rows' ``created_at`` minus ``submitted_at``). In step 3 a
+job the worker claimed before the ledger recorded it is counted when the claim commits
+(``claimed_first`` says how many).
 """
 
 from __future__ import annotations
@@ -169,10 +171,27 @@ async def _offer(
         await listener.remove_listener(channel, on_notify)
         await listener.close()
     waits = [seen[j] - at for j, at in submitted.items() if j in seen]
+    # Where the time went: the producer's submitted_at to the start of the ledger's
+    # statement (created_at = now()), from the rows the ledger wrote.
+    starts = await _statement_starts(settings, prefix)
     return {
         "jobs": sent,
         "achieved_rate": round(sent / offered_s, 1) if offered_s > 0 else 0.0,
         "visible": len(waits),
         "submit_to_visible": jobs.percentiles_ms(waits),
+        "submit_to_statement": jobs.percentiles_ms(starts) if starts else None,
         "cpu_s_per_1000": round(cpu_s / sent * 1000, 3) if sent else 0.0,
     }
+
+
+async def _statement_starts(settings: Settings, prefix: str) -> list[float]:
+    conn = await jobs.connect(settings)
+    try:
+        found = await conn.fetch(
+            "SELECT extract(epoch FROM created_at - submitted_at)::float8 AS s FROM jobs"
+            " WHERE starts_with(key, $1) AND source_offset IS NOT NULL",
+            prefix,
+        )
+    finally:
+        await conn.close()
+    return [float(r["s"]) for r in found]
