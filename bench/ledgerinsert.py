@@ -10,7 +10,8 @@ the jobs insert trigger's notification, and a re-read where every row exists alr
 Then the three statements a job meets with the ledger on: the ledger's insert, the
 worker's claim over that row (``CLAIM_MANY``) and its completion (``COMPLETE_MANY``), each
 on a batch of ``BATCH``, with the time per job (one backend, so it is that backend's
-time) and the WAL bytes per job (``pg_current_wal_lsn`` before and after).
+time) and the WAL bytes per job (``pg_current_wal_insert_lsn`` before and after), and
+the bytes the two tables then hold per completed job (heap and indexes).
 Prints microseconds (and bytes) per row: medians, the first rounds left out as warm-up.
 """
 
@@ -187,11 +188,16 @@ async def lifecycle(database_url: str) -> dict[str, float]:
                 seconds, written = await _timed_wal(pool, str(sql), *args)
                 times[name].append(seconds)
                 wal[name].append(written * 1e-6)  # MB, so _per_row_us gives bytes
+        size = await pool.fetchval(
+            "SELECT pg_total_relation_size('jobs') + pg_total_relation_size('job_transitions')"
+        )
     finally:
         await pool.close()
         await stack.drop_schema(database_url, settings.database_schema)
     figures = {f"{k}_us_per_job": _per_row_us(v) for k, v in times.items()}
     figures |= {f"{k}_wal_bytes_per_job": _per_row_us(v) for k, v in wal.items()}
+    # Heap, indexes and TOAST of both tables, per completed job.
+    figures["stored_bytes_per_job"] = round(int(size) / (ROUNDS * BATCH), 1)
     return figures
 
 
