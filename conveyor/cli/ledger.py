@@ -8,8 +8,6 @@ Several ledgers share the job topics' partitions through one consumer group.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 from conveyor.cli import common
 from conveyor.consumer import preflight
@@ -41,10 +39,7 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = common.stop_on_signals()
     await preflight.check(settings)
     with Serde(settings) as serde:
         ledger = Ledger(settings, serde=serde)

@@ -316,56 +316,33 @@ async def test_healthz_fails_while_the_event_loop_is_blocked(
         assert (await probe(worker, "/healthz"))[0] == 200
 
 
+@pytest.mark.parametrize(
+    ("helper", "name"), [(RetryRelay, "retry relay"), (Ledger, "ledger")], ids=["relay", "ledger"]
+)
 async def test_healthz_fails_when_a_helper_beside_the_jobs_dies(
-    live: Settings, monkeypatch: pytest.MonkeyPatch
+    live: Settings, monkeypatch: pytest.MonkeyPatch, helper: type[RetryRelay | Ledger], name: str
 ) -> None:
-    """The retry relay's task ends with an error: liveness says which helper stopped and
-    why, so the pod is restarted instead of looking healthy while retries pile up."""
+    """A helper's task ends with an error: liveness says which helper stopped and why, so
+    the pod is restarted instead of looking healthy while retries pile up unrelayed (the
+    retry relay) or submitted jobs stop showing as queued (the ledger, on by default)."""
 
-    relay_run = RetryRelay.run
+    helper_run = helper.run
 
-    async def broken(self: RetryRelay, stop: asyncio.Event) -> None:
+    async def broken(self: RetryRelay | Ledger, stop: asyncio.Event) -> None:
         stopped = asyncio.Event()
         stopped.set()
-        await relay_run(self, stopped)  # returns at once, having closed its consumer
-        raise RuntimeError("relay broke")
+        await helper_run(self, stopped)  # type: ignore[arg-type]  # returns at once, closed
+        raise RuntimeError(f"{name} broke")
 
-    monkeypatch.setattr(RetryRelay, "run", broken)
+    monkeypatch.setattr(helper, "run", broken)
     worker = Worker(live, priorities=["normal"], concurrency=2, options=OPTIONS)
     async with running(worker):
         await eventually(lambda: worker.http_port is not None, what="the endpoint to listen")
 
         async def unhealthy() -> bool:
             status, checks = await probe(worker, "/healthz")
-            return status == 503 and "retry relay stopped" in (checks.get("helpers") or "")
+            return status == 503 and f"the {name} stopped" in (checks.get("helpers") or "")
 
-        await eventually(unhealthy, what="/healthz to name the dead relay")
+        await eventually(unhealthy, what=f"/healthz to name the dead {name}")
         _status, checks = await probe(worker, "/healthz")
-        assert "relay broke" in checks["helpers"]
-
-
-async def test_healthz_fails_when_the_ledger_beside_the_jobs_dies(
-    live: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The worker runs the ledger by default; its task ending shows on /healthz like the
-    other helpers', so a pod whose submitted jobs stopped showing as queued is restarted."""
-    ledger_run = Ledger.run
-
-    async def broken(self: Ledger, stop: asyncio.Event) -> None:
-        stopped = asyncio.Event()
-        stopped.set()
-        await ledger_run(self, stopped)  # returns at once, having closed its consumer
-        raise RuntimeError("ledger broke")
-
-    monkeypatch.setattr(Ledger, "run", broken)
-    worker = Worker(live, priorities=["normal"], concurrency=2, options=OPTIONS)
-    async with running(worker):
-        await eventually(lambda: worker.http_port is not None, what="the endpoint to listen")
-
-        async def unhealthy() -> bool:
-            status, checks = await probe(worker, "/healthz")
-            return status == 503 and "the ledger stopped" in (checks.get("helpers") or "")
-
-        await eventually(unhealthy, what="/healthz to name the dead ledger")
-        _status, checks = await probe(worker, "/healthz")
-        assert "ledger broke" in checks["helpers"]
+        assert f"{name} broke" in checks["helpers"]
