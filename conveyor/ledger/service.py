@@ -49,6 +49,9 @@ from conveyor.topology.model import PRIORITIES, Topology
 
 log = logging.getLogger("conveyor.ledger")
 
+#: What Postgres says about a row's data, as opposed to an outage: the row is at fault.
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_HEARTBEAT_INTERVAL_MS = 3_000
 DEFAULT_FETCH_MAX_WAIT_MS = 100
@@ -73,6 +76,8 @@ class LedgerStats:
     """Jobs that had a row already (a worker was first, or a re-read)."""
     undecodable: int = 0
     """Messages that could not be a job; skipped."""
+    refused: int = 0
+    """Jobs whose row Postgres refused (data the decoder's checks did not foresee); skipped."""
     statements: int = 0
     """Insert statements run (one per fetch that held jobs)."""
     retries: int = 0
@@ -221,13 +226,10 @@ class Ledger:
             found = self._decode(batch)
             unique = rows.distinct(found)
             if unique:
-                assert self._pool is not None
-                with database_errors("recording queued jobs"):
-                    status = await self._pool.execute(rows.INSERT_QUEUED, *rows.arguments(unique))
-                inserted = rows.inserted_count(status)
-                self.stats.statements += 1
+                refused = self.stats.refused
+                inserted = await self._insert(unique)
                 self.stats.inserted += inserted
-                self.stats.existing += len(found) - inserted
+                self.stats.existing += len(found) - inserted - (self.stats.refused - refused)
         except (ConveyorError, OSError, asyncpg.PostgresError) as exc:
             log.warning("ledger: %s; reading the fetch again after a pause", exc)
             self.stats.retries += 1
@@ -238,6 +240,40 @@ class Ledger:
                 self._done[tp] = records[-1].offset + 1
                 self.stats.read += len(records)
         return True
+
+    async def _insert(self, unique: list[QueuedRow]) -> int:
+        """Runs the fetch's statement; returns how many rows it inserted.
+
+        If Postgres refuses the data of some row (what the decoder's checks did not
+        foresee), the rows go one statement each and the refused ones are skipped, so
+        one bad record never holds the others back.
+        """
+        assert self._pool is not None
+        with database_errors("recording queued jobs"):
+            try:
+                self.stats.statements += 1
+                return rows.inserted_count(
+                    await self._pool.execute(rows.INSERT_QUEUED, *rows.arguments(unique))
+                )
+            except _REFUSED as exc:
+                log.warning("ledger: Postgres refused a fetch (%s); storing it row by row", exc)
+            inserted = 0
+            for row in unique:
+                try:
+                    self.stats.statements += 1
+                    status = await self._pool.execute(rows.INSERT_QUEUED, *rows.arguments([row]))
+                except _REFUSED as exc:
+                    self.stats.refused += 1
+                    log.error(
+                        "ledger: skipping %s[%d]@%d, which Postgres refused: %s",
+                        row.topic,
+                        row.partition,
+                        row.offset,
+                        exc,
+                    )
+                    continue
+                inserted += rows.inserted_count(status)
+        return inserted
 
     def _decode(
         self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]

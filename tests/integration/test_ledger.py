@@ -280,3 +280,28 @@ async def test_records_that_are_not_jobs_do_not_stop_the_ledger(live: Settings) 
         await eventually(queued, what="the job after the bad records to be queued")
         assert ledger.stats.undecodable == 2 * len(bad)
         assert (await store.status("2f1f7f8e-4c59-4c4e-9d0f-2b8a9a0c1d11")).state == "unknown"
+
+
+async def test_a_row_postgres_refuses_is_skipped_and_the_rest_of_its_fetch_stored(
+    live: Settings,
+) -> None:
+    """Data the decoder's checks let through but Postgres refuses (here: a constraint the
+    test adds) costs that one job its queued row, never the jobs after it."""
+    conn = await schema_conn(live)
+    try:
+        await conn.execute(
+            "ALTER TABLE jobs ADD CONSTRAINT test_refuses CHECK (type <> 'ledger.refused')"
+        )
+    finally:
+        await conn.close()
+    with Producer(live) as producer:
+        refused = producer.submit("ledger.refused", {}, key="k", wait=True)
+        kept = producer.submit("ledger.ok", {"n": 1}, key="k", wait=True)
+    async with ledger_running(live) as ledger, JobStore(live) as store:
+
+        async def queued() -> bool:
+            return (await store.status(kept)).state == "queued"
+
+        await eventually(queued, what="the job after the refused one to be queued")
+        assert ledger.stats.refused == 1
+        assert (await store.status(refused)).state == "unknown"
