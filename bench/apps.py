@@ -10,8 +10,11 @@ from ``BENCH_*`` variables:
   holds it for the whole wait, which would add up to that wait to every job's latency, so
   ``python -m bench`` sets 20 ms when it runs on Tansu and nothing on Apache Kafka.
 - ``BENCH_COMPANIONS``: ``1`` to also run the retry relay, the DLQ sink and the purge
-  schedule beside the jobs; ``0`` (default) runs the jobs alone, as the throughput
-  figures are about the job path.
+  schedule beside the jobs; ``0`` (default) leaves them out, as the throughput figures
+  are about the job path.
+- ``BENCH_LEDGER``: ``1`` (default) runs the ledger beside the jobs, as a worker does by
+  default, so every figure includes its cost (its queued rows, and claims that update
+  them); ``0`` turns it off, to measure that cost.
 
 Handlers: ``bench.noop`` does nothing; ``bench.sleep`` awaits ``payload["ms"]``
 milliseconds, a stand-in for I/O-bound work.
@@ -37,6 +40,7 @@ def _options() -> WorkerOptions:
         run_relay=companions,
         run_dlq_sink=companions,
         purge_interval=3600.0 if companions else None,
+        run_ledger=os.environ.get("BENCH_LEDGER", "1") == "1",
     )
 
 

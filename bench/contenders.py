@@ -45,6 +45,17 @@ def conveyor_worker(
         child.stop()
 
 
+@contextlib.contextmanager
+def conveyor_ledger(settings: Settings) -> Iterator[Child]:
+    """Runs ``conveyor ledger`` (the ledger alone, no worker) on a workspace for the block."""
+    argv = python("-m", "conveyor", "ledger", "--log-level", "WARNING")
+    child = Child(argv, env=stack.worker_env(settings), name="conveyor ledger")
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
 class RawLoop:
     """The bare consume-and-commit loop (``bench.rawloop``) over one topic, in a child."""
 

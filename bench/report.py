@@ -48,6 +48,7 @@ def render(
         "scaling": _scaling,
         "ui": _ui,
         "scheduling": _scheduling,
+        "visibility": _visibility,
     }
     for name, render_one in renderers.items():
         if name not in scenarios:
@@ -74,6 +75,7 @@ _TITLES = {
     "scaling": "6. Scaling with worker processes (one 8-partition topic)",
     "ui": "7. Web UI pages on big tables",
     "scheduling": "8. Scheduled jobs (run_at), released by the scheduler",
+    "visibility": "9. Visible as queued: the ledger",
 }
 
 
@@ -110,8 +112,8 @@ def _run_section(meta: dict[str, Any]) -> str:
         "- Worker settings: `WorkerOptions(session_timeout_ms=6000, heartbeat_interval_ms=1000,"
         f" fetch_max_wait_ms={meta.get('fetch_max_wait_ms', 'worker default')})`"
         " (Tansu holds an empty fetch for the whole wait, where Kafka answers when a record"
-        " arrives, so a Tansu run sets 20 ms), relay, DLQ sink and purge off, `/metrics`"
-        " served on a free port; everything else default",
+        " arrives, so a Tansu run sets 20 ms), relay, DLQ sink and purge off, the ledger on"
+        " (as by default), `/metrics` served on a free port; everything else default",
     ]
     if meta.get("note"):
         lines.append(f"- Note: {meta['note']}")
@@ -133,7 +135,7 @@ def _throughput(s: dict[str, Any]) -> str:
     labels = {
         "raw": "raw confluent-kafka consume + commit loop (no status)",
         "raw_durable": "raw durable loop: decode, one status statement per fetch, commit",
-        "conveyor": f"conveyor worker (concurrency {p['conveyor_concurrency']})",
+        "conveyor": f"conveyor worker (concurrency {p['conveyor_concurrency']}, ledger on)",
         "celery": f"Celery on Redis, acks_late ({c['celery'].get('pool', '')})",
         "dramatiq": f"Dramatiq on Redis ({c.get('dramatiq', {}).get('pool', '')})",
     }
@@ -183,8 +185,10 @@ def _throughput(s: dict[str, Any]) -> str:
         " complete, and its queued, processing and complete transitions) into a schema of its"
         " own, migrated like conveyor's (its notify triggers fire too), then commits the"
         " offsets; it runs no handler and takes no lease. conveyor /"
-        " raw durable is the share of that ceiling conveyor's per-job work leaves.\n\n"
-        + _table(header, rows)
+        " raw durable is the share of that ceiling conveyor's per-job work leaves. The conveyor"
+        " worker runs its ledger beside the jobs, as a worker does by default, so its figure"
+        " includes the ledger's `queued` rows (and claims that update those rows) while the"
+        " raw durable loop writes each row once.\n\n" + _table(header, rows)
     )
 
 
@@ -352,6 +356,49 @@ def _scaling(s: dict[str, Any]) -> str:
     )
 
 
+def _visibility(s: dict[str, Any]) -> str:
+    p = s["params"]
+    c = s["contenders"]["conveyor"]
+    catch = c["catch_up"]
+    rows = []
+    labels = {
+        "ledger": "`conveyor ledger` alone, no worker",
+        "in_worker": f"ledger inside a worker far behind ({p['worker_handler_ms']} ms jobs)",
+    }
+    for name, label in labels.items():
+        step = c[name]
+        rows.append(
+            [
+                label,
+                step["jobs"],
+                step["achieved_rate"],
+                step["visible"],
+                _ms(step["submit_to_visible"]),
+                _ms(step["submit_to_statement"]) if step.get("submit_to_statement") else "",
+                step["cpu_s_per_1000"],
+            ]
+        )
+    header = ["set-up", "jobs", "submitted/s", "seen queued", "submit to visible p50/p95/p99 ms"]
+    header += ["of which before the statement", "CPU s / 1,000 jobs (ledger or worker process)"]
+    claimed = c["in_worker"].get("claimed_first", 0)
+    return (
+        f"## {_TITLES['visibility']}\n\n"
+        "The ledger reads the job topics in its own group and inserts a `queued` row per job,"
+        " one statement per fetch. Catch-up: a backlog of"
+        f" {p['backlog']:,} jobs recorded by `conveyor ledger` alone at"
+        f" **{catch['jobs_per_s']:,.0f} jobs/s** (first row to last), costing"
+        f" **{catch['cpu_s_per_1000']:g} CPU s per 1,000 jobs** in its process (Postgres's"
+        " share is in the machine's figure,"
+        f" {catch['machine_busy_pct']:.0f}% busy). Then jobs submitted one by one at"
+        f" {p['rate']:,.0f}/s for {p['seconds']:g} s per set-up, with no worker running them,"
+        " or with a worker thousands of jobs behind. Visible means the bench's LISTEN got the"
+        " notification the `jobs` insert sends at commit; the clock starts just before"
+        " `Producer.submit`, so linger, broker, fetch, statement and commit all count."
+        f" In the worker set-up the worker itself recorded {claimed:,} job(s) first.\n\n"
+        + _table(header, rows)
+    )
+
+
 def _ms(percentiles: dict[str, float]) -> str:
     return "/".join(_cell(float(percentiles[p])) for p in ("p50", "p95", "p99"))
 
@@ -408,6 +455,17 @@ def _summary(scenarios: dict[str, Any]) -> str:
             for x in scale["series"]
         )
         lines.append(f"- Scaling on one 8-partition topic: {steps}.")
+    vis = scenarios.get("visibility", {})
+    if "contenders" in vis:
+        c = vis["contenders"]["conveyor"]
+        lines.append(
+            f"- Visible as queued at {vis['params']['rate']:,.0f} jobs/s offered:"
+            f" submit-to-visible p50/p95/p99 {_ms(c['ledger']['submit_to_visible'])} ms"
+            f" (ledger alone), {_ms(c['in_worker']['submit_to_visible'])} ms (ledger in a"
+            f" worker far behind); the ledger records a backlog at"
+            f" {c['catch_up']['jobs_per_s']:,.0f} jobs/s for"
+            f" {c['catch_up']['cpu_s_per_1000']:g} CPU s per 1,000 jobs."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,9 @@ class Sizes:
         scheduled_window_s: The window their due times are spread over (the issue's hour,
             compressed).
         scheduled_lead_s: From the first submit to the first due time.
+        visibility_rate: Jobs per second submitted while the ledger records them.
+        visibility_seconds: How long that rate is offered (per step).
+        visibility_backlog: Jobs preloaded for the ledger's catch-up.
         job_timeout: Longest wait for one step's jobs to finish.
         poll_interval: Seconds between two readings of progress and process usage (each
             reading of conveyor's progress is a count over the jobs table).
@@ -62,6 +65,9 @@ class Sizes:
     scheduled_jobs: int = 100_000
     scheduled_window_s: float = 180.0
     scheduled_lead_s: float = 60.0
+    visibility_rate: float = 5000.0
+    visibility_seconds: float = 20.0
+    visibility_backlog: int = 100_000
     job_timeout: float = 900.0
     poll_interval: float = 1.0
 
@@ -95,6 +101,9 @@ QUICK = Sizes(
     scheduled_jobs=300,
     scheduled_window_s=5.0,
     scheduled_lead_s=4.0,
+    visibility_rate=300.0,
+    visibility_seconds=2.0,
+    visibility_backlog=6_000,
     job_timeout=60.0,
     poll_interval=0.25,
 )

@@ -15,7 +15,7 @@ from typing import Any
 from conveyor.consumer.job import FINAL_STATES
 
 UNKNOWN = "unknown"
-"""The state reported for a job id no worker has recorded (or whose history was purged)."""
+"""The state reported for a job id nothing has recorded yet (or whose history was purged)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +58,13 @@ class JobStatus:
     Args:
         job_id: The job's id.
         state: scheduled, queued, processing, complete, failed, cancelled, or ``unknown``
-            when no worker (or scheduler) has recorded the job.
+            when neither the scheduler, the ledger nor a worker has recorded the job.
         attempts: The number of the latest attempt (0 before the first).
         history: Every state change, oldest first.
         result: What the handler returned (complete jobs only).
         last_error: The latest attempt's error, if one failed.
         progress: The latest progress report of the current attempt.
-        type: The job type, once a worker has seen the job.
+        type: The job type, once the ledger or a worker has seen the job.
         key: The entity key.
         tenant_id: The owning tenant.
         priority: critical, high, normal or low.
@@ -74,6 +74,9 @@ class JobStatus:
         finished_at: When the job ended.
         scheduled_for: When a delayed or ``run_at`` job is due (state ``scheduled``
             until the scheduler releases it).
+        position: For a queued job the ledger recorded: how many jobs of its partition
+            are ahead of it that the workers have not finished (its offset minus the
+            worker group's committed offset); None when unknown or not queued.
     """
 
     job_id: str
@@ -92,6 +95,7 @@ class JobStatus:
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     scheduled_for: dt.datetime | None = None
+    position: int | None = None
 
     @classmethod
     def unknown(cls, job_id: str) -> JobStatus:

@@ -9,7 +9,9 @@
         async for status in store.progress(job_id):
             print(status.state, status.progress)
 
-A job id no worker has seen yet has state ``unknown``. Cancelling it writes a cancelled
+A submitted job is ``queued`` as soon as the ledger (``conveyor.ledger``) has read it,
+with its ``position`` in its partition; a job id nothing has recorded yet has state
+``unknown``. Cancelling it writes a cancelled
 row, so the worker that later consumes the job skips it. Cancelling a running job marks
 the row (``cancel_requested_at``) and publishes a ``ControlCommand`` to the control topic
 that every worker reads (``conveyor.consumer.commands``); the worker running the job
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -39,8 +42,10 @@ from conveyor.consumer.status import AnyConnection, error_json, progress_channel
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
 from conveyor.jobstatus import UNKNOWN, JobStatus, Progress, Transition
+from conveyor.ledger.offsets import WorkerOffsets
 from conveyor.scheduling import store as scheduling_store
 from conveyor.settings import Settings
+from conveyor.topology.model import PRIORITIES, Topology
 
 DEFAULT_POOL_SIZE = 5
 DEFAULT_POLL_INTERVAL = 2.0
@@ -49,7 +54,7 @@ DEFAULT_POLL_INTERVAL = 2.0
 _JOB = """
 SELECT job_id, state, attempts, result, last_error, progress_pct, progress_message,
        progress_at, type, key, tenant_id, priority, batch_id, submitted_at, started_at,
-       finished_at, scheduled_for
+       finished_at, scheduled_for, source_topic, source_partition, source_offset
 FROM jobs WHERE job_id = $1
 """
 
@@ -132,14 +137,26 @@ def _status_from(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -
     )
 
 
-async def _read_status(conn: AnyConnection, job_id: str) -> JobStatus:
+async def _read_row(conn: AnyConnection, job_id: str) -> tuple[Any, list[Any]]:
     # One snapshot for both reads, so the history matches the row.
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         row = await conn.fetchrow(_JOB, job_id)
         if row is None:
-            return JobStatus.unknown(job_id)
-        history = await conn.fetch(_HISTORY, job_id)
-    return _status_from(row, history)
+            return None, []
+        return row, await conn.fetch(_HISTORY, job_id)
+
+
+async def _read_status(conn: AnyConnection, job_id: str) -> JobStatus:
+    row, history = await _read_row(conn, job_id)
+    return JobStatus.unknown(job_id) if row is None else _status_from(row, history)
+
+
+def _queue_place(row: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """The (topic, partition, offset) of a job still waiting for its first attempt, as
+    the ledger read it; None for any other job (a retried job waits on a retry topic)."""
+    if row["state"] != "queued" or row["attempts"] != 0 or row["source_offset"] is None:
+        return None
+    return row["source_topic"], row["source_partition"], row["source_offset"]
 
 
 def _cancel_error(reason: str | None) -> str | None:
@@ -176,6 +193,7 @@ class JobStore:
         self._poll_interval = poll_interval
         self._pool: asyncpg.Pool[Any] | None = None
         self._publisher: ControlPublisher | None = None
+        self._offsets: WorkerOffsets | None = None
 
     async def open(self) -> None:
         """Opens the connection pool; does nothing if it is open.
@@ -190,6 +208,9 @@ class JobStore:
         """Closes the pool and, if one was created, the control producer. Idempotent."""
         pool, self._pool = self._pool, None
         publisher, self._publisher = self._publisher, None
+        offsets, self._offsets = self._offsets, None
+        if offsets is not None:
+            offsets.close()
         try:
             if publisher is not None:
                 await asyncio.to_thread(publisher.close)
@@ -214,12 +235,21 @@ class JobStore:
             raise ConveyorError("the JobStore is not open; use `async with JobStore(settings)`")
         return self._pool
 
-    async def status(self, job_id: str) -> JobStatus:
+    async def status(self, job_id: str, *, position: bool = True) -> JobStatus:
         """The job's state, attempts, full history, result, last error and progress.
 
+        For a job still waiting for its first attempt, recorded by the ledger, it also
+        asks the broker (one admin request) for the worker group's committed offset of
+        the job's partition, and reports the job's ``position``: the jobs ahead of it
+        there that no worker has finished. A broker that does not answer leaves it None.
+
+        Args:
+            job_id: The job.
+            position: Ask the broker for a queued job's position (needs Kafka settings).
+
         Returns:
-            The status; state ``unknown`` (empty history, 0 attempts) for a job id no
-            worker has recorded.
+            The status; state ``unknown`` (empty history, 0 attempts) for a job id
+            nothing has recorded.
 
         Raises:
             ValueError: ``job_id`` is not a UUID.
@@ -229,7 +259,25 @@ class JobStore:
         job_id = parse_job_id(job_id)
         with database_errors(f"reading job {job_id}"):
             async with self._require_pool().acquire() as conn:
-                return await _read_status(conn, job_id)
+                row, history = await _read_row(conn, job_id)
+        if row is None:
+            return JobStatus.unknown(job_id)
+        status = _status_from(row, history)
+        place = _queue_place(row) if position else None
+        if place is None:
+            return status
+        return dataclasses.replace(status, position=await self._position(*place))
+
+    async def _position(self, topic: str, partition: int, offset: int) -> int | None:
+        topology = Topology.from_settings(self._settings)
+        priority = next((p for p in PRIORITIES if topology.job_topic(p) == topic), None)
+        if priority is None:  # read under another topic prefix
+            return None
+        if self._offsets is None:
+            self._offsets = WorkerOffsets(self._settings)
+        return await asyncio.to_thread(
+            self._offsets.position, topology.consumer_group(priority), topic, partition, offset
+        )
 
     async def cancel(self, job_id: str, *, reason: str | None = None) -> str:
         """Cancels a job that has not ended.

@@ -20,6 +20,7 @@ from bench.scenarios import (
     scheduling,
     throughput,
     ui,
+    visibility,
 )
 
 Scenario = Callable[[Context], Awaitable[dict[str, Any]]]
@@ -33,4 +34,5 @@ SCENARIOS: dict[str, Scenario] = {
     "scaling": scaling.run,
     "ui": ui.run,
     "scheduling": scheduling.run,
+    "visibility": visibility.run,
 }

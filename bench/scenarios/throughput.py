@@ -4,7 +4,9 @@ Contenders, one after another on the same machine: (a) the raw consume-and-commi
 over the very topic conveyor reads (its own consumer group), the broker's ceiling;
 (b) the raw durable loop (``bench.rawdurable``) over that topic too, writing the rows
 conveyor writes into a schema of its own, one statement per fetch: the ceiling with
-durable status; (c) conveyor, done when every job's status is ``complete`` in Postgres;
+durable status; (c) conveyor, done when every job's status is ``complete`` in Postgres,
+with the ledger on as a worker runs it by default (so its figure includes the ledger's
+``queued`` rows, and claims that update those rows rather than insert them);
 (d) Celery and (e) Dramatiq on Redis with the same no-op task, when Redis answers. Jobs
 per second count from the first job started to the last one finished, so process
 start-up and group joins are left out.

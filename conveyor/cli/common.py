@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -33,6 +34,18 @@ def set_handler(parser: argparse.ArgumentParser, handler: Handler) -> None:
 def run(coro: Coroutine[Any, Any, int]) -> int:
     """Runs a coroutine to completion and returns its exit code."""
     return asyncio.run(coro)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets: how a service command learns to stop.
+
+    Call it inside the running event loop.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def observe(service: str, settings: Settings, log_level: str = "INFO") -> None:

@@ -8,8 +8,6 @@ group, and each dead job still gets one row and one JobFailed event.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 from conveyor import db
 from conveyor.cli import common
@@ -39,10 +37,7 @@ def _dlq_sink(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = common.stop_on_signals()
     await preflight.check(settings)
     pool = await db.create_pool(settings, min_size=1, max_size=2)
     try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 from conveyor.cli import common
 from conveyor.consumer import preflight
@@ -35,10 +33,7 @@ def _relay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = common.stop_on_signals()
     await preflight.check(settings, database=False)
     with Serde(settings) as serde:
         relay = RetryRelay(settings, serde=serde)

@@ -25,7 +25,9 @@ def register(subparsers: common.SubParsers) -> None:
         "status",
         help="show a job's state, progress, result and history",
         description="Show a job's state, attempts, progress, result, last error and full "
-        "history. A job no worker has seen yet is reported as 'unknown'.",
+        "history. A submitted job is 'queued' once the ledger has read it, with its position "
+        "(jobs ahead of it in its partition that no worker has finished); a job id nothing "
+        "has recorded yet is reported as 'unknown'.",
     )
     parser.add_argument("job_id", metavar="JOB_ID", type=job_id_argument, help="the job's id")
     parser.add_argument(
@@ -52,8 +54,8 @@ def render(status: JobStatus) -> str:
     """The status as the readable text ``conveyor status`` prints."""
     if status.state == UNKNOWN:
         return (
-            f"job {status.job_id}: {UNKNOWN} (no worker has recorded it yet, "
-            "or its history was purged)"
+            f"job {status.job_id}: {UNKNOWN} (neither the ledger nor a worker has recorded "
+            "it yet, or its history was purged)"
         )
     fields: list[tuple[str, Any]] = [
         ("type", status.type),
@@ -67,6 +69,8 @@ def render(status: JobStatus) -> str:
         ("started", _time(status.started_at)),
         ("finished", _time(status.finished_at)),
     ]
+    if status.position is not None:
+        fields.append(("position", f"{status.position} job(s) ahead in its partition"))
     if status.progress is not None:
         message = f" {status.progress.message}" if status.progress.message else ""
         fields.append(("progress", f"{status.progress.pct:g}%{message}"))

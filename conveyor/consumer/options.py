@@ -67,6 +67,9 @@ class WorkerOptions:
         run_dlq_sink: Also run the DLQ sink (``conveyor dlq-sink`` runs it on its own).
         run_scheduler: Also run the scheduler: delayed and run_at jobs, cron schedules
             (``conveyor scheduler`` runs it on its own).
+        run_ledger: Also run the ledger, which records every submitted job as ``queued``
+            in Postgres as soon as it is on its topic (``conveyor ledger`` runs it on its
+            own; turn this off where that runs).
         purge_interval: Seconds between runs of the retention purge; None disables it.
         metrics_host: The address ``/metrics``, ``/healthz`` and ``/readyz`` are served on
             (the port is ``Settings.metrics_port``; 0 there serves nothing).
@@ -93,6 +96,7 @@ class WorkerOptions:
     run_relay: bool = True
     run_dlq_sink: bool = True
     run_scheduler: bool = True
+    run_ledger: bool = True
     purge_interval: float | None = 3600.0
     metrics_host: str = "0.0.0.0"  # all interfaces: a pod's probes come from outside
     metrics_interval: float = 5.0

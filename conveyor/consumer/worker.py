@@ -28,6 +28,7 @@ from conveyor.consumer.relay import RelayOptions, RetryRelay
 from conveyor.consumer.runtime import ConsumerLoop
 from conveyor.consumer.status import StatusStore
 from conveyor.errors import ConfigurationError
+from conveyor.ledger import Ledger
 from conveyor.observability.http import ProbeServer
 from conveyor.observability.metrics import WorkerMetrics
 from conveyor.scheduling import recurring
@@ -38,8 +39,15 @@ from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITIES, Topology
 
 #: How liveness names each companion that runs beside the jobs.
-_HELPER_NAMES = {"RetryRelay": "retry relay", "DlqSink": "DLQ sink", "Scheduler": "scheduler"}
-Companion = RetryRelay | DlqSink | Scheduler
+_HELPER_NAMES = {
+    "RetryRelay": "retry relay",
+    "DlqSink": "DLQ sink",
+    "Scheduler": "scheduler",
+    "Ledger": "ledger",
+}
+
+#: A helper that runs beside the jobs: started with the consumers, run until the stop.
+Companion = RetryRelay | DlqSink | Scheduler | Ledger
 
 log = logging.getLogger("conveyor.worker")
 
@@ -351,8 +359,8 @@ class Worker:
         return runs
 
     def helper_problem(self) -> str | None:
-        """Which helper (control listener, retry relay, DLQ sink, scheduler) ended while the worker
-        runs, and why; None while all run. A liveness check: a pod whose relay died
+        """Which helper (control listener, retry relay, DLQ sink, scheduler, ledger) ended
+        while the worker runs, and why; None while all run. A liveness check: a pod whose relay died
         would otherwise look healthy while retries pile up unrelayed."""
         if self._stop.is_set():
             return None
@@ -430,7 +438,7 @@ class Worker:
         return server
 
     def _companions(self, pool: Any, serde: Serde) -> list[Companion]:
-        """The relay, DLQ sink and scheduler that run beside the jobs, and the purge."""
+        """The relay, DLQ sink, scheduler and ledger that run beside the jobs, and the purge."""
         options = self.options
         companions: list[Companion] = []
         if options.run_relay:
@@ -458,6 +466,17 @@ class Worker:
                     metrics=self.metrics,
                     session_timeout_ms=options.session_timeout_ms,
                     heartbeat_interval_ms=options.heartbeat_interval_ms,
+                )
+            )
+        if options.run_ledger:
+            companions.append(
+                # Its own connection: jobs hold the pool's in their transactions.
+                Ledger(
+                    self.settings,
+                    serde=serde,
+                    session_timeout_ms=options.session_timeout_ms,
+                    heartbeat_interval_ms=options.heartbeat_interval_ms,
+                    fetch_max_wait_ms=options.fetch_max_wait_ms,
                 )
             )
         if options.purge_interval is not None:

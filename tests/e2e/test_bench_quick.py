@@ -29,6 +29,7 @@ SCENARIOS = {
     "scaling",
     "ui",
     "scheduling",
+    "visibility",
 }
 CHARTS = {"throughput", "latency", "priority", "keys", "scaling"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,12 +144,20 @@ def test_quick_run_reports_every_scenario_and_contender(
     late = scheduling["release_lateness_ms"]
     assert late["p99"] >= late["p50"] >= 0
     assert scheduling["cpu_s_per_1000"] > 0
+    visibility = result["scenarios"]["visibility"]["contenders"]["conveyor"]
+    assert visibility["catch_up"]["jobs_per_s"] > 0
+    for step in (visibility["ledger"], visibility["in_worker"]):
+        # Every job submitted was seen queued (or claimed), in order of percentiles.
+        assert step["visible"] == step["jobs"] > 0, step
+        timing = step["submit_to_visible"]
+        assert timing["p99"] >= timing["p50"] > 0, step
 
     titles = ("1. Throughput", "2. Latency", "3. Priority", "4. Key concurrency", "5. Memory")
     # The budget is rendered from the committed python -m bench.profile result.
-    scaled = ("6. Scaling", "7. Web UI", "8. Scheduled jobs", "Per-job CPU budget of the worker")
-    for title in (*titles, *scaled):
+    scaled = ("6. Scaling", "7. Web UI", "8. Scheduled jobs", "9. Visible as queued")
+    for title in (*titles, *scaled, "Per-job CPU budget of the worker"):
         assert f"## {title}" in markdown
+    assert "- Visible as queued at 300 jobs/s offered" in markdown
     charts = _charts(tmp_path)
     assert set(charts) == {f"{name}.png" for name in CHARTS}
     assert all(data.startswith(PNG_MAGIC) for data in charts.values())

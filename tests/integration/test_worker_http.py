@@ -21,6 +21,7 @@ from conveyor import JobContext, PermanentError, Producer, Settings, Worker, emb
 from conveyor.consumer import probes
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.relay import RetryRelay
+from conveyor.ledger import Ledger
 from conveyor.topology.model import Topology
 from tests.kafka_helpers import read_topic
 from tests.tcp_proxy import TcpProxy
@@ -316,32 +317,36 @@ async def test_healthz_fails_while_the_event_loop_is_blocked(
         assert (await probe(worker, "/healthz"))[0] == 200
 
 
+@pytest.mark.parametrize(
+    ("helper", "name"), [(RetryRelay, "retry relay"), (Ledger, "ledger")], ids=["relay", "ledger"]
+)
 async def test_healthz_fails_when_a_helper_beside_the_jobs_dies(
-    live: Settings, monkeypatch: pytest.MonkeyPatch
+    live: Settings, monkeypatch: pytest.MonkeyPatch, helper: type[RetryRelay | Ledger], name: str
 ) -> None:
-    """The retry relay's task ends with an error: liveness says which helper stopped and
-    why, so the pod is restarted instead of looking healthy while retries pile up."""
+    """A helper's task ends with an error: liveness says which helper stopped and why, so
+    the pod is restarted instead of looking healthy while retries pile up unrelayed (the
+    retry relay) or submitted jobs stop showing as queued (the ledger, on by default)."""
 
-    relay_run = RetryRelay.run
+    helper_run = helper.run
 
-    async def broken(self: RetryRelay, stop: asyncio.Event) -> None:
+    async def broken(self: RetryRelay | Ledger, stop: asyncio.Event) -> None:
         stopped = asyncio.Event()
         stopped.set()
-        await relay_run(self, stopped)  # returns at once, having closed its consumer
-        raise RuntimeError("relay broke")
+        await helper_run(self, stopped)  # type: ignore[arg-type]  # returns at once, closed
+        raise RuntimeError(f"{name} broke")
 
-    monkeypatch.setattr(RetryRelay, "run", broken)
+    monkeypatch.setattr(helper, "run", broken)
     worker = Worker(live, priorities=["normal"], concurrency=2, options=OPTIONS)
     async with running(worker):
         await eventually(lambda: worker.http_port is not None, what="the endpoint to listen")
 
         async def unhealthy() -> bool:
             status, checks = await probe(worker, "/healthz")
-            return status == 503 and "retry relay stopped" in (checks.get("helpers") or "")
+            return status == 503 and f"the {name} stopped" in (checks.get("helpers") or "")
 
-        await eventually(unhealthy, what="/healthz to name the dead relay")
+        await eventually(unhealthy, what=f"/healthz to name the dead {name}")
         _status, checks = await probe(worker, "/healthz")
-        assert "relay broke" in checks["helpers"]
+        assert f"{name} broke" in checks["helpers"]
 
 
 async def test_a_fatal_publisher_error_fails_healthz_and_stops_fetching(live: Settings) -> None:
