@@ -12,11 +12,12 @@ class TcpProxy:
     """Forwards ``127.0.0.1:port`` to ``target_host:target_port`` while started.
 
     ``stop()`` closes the listener and every forwarded connection, as if the service
-    went down; ``start()`` listens on the same port again.
+    went down; ``start()`` listens on the same port again. ``port`` picks the listening
+    port (a free one by default), for a service that must advertise it before it starts.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.port = embedded.free_port()
+    def __init__(self, target_host: str, target_port: int, *, port: int | None = None) -> None:
+        self.port = port or embedded.free_port()
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
