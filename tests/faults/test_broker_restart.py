@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,11 @@ async def test_a_broker_killed_and_restarted_loses_no_acknowledged_job(
         await wait_for(
             effects.reached(1), timeout=120, what="the first completion", diagnose=worker.output
         )
+        killed = time.monotonic()
         node.kill()
         figures.faults += 1
         await asyncio.to_thread(node.start)
+        figures.extra["broker_down_s"] = round(time.monotonic() - killed, 1)
         figures.recovered(
             await progress_after(
                 effects, timeout=180, what="progress after the restart", diagnose=worker.output
