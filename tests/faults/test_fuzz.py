@@ -168,5 +168,5 @@ async def test_a_job_type_postgres_refuses_is_dead_lettered_not_retried_forever(
         tmp_path,
         counts={fuzz_corpus.NUL_IN_TYPE: 20},
         good=200,
-        timeout=60,
+        timeout=45,
     )

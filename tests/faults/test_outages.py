@@ -122,8 +122,9 @@ async def test_broker_and_database_cuts_make_the_worker_wait_not_ready_and_resum
         figures.recovered(time.monotonic() - healed)
         await wait_for(worker.ready(), timeout=120, what="ready after the broker cut")
 
-        # Postgres goes away mid-batch: outcomes cannot be recorded, so nothing completes.
-        ids += await asyncio.to_thread(_submit, live, 2 * BATCH, BATCH, 0.05)
+        # Postgres goes away mid-batch (jobs of 0.2 s: several seconds of work are left):
+        # outcomes cannot be recorded, so nothing completes.
+        ids += await asyncio.to_thread(_submit, live, 2 * BATCH, BATCH, 0.2)
         await wait_for(
             effects.reached(len(ids) - BATCH + 20),
             timeout=180,
