@@ -4,13 +4,16 @@ The corpus (``fuzz_corpus.py``) is built from a fixed seed. Asserted: every bad 
 has a ``job_dlq`` row with a reason (raw ones found by their source offset, decodable
 ones by their job id), every good job completes exactly once, and the worker never
 restarts and stays healthy (``/healthz`` 200 at every poll, the same pid throughout).
-A job type holding a NUL, which Postgres refuses, has a scenario of its own.
+Two kinds have scenarios of their own: schema ids the registry never issued (looked up
+through a slow registry, so a lookup that blocks the worker shows), and a job type
+holding a NUL, which Postgres refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.parse
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +27,7 @@ from conveyor.schemas.serde import Serde
 from conveyor.topology.model import Topology
 from tests.faults import fuzz_corpus, raw
 from tests.faults.harness import Effects, Figures, WorkerProcess, free_port, wait_for, worker_env
+from tests.tcp_proxy import TcpProxy
 from tests.worker_helpers import prepare
 
 GOOD = 1000
@@ -135,7 +139,6 @@ async def run_fuzz(
     return figures
 
 
-@pytest.mark.xfail(strict=True, reason="defect 8, fixed on branch faults-fix")
 @pytest.mark.timeout(480)
 async def test_fuzzed_messages_are_dead_lettered_and_good_jobs_complete_on_a_healthy_worker(
     settings: Settings, schema_registry_url: str, db: asyncpg.Connection[Any], tmp_path: Path
@@ -149,6 +152,31 @@ async def test_fuzzed_messages_are_dead_lettered_and_good_jobs_complete_on_a_hea
         good=GOOD,
         timeout=360,
     )
+
+
+@pytest.mark.xfail(strict=True, reason="defect 8, fixed on branch faults-fix")
+@pytest.mark.timeout(420)
+async def test_unknown_schema_ids_are_dead_lettered_without_stalling_a_slow_registry_worker(
+    settings: Settings, schema_registry_url: str, db: asyncpg.Connection[Any], tmp_path: Path
+) -> None:
+    """40 messages naming schema ids the registry never issued, among 200 good jobs, with
+    the registry answering in 0.5 s (a TCP proxy holds each answer): each id is one
+    lookup, and no lookup may stall the worker's event loop (``/healthz`` stays 200)."""
+    url = urllib.parse.urlsplit(schema_registry_url)
+    slow = TcpProxy(url.hostname or "127.0.0.1", url.port or 80, delay=0.5)
+    await slow.start()
+    try:
+        await run_fuzz(
+            settings,
+            f"http://127.0.0.1:{slow.port}",
+            db,
+            tmp_path,
+            counts={fuzz_corpus.UNKNOWN_SCHEMA_ID: 40},
+            good=200,
+            timeout=240,
+        )
+    finally:
+        await slow.stop()
 
 
 @pytest.mark.xfail(
