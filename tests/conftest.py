@@ -29,6 +29,7 @@ _FOLDER_MARKERS = {
     "integration": "integration",
     "e2e": "e2e",
     "browser": "browser",
+    "faults": "faults",
 }
 
 

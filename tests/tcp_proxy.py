@@ -12,11 +12,16 @@ class TcpProxy:
     """Forwards ``127.0.0.1:port`` to ``target_host:target_port`` while started.
 
     ``stop()`` closes the listener and every forwarded connection, as if the service
-    went down; ``start()`` listens on the same port again.
+    went down; ``start()`` listens on the same port again. ``port`` picks the listening
+    port (a free one by default), for a service that must advertise it before it starts.
+    ``delay`` holds every chunk of the service's answers that many seconds: a slow service.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.port = embedded.free_port()
+    def __init__(
+        self, target_host: str, target_port: int, *, port: int | None = None, delay: float = 0.0
+    ) -> None:
+        self.port = port or embedded.free_port()
+        self.delay = delay
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -42,12 +47,18 @@ class TcpProxy:
             return
         self._writers.update((writer, up_writer))
         await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            self._pipe(reader, up_writer),
+            self._pipe(up_reader, writer, self.delay),
+            return_exceptions=True,
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float = 0.0
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)  # the slowness this proxy stands for
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -9,7 +9,9 @@ instead of hanging it.
   fatal producer error;
 - readiness (``/readyz``): live, not stopping, every priority's consumer has joined its
   group (an empty assignment counts: a group can have more members than partitions),
-  and Postgres answers ``SELECT 1`` within ``DATABASE_TIMEOUT``.
+  the broker answers a request within ``BROKER_TIMEOUT`` (a joined group does not notice
+  a broker gone until its session ends), and Postgres answers ``SELECT 1`` within
+  ``DATABASE_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger("conveyor.worker")
 
 LOOP_TIMEOUT = 5.0
 DATABASE_TIMEOUT = 2.0
+BROKER_TIMEOUT = 3.0
 
 _DLQ_PENDING = "SELECT count(*) FROM job_dlq WHERE replayed_at IS NULL"
 
@@ -76,14 +79,15 @@ class WorkerProbes:
         }
 
     def ready(self) -> dict[str, str | None]:
-        """The readiness checks: liveness, ``stopping``, ``consumer_groups``, ``database``,
-        ``job_store`` (outcomes are being recorded) and ``schema_registry`` (no partition
-        waits for the registry to decode a message)."""
+        """The readiness checks: liveness, ``stopping``, ``consumer_groups``, ``broker``,
+        ``database``, ``job_store`` (outcomes are being recorded) and ``schema_registry``
+        (no partition waits for the registry to decode a message)."""
         checks = self.health()
         checks["stopping"] = "the worker is shutting down" if self._stopping() else None
         checks["consumer_groups"] = (
             None if self._consumer.joined else "not every consumer has joined its group yet"
         )
+        checks["broker"] = self._on_loop(self._consumer.reach_broker(), BROKER_TIMEOUT)
         checks["database"] = self._on_loop(
             self._pool.fetchval("SELECT 1", timeout=DATABASE_TIMEOUT), DATABASE_TIMEOUT + 1
         )

@@ -372,6 +372,17 @@ class ConsumerLoop:
             self._finished.set()
             self._wake.set()
 
+    async def reach_broker(self) -> None:
+        """Asks the broker for the end offset of one job partition: a readiness check that
+        fails while the broker cannot be reached, which the group state alone does not show.
+
+        Raises:
+            KafkaError: The broker did not answer.
+        """
+        for priority, consumer in self._consumers.items():
+            await consumer.end_offsets([TopicPartition(self._topology.job_topic(priority), 0)])
+            return
+
     @property
     def record_problem(self) -> str | None:
         """Why job outcomes are not being recorded now, or None (a readiness check)."""

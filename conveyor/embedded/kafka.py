@@ -181,6 +181,10 @@ class ApacheKafka(ChildService):
         host: The loopback address to bind and advertise.
         sasl_ssl: Also open a SASL_SSL listener with SCRAM-SHA-512 (user ``SCRAM_USER``).
         heap_options: JVM options, ``JVM_OPTIONS`` by default.
+        advertised_port: The PLAINTEXT port clients are told to connect to, when it is not
+            the listener's own: a TCP proxy in front of the broker (clients bootstrapping
+            there keep going through it). The broker's own readiness check still uses
+            ``bootstrap``.
     """
 
     def __init__(
@@ -190,6 +194,7 @@ class ApacheKafka(ChildService):
         host: str = "127.0.0.1",
         sasl_ssl: bool = False,
         heap_options: tuple[str, ...] = JVM_OPTIONS,
+        advertised_port: int | None = None,
     ) -> None:
         self._owned_tmp = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="conveyor-kafka-"))
@@ -199,6 +204,7 @@ class ApacheKafka(ChildService):
         self.sasl_port = free_port(host) if sasl_ssl else None
         self.sasl_ssl = sasl_ssl
         self.heap_options = heap_options
+        self.advertised_port = advertised_port
         self.log_path = self.data_dir / "kafka.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -234,7 +240,7 @@ class ApacheKafka(ChildService):
             f"PLAINTEXT://{self.bootstrap}",
             f"CONTROLLER://{self.host}:{self.controller_port}",
         ]
-        advertised = [f"PLAINTEXT://{self.bootstrap}"]
+        advertised = [f"PLAINTEXT://{self.host}:{self.advertised_port or self.port}"]
         lines = [
             "process.roles=broker,controller",
             "node.id=1",

@@ -11,7 +11,8 @@ reached, and logs each distinct error once a minute, at DEBUG too: the error tha
 matters reaches the caller as an exception.
 
 :func:`unreachable` is the one wording of "the broker did not answer", naming the
-address tried and ``CONVEYOR_KAFKA_BOOTSTRAP``.
+address tried and ``CONVEYOR_KAFKA_BOOTSTRAP``, or, when the broker answered but refused
+the SASL credentials, the ``CONVEYOR_SASL_*`` settings instead.
 """
 
 from __future__ import annotations
@@ -106,8 +107,21 @@ def client_config() -> tuple[dict[str, Any], ClientErrors]:
     return {"logger": LibrdkafkaLog(), "error_cb": errors, "log_level": 6}, errors
 
 
+# librdkafka's wording of KafkaError._AUTHENTICATION (a wrong SASL user or password).
+_AUTHENTICATION = re.compile(r"SASL authentication error|Authentication failed")
+
+
 def unreachable(bootstrap: str, reason: str) -> str:
-    """The message for a Kafka cluster that did not answer, naming what to check."""
+    """The message for a Kafka cluster that did not answer, naming what to check.
+
+    A broker that answered but refused the SASL credentials is not unreachable: the
+    message then names the credential settings rather than the bootstrap address.
+    """
+    if _AUTHENTICATION.search(reason):
+        return (
+            f"Kafka at {bootstrap} refused the credentials ({reason}); "
+            "check CONVEYOR_SASL_USERNAME, CONVEYOR_SASL_PASSWORD and CONVEYOR_SASL_MECHANISM"
+        )
     return (
         f"cannot reach Kafka at {bootstrap} ({reason}); "
         "check CONVEYOR_KAFKA_BOOTSTRAP and that the broker is up"

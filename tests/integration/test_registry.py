@@ -331,6 +331,9 @@ def test_errors_are_confluent_json_bodies_with_the_registry_media_type(
         (http.get(f"/subjects/{s}/versions/first"), 422, 42202),
         (http.put("/config", json={"compatibility": "SIDEWAYS"}), 422, 42203),
         (http.get("/schemas/ids/0"), 404, 40403),
+        # An id past Postgres' int (a Confluent header of random bytes): unknown, not a 500.
+        (http.get("/schemas/ids/3523014692"), 404, 40403),
+        (http.get("/schemas/ids/3523014692/subjects"), 404, 40403),
     ]
 
     for response, status, code in cases:

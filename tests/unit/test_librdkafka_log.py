@@ -42,3 +42,15 @@ def test_the_unreachable_message_names_the_address_and_the_setting() -> None:
     message = librdkafka.unreachable("kafka:9092", "Connection refused")
     assert message.startswith("cannot reach Kafka at kafka:9092 (Connection refused)")
     assert "CONVEYOR_KAFKA_BOOTSTRAP" in message
+
+
+def test_refused_credentials_name_the_sasl_settings_not_the_bootstrap() -> None:
+    reason = (
+        "SASL authentication error: Authentication failed during authentication due to "
+        "invalid credentials with SASL mechanism SCRAM-SHA-512"
+    )
+    message = librdkafka.unreachable("kafka:9093", reason)
+    assert message.startswith(f"Kafka at kafka:9093 refused the credentials ({reason})")
+    assert "CONVEYOR_SASL_USERNAME" in message
+    assert "CONVEYOR_SASL_PASSWORD" in message
+    assert "CONVEYOR_KAFKA_BOOTSTRAP" not in message

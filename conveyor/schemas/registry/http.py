@@ -31,6 +31,7 @@ ACCEPTED_CONTENT_TYPES = frozenset(
     }
 )
 _MAX_VERSION = 2**31 - 1
+_MAX_SCHEMA_ID = 2**31 - 1
 
 
 class RegistryResponse(JSONResponse):
@@ -203,12 +204,17 @@ def schema_id_of(request: Request) -> int:
         The schema id.
 
     Raises:
-        RegistryError: 40403 if the id is not a number, as no such schema exists.
+        RegistryError: 40403 if the id is not a number or lies outside the ids the store
+            can hold (a 32-bit int, as in Confluent's), as no such schema exists.
     """
     try:
-        return int(request.path_params["schema_id"])
+        schema_id = int(request.path_params["schema_id"])
     except ValueError as exc:
         raise RegistryError(404, 40403, "Schema not found.") from exc
+    if not -_MAX_SCHEMA_ID - 1 <= schema_id <= _MAX_SCHEMA_ID:
+        # A Confluent header of random bytes names ids up to 2**32 - 1: unknown, not a 500.
+        raise RegistryError(404, 40403, "Schema not found.")
+    return schema_id
 
 
 async def json_body(request: Request) -> dict[str, Any]:
