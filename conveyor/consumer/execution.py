@@ -239,7 +239,8 @@ class JobRunner:
 
     async def _attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
         labels = self._metrics.labels(job.type, job.priority)
-        claim = await self._status.claim(job)
+        spec = self._registry.get(job.type)
+        claim = await self._status.claim(job, in_place=spec is not None and spec.ordering == "key")
         if isinstance(claim, str):
             if claim == "cancelled":
                 self._stats.cancelled += 1
@@ -248,6 +249,9 @@ class JobRunner:
                 self._stats.duplicates_skipped += 1
                 self._metrics.duplicates_skipped.labels(*labels).inc()
             return Outcome.SKIPPED, None, 0.0
+        if claim.attempt != job.attempt:
+            # An in-place retry redelivered: it resumes at the row's next attempt.
+            job = dataclasses.replace(job, attempt=claim.attempt)
         self._stats.started += 1
         self._metrics.observe_start(
             job.type,
@@ -258,7 +262,6 @@ class JobRunner:
         )
         if claim.cancel_requested:
             return await self._record_cancel(job, claim), None, 0.0
-        spec = self._registry.get(job.type)
         if spec is None:
             error = LookupError(f"no handler is registered for job type {job.type!r}")
             return await self._failed(job, claim, None, error, failures.HANDLER_MISSING)

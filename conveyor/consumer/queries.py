@@ -42,7 +42,12 @@ WITH input AS (
         max_attempts = EXCLUDED.max_attempts,
         submitted_at = EXCLUDED.submitted_at,
         state = 'processing',
-        attempts = EXCLUDED.attempts,
+        -- An in-place retry's chain lives in the worker, not in a message: a redelivery
+        -- of its first message resumes after the attempts the row already counts.
+        attempts = CASE WHEN EXCLUDED.job_id = ANY($13::uuid[]) THEN greatest(
+            EXCLUDED.attempts,
+            j.attempts + (j.state = 'queued' AND j.last_error IS NOT NULL)::int
+        ) ELSE EXCLUDED.attempts END,
         started_at = now(),
         lease_owner = EXCLUDED.lease_owner,
         lease_epoch = j.lease_epoch + 1,
@@ -52,11 +57,14 @@ WITH input AS (
         progress_at = NULL,
         updated_at = now()
     WHERE j.state NOT IN ('complete', 'failed', 'cancelled')
-    RETURNING j.job_id, j.lease_epoch, (j.xmax = 0) AS inserted,
+        -- An older attempt read again (a later one is queued in a retry topic, or runs)
+        -- is a duplicate: attempts never go backwards.
+        AND (EXCLUDED.attempts >= j.attempts OR EXCLUDED.job_id = ANY($13::uuid[]))
+    RETURNING j.job_id, j.lease_epoch, j.attempts, (j.xmax = 0) AS inserted,
         (j.cancel_requested_at IS NOT NULL) AS cancel_requested
 ), history AS (
     INSERT INTO job_transitions (job_id, state, at, attempt)
-    SELECT c.job_id, t.state, t.at, i.attempt
+    SELECT c.job_id, t.state, t.at, c.attempts
     FROM claimed AS c
     JOIN input AS i USING (job_id)
     CROSS JOIN LATERAL (VALUES (1, 'queued', i.submitted_at), (2, 'processing', now()))
@@ -64,20 +72,29 @@ WITH input AS (
     WHERE c.inserted OR t.state = 'processing'
     ORDER BY c.job_id, t.ord
 )
-SELECT c.job_id, c.lease_epoch, c.cancel_requested, NULL::text AS state FROM claimed AS c
-UNION ALL
--- Final states are terminal, so this read of the rows not claimed cannot go stale.
-SELECT j.job_id, NULL, NULL, j.state FROM jobs AS j
-WHERE j.job_id = ANY($1::uuid[]) AND j.job_id NOT IN (SELECT job_id FROM claimed)
+SELECT c.job_id, c.lease_epoch, c.attempts, c.cancel_requested FROM claimed AS c
 """
 """Claims jobs under new leases unless they already ended, in one statement (group
 commit); distinct job ids only. A job another worker holds is taken over with the next
-epoch; the cancel flag is read in the same statement, so no race.
+epoch; the cancel flag is read in the same statement, so no race. A delivery of an
+attempt older than the row's (``attempts``) is not claimed: a later attempt is queued or
+running, so this one is a duplicate.
 
 $1..$10 are arrays, one element per job: job_id (uuid), type, key, tenant_id, priority,
 batch_id (uuid), dedupe_key, max_attempts (int), submitted_at (timestamptz), attempt
-(int); $11 lease owner, $12 lease seconds (float). One row per job: its new
-``lease_epoch`` and ``cancel_requested`` when claimed, else its final ``state``.
+(int); $11 lease owner, $12 lease seconds (float), $13 the ids of jobs that retry in
+place (``ordering="key"``), whose attempt is the row's next one rather than the
+message's. One row per job claimed: its new ``lease_epoch``, ``attempts`` and
+``cancel_requested``; a job missing from them was not claimed (read its state with
+``STATES``).
+"""
+
+STATES = "SELECT job_id, state FROM jobs WHERE job_id = ANY($1::uuid[])"
+"""The state of each job of $1 (uuid[]) that has a row.
+
+Run after ``CLAIM_MANY`` as a statement of its own: a cancel that committed while the
+claim waited for its row lock is newer than the claim's snapshot, and only a new
+snapshot reports it as it is.
 """
 
 # clock_timestamp(), not now(): this runs at the end of the handler's transaction, and
@@ -195,4 +212,5 @@ __all__ = [
     "HEARTBEAT",
     "PROGRESS",
     "RETRY",
+    "STATES",
 ]

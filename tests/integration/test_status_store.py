@@ -20,6 +20,7 @@ from conveyor import db, migrations
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.status import Lease, LeaseLostError, StatusStore, progress_channel
 from conveyor.settings import Settings
+from tests.worker_helpers import eventually
 
 DEADLINE = 10.0
 SUBMITTED = dt.datetime(2024, 5, 17, 12, 0, 0, tzinfo=dt.UTC)
@@ -249,6 +250,85 @@ async def test_claim_of_a_job_that_already_ended_returns_its_state_and_changes_n
     assert await history(pool, job.job_id) == before
     row = await job_row(pool, job.job_id)
     assert (row["state"], row["lease_epoch"]) == (final_state, 1)
+
+
+async def test_a_redelivered_older_attempt_is_skipped_and_attempts_never_go_backwards(
+    pool: asyncpg.Pool[Any], worker_a: StatusStore, worker_b: StatusStore
+) -> None:
+    """Attempt 2 failed and attempt 3 waits in a retry topic; attempt 1 is read again."""
+    job = make_job()
+    await worker_a.retry(await claimed(worker_a, job), ERROR)
+    await worker_a.retry(await claimed(worker_a, make_job(job.job_id, attempt=2)), ERROR)
+    before = await history(pool, job.job_id)
+
+    outcome = await worker_b.claim(job)
+
+    assert outcome == "queued"
+    row = await job_row(pool, job.job_id)
+    assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 2, None)
+    assert await history(pool, job.job_id) == before
+    # The attempt the retry topic holds still runs.
+    assert (await claimed(worker_b, make_job(job.job_id, attempt=3))).attempt == 3
+
+
+async def test_an_in_place_retry_read_again_resumes_at_the_rows_next_attempt(
+    pool: asyncpg.Pool[Any], worker_a: StatusStore, worker_b: StatusStore
+) -> None:
+    """ordering="key": attempt 2 ran in place and failed; its next owner reads attempt 1."""
+    job = make_job()
+    await worker_a.retry(await claimed(worker_a, job), ERROR)
+    await worker_a.retry(await claimed(worker_a, make_job(job.job_id, attempt=2)), ERROR)
+
+    lease = await worker_b.claim(job, in_place=True)
+
+    assert isinstance(lease, Lease)
+    assert lease.attempt == 3
+    assert (await job_row(pool, job.job_id))["attempts"] == 3
+
+
+@pytest.mark.parametrize("seen", [True, False], ids=["queued", "never-seen"])
+async def test_a_claim_racing_a_cancel_reports_the_job_cancelled_not_a_duplicate(
+    pool: asyncpg.Pool[Any], migrated: Settings, worker_a: StatusStore, seen: bool
+) -> None:
+    """The cancel commits while the claim waits for the row: the claim sees it as it is."""
+    job = make_job()
+    if seen:
+        await pool.execute(
+            "INSERT INTO jobs (job_id, state, attempts) VALUES ($1, 'queued', 0)", job.job_id
+        )
+    canceller = await db.connect(migrated)
+    try:
+        cancel = canceller.transaction()
+        await cancel.start()
+        await canceller.execute(
+            "INSERT INTO jobs (job_id, state, attempts, finished_at) "
+            "VALUES ($1, 'cancelled', 0, now()) "
+            "ON CONFLICT (job_id) DO UPDATE SET state = 'cancelled', finished_at = now()",
+            job.job_id,
+        )
+        claim = asyncio.create_task(worker_a.claim(job))
+        await wait_for_a_lock_wait(pool)
+        await cancel.commit()
+        async with asyncio.timeout(DEADLINE):
+            outcome = await claim
+    finally:
+        await canceller.close()
+
+    assert outcome == "cancelled"
+
+
+async def wait_for_a_lock_wait(pool: asyncpg.Pool[Any]) -> None:
+    """Until some session of this database waits for a lock."""
+
+    async def waiting() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+
+    await eventually(waiting, timeout=DEADLINE, what="the claim to wait for the row lock")
 
 
 async def test_cancelled_records_the_reason_in_the_transition_and_is_fenced(
