@@ -18,8 +18,9 @@ Dedupe on consume: ``claim`` refuses a job already complete, failed or cancelled
 delivery of an attempt older than the row's, and returns the job's state, so a duplicate
 delivery is skipped rather than run again (and ``attempts`` never goes backwards).
 
-A trigger (migration ``0003_worker_status``) notifies :func:`progress_channel` with the
-job id whenever a job's state or progress changes; ``JobStore.progress`` listens there.
+Triggers (migration ``0040_notify_per_statement``) notify :func:`progress_channel` with
+the ids of the jobs whose state or progress a statement changed, joined by commas;
+``JobStore.progress`` listens there.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Lease:
 def progress_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which a schema's job changes are announced.
 
-    Mirrors ``notify_job_change()`` in migration ``0003_worker_status``.
+    Mirrors ``notify_job_changes()`` in migration ``0040_notify_per_statement``.
 
     Args:
         schema: The Postgres schema holding the ``jobs`` table.

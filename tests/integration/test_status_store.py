@@ -463,6 +463,40 @@ async def test_state_and_progress_changes_notify_the_schema_channel_after_commit
         await listener.close()
 
 
+async def test_a_batch_of_changes_is_announced_in_a_few_notifications_naming_every_job(
+    pool: asyncpg.Pool[Any], migrated: Settings, worker_a: StatusStore
+) -> None:
+    """One notification per 200 changed jobs of a statement, not one per row."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await db.connect(migrated)
+    await listener.add_listener(
+        progress_channel(migrated.database_schema), lambda *args: heard.put_nowait(args[3])
+    )
+    jobs = [make_job() for _ in range(450)]
+    try:
+        await pool.execute(
+            "INSERT INTO jobs (job_id, state) SELECT unnest($1::uuid[]), 'queued'",
+            [job.job_id for job in jobs],
+        )
+        await pool.execute(  # changes no watched column: nobody is woken
+            "UPDATE jobs SET updated_at = now() WHERE job_id = ANY($1::uuid[])",
+            [job.job_id for job in jobs],
+        )
+        await pool.execute(
+            "UPDATE jobs SET state = 'cancelled' WHERE job_id = ANY($1::uuid[])",
+            [job.job_id for job in jobs[:10]],
+        )
+        payloads = [await asyncio.wait_for(heard.get(), DEADLINE) for _ in range(4)]
+    finally:
+        await listener.close()
+
+    named = [payload.split(",") for payload in payloads]
+    assert sorted(len(ids) for ids in named[:3]) == [50, 200, 200]
+    assert {i for ids in named[:3] for i in ids} == {job.job_id for job in jobs}
+    assert sorted(named[3]) == sorted(job.job_id for job in jobs[:10])
+    assert heard.empty()
+
+
 async def test_channel_of_a_schema_too_long_for_a_channel_name_matches_the_trigger(
     database_url: str,
 ) -> None:
