@@ -40,6 +40,10 @@ _HELPER_NAMES = {"RetryRelay": "retry relay", "DlqSink": "DLQ sink"}
 
 log = logging.getLogger("conveyor.worker")
 
+#: Connections of the status-write pool: two batches of claims and two of completions in
+#: flight, and room for the one-job writes (outcomes, heartbeats, progress).
+STATUS_CONNECTIONS = 6
+
 
 class Worker:
     """Runs registered handlers for the jobs of some priorities.
@@ -206,15 +210,13 @@ class Worker:
         self._stop = asyncio.Event()
         if self.options.check_at_start:
             await preflight.check(self.settings)
-        pool = await db.create_pool(
-            self.settings, min_size=1, max_size=self.concurrency + 2, custom_plans=True
-        )
+        pool, status_pool = await self._open_pools()
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
         server: ProbeServer | None = None
         heartbeat: Heartbeat | None = None
         try:
-            runner = self._job_runner(pool, serde, publisher)
+            runner = self._job_runner(pool, status_pool, serde, publisher)
             control = ControlListener(self.settings, serde=serde, runner=runner)
             await control.start()
             control_task = asyncio.create_task(run_until_cancelled(control))
@@ -267,8 +269,28 @@ class Worker:
             if server is not None:
                 await asyncio.to_thread(server.stop)
             await publisher.close()
-            await pool.close()
+            await asyncio.gather(pool.close(), status_pool.close())
             serde.close()
+
+    async def _open_pools(self) -> tuple[asyncpg.Pool[Any], asyncpg.Pool[Any]]:
+        """The pool of handlers' ``ctx.db`` and the helpers, and the status writes' own.
+
+        The status writes' pool plans each statement for its parameters and is never
+        reset on release: no user query runs there.
+        """
+        pool = await db.create_pool(self.settings, min_size=1, max_size=self.concurrency + 2)
+        try:
+            status_pool = await db.create_pool(
+                self.settings,
+                min_size=1,
+                max_size=STATUS_CONNECTIONS,
+                custom_plans=True,
+                reset_on_release=False,
+            )
+        except BaseException:
+            await pool.close()
+            raise
+        return pool, status_pool
 
     def _run_companions(
         self, companions: Sequence[RetryRelay | DlqSink]
@@ -293,7 +315,11 @@ class Worker:
         return None
 
     def _job_runner(
-        self, pool: asyncpg.Pool[Any], serde: Serde, publisher: FailurePublisher
+        self,
+        pool: asyncpg.Pool[Any],
+        status_pool: asyncpg.Pool[Any],
+        serde: Serde,
+        publisher: FailurePublisher,
     ) -> JobRunner:
         """The runner of this worker's handlers, with their payload schemas registered."""
         topology = Topology.from_settings(self.settings)
@@ -304,7 +330,7 @@ class Worker:
         self.metrics.know_types(spec.type for spec in self._registry)
         return JobRunner(
             status=StatusStore(
-                pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
+                status_pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
             ),
             pool=pool,
             registry=self._registry,

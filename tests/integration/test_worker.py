@@ -122,6 +122,22 @@ async def test_ctx_db_commits_with_completion_and_rolls_back_with_failure(
     assert rows == [ok]
 
 
+async def test_handlers_ctx_db_keeps_postgres_default_planning(live: Settings) -> None:
+    """force_custom_plan is for the worker's own batched statements, not users' queries."""
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+
+    @worker.handler("plan.mode")
+    async def mode(ctx: JobContext, payload: Any) -> str:
+        return str(await ctx.db.fetchval("SHOW plan_cache_mode"))
+
+    with Producer(live) as producer:
+        job_id = producer.submit("plan.mode", {})
+    async with running(worker), JobStore(live) as store:
+        await eventually(lambda: worker.stats.completed == 1, what="the job")
+        status = await store.status(job_id)
+    assert status.result == "auto"
+
+
 async def test_a_cancelled_queued_job_is_skipped(live: Settings) -> None:
     worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
     runs: list[str] = []
