@@ -27,6 +27,7 @@ from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.relay import RelayOptions, RetryRelay
 from conveyor.consumer.runtime import ConsumerLoop
 from conveyor.consumer.status import StatusStore
+from conveyor.consumer.unclaimed import UnclaimedStore
 from conveyor.errors import ConfigurationError
 from conveyor.observability.http import ProbeServer
 from conveyor.observability.metrics import WorkerMetrics
@@ -340,6 +341,8 @@ class Worker:
             consumer_groups={topology.job_topic(p): topology.consumer_group(p) for p in PRIORITIES},
             lease_seconds=self.options.lease_seconds,
             publisher=publisher,
+            # Short jobs run before they are claimed: one status write each.
+            unclaimed=UnclaimedStore(status_pool),
         )
 
     @staticmethod

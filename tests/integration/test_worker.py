@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
@@ -136,6 +137,72 @@ async def test_handlers_ctx_db_keeps_postgres_default_planning(live: Settings) -
         await eventually(lambda: worker.stats.completed == 1, what="the job")
         status = await store.status(job_id)
     assert status.result == "auto"
+
+
+async def test_a_short_job_gets_one_status_write_and_a_slow_one_shows_processing(
+    live: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """Jobs start unclaimed; a handler still running at CLAIM_AFTER is claimed then."""
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    release = asyncio.Event()
+
+    @worker.handler("quick.one")
+    async def quick(ctx: JobContext, payload: Any) -> str:
+        return "done"
+
+    @worker.handler("slow.one")
+    async def slow(ctx: JobContext, payload: Any) -> str:
+        await release.wait()
+        return "done"
+
+    with Producer(live) as producer:
+        fast = producer.submit("quick.one", {})
+        held = producer.submit("slow.one", {})
+    async with running(worker), JobStore(live) as store:
+        await eventually(lambda: worker.stats.completed == 1, what="the quick job")
+        await eventually(
+            lambda: _is(job_state(store, held), "processing"), what="the slow job processing"
+        )
+        release.set()
+        await eventually(lambda: worker.stats.completed == 2, what="the slow job")
+        quick_status = await store.status(fast)
+        slow_status = await store.status(held)
+    epochs = {
+        str(r["job_id"]): r["lease_epoch"]
+        for r in await db.fetch(f'SELECT job_id, lease_epoch FROM "{live.database_schema}".jobs')
+    }
+    assert epochs == {fast: 0, held: 1}  # the quick job was never claimed
+    for status in (quick_status, slow_status):
+        assert status.state == "complete"
+        assert [t.state for t in status.history] == ["queued", "processing", "complete"]
+
+
+async def _is(state: Awaitable[str], wanted: str) -> bool:
+    return await state == wanted
+
+
+async def test_a_job_cancelled_while_it_runs_unclaimed_is_interrupted(live: Settings) -> None:
+    """Cancelled in its first moments (still queued in the row): its claim is refused."""
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+    started, interrupted = asyncio.Event(), asyncio.Event()
+
+    @worker.handler("block.forever")
+    async def block(ctx: JobContext, payload: Any) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            interrupted.set()
+            raise
+
+    with Producer(live) as producer:
+        job_id = producer.submit("block.forever", {})
+    async with running(worker), JobStore(live) as store:
+        await eventually(started.is_set, what="the handler to start")
+        assert await store.cancel(job_id) in ("cancelled", "processing")
+        await eventually(interrupted.is_set, what="the handler interrupted")
+        await eventually(lambda: worker.stats.cancelled == 1, what="the cancel counted")
+        assert (await store.status(job_id)).state == "cancelled"
 
 
 async def test_a_cancelled_queued_job_is_skipped(live: Settings) -> None:
