@@ -30,7 +30,7 @@ from conveyor.consumer.status import Lease, LeaseLostError, StatusStore, result_
 from conveyor.consumer.unclaimed import CLAIM_AFTER, DeferredClaim, UnclaimedStore
 from conveyor.errors import ContractError, Problem, ValidationError
 from conveyor.observability import logs, tracing
-from conveyor.observability.metrics import WorkerMetrics
+from conveyor.observability.metrics import JobSeries, WorkerMetrics
 from conveyor.schemas.contracts import CONTENT_TYPE_JSON
 from conveyor.schemas.payload import PayloadCodec
 
@@ -340,7 +340,7 @@ class JobRunner:
 
         ctx = JobContext(job, transaction=transaction, report=report, logger=log)
         task = asyncio.create_task(
-            self._invoke(spec, ctx, payload, self._metrics.labels(job.type, job.priority)),
+            self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
             name=f"job-{job.job_id}",
         )
         running = _Running(task)
@@ -391,7 +391,7 @@ class JobRunner:
         ctx = JobContext(job, transaction=transaction, report=report, logger=log)
         started = time.perf_counter()
         task = asyncio.create_task(
-            self._invoke(spec, ctx, payload, self._metrics.labels(job.type, job.priority)),
+            self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
             name=f"job-{job.job_id}",
         )
         running = _Running(task)
@@ -448,7 +448,7 @@ class JobRunner:
             state = await self._unclaimed.complete(job, encoded, ran)
             if state is None:
                 self._stats.completed += 1
-                self._metrics.completed.labels(*self._metrics.labels(job.type, job.priority)).inc()
+                self._metrics.series(job.type, job.priority).completed.inc()
                 return Outcome.COMPLETED, None, 0.0
             if state in FINAL_STATES:
                 return self._skipped(job, state), None, 0.0
@@ -461,7 +461,7 @@ class JobRunner:
         return await self._complete(job, lease, spec, transaction, result)
 
     async def _invoke(
-        self, spec: HandlerSpec, ctx: JobContext, payload: Any, labels: tuple[str, str]
+        self, spec: HandlerSpec, ctx: JobContext, payload: Any, series: JobSeries
     ) -> Any:
         started = time.perf_counter()
         try:
@@ -470,7 +470,7 @@ class JobRunner:
                     return await spec.func(ctx, payload)
                 return await asyncio.to_thread(spec.func, ctx, payload)
         finally:
-            self._metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+            series.duration.observe(time.perf_counter() - started)
 
     async def _complete(
         self,
@@ -500,7 +500,7 @@ class JobRunner:
             raise
         await transaction.finish(commit=True)
         self._stats.completed += 1
-        self._metrics.completed.labels(*self._metrics.labels(job.type, job.priority)).inc()
+        self._metrics.series(job.type, job.priority).completed.inc()
         return Outcome.COMPLETED, None, 0.0
 
     async def _failed(

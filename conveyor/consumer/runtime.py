@@ -301,7 +301,7 @@ class ConsumerLoop:
                 if entry is None:
                     break
                 self._in_flight += 1
-                self._metrics.in_flight.labels(priority).inc()
+                self._metrics.in_flight_of(priority).inc()
                 self._stats.max_in_flight = max(self._stats.max_in_flight, self._in_flight)
                 self._running_per_tp[_tp(entry.tp)] += 1
                 generation = self._generation[_tp(entry.tp)]
@@ -322,7 +322,7 @@ class ConsumerLoop:
         finally:
             self._mailboxes[priority].release(entry)
             self._in_flight -= 1
-            self._metrics.in_flight.labels(priority).dec()
+            self._metrics.in_flight_of(priority).dec()
             self._running_per_tp[tp] -= 1
             if finished and tp in self._owned and self._generation[tp] == generation:
                 self._offsets.finish(tp, entry.offset)
