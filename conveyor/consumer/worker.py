@@ -41,9 +41,10 @@ _HELPER_NAMES = {"RetryRelay": "retry relay", "DlqSink": "DLQ sink"}
 
 log = logging.getLogger("conveyor.worker")
 
-#: Connections of the status-write pool: two batches of claims and two of completions in
-#: flight, and room for the one-job writes (outcomes, heartbeats, progress).
-STATUS_CONNECTIONS = 6
+#: Connections of the status-write pool: two batches in flight for each of claims,
+#: completions, reads and unclaimed completions, and room for the one-job writes
+#: (outcomes, heartbeats, progress).
+STATUS_CONNECTIONS = 10
 
 
 class Worker:
