@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import enum
 import logging
@@ -35,6 +36,12 @@ from conveyor.schemas.contracts import CONTENT_TYPE_JSON
 from conveyor.schemas.payload import PayloadCodec
 
 log = logging.getLogger("conveyor.worker")
+
+#: Set by the dispatcher for the job it runs: frees the job's concurrency slot once its
+#: handler is done, before its outcome is written (unclaimed completions only).
+HANDLER_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "conveyor_handler_done", default=None
+)
 
 #: How long a cancel for a job not (yet) running here is remembered, and how many.
 EARLY_CANCEL_TTL = 600.0
@@ -425,8 +432,15 @@ class JobRunner:
         finally:
             timer.cancel()
             self._running.pop(job.job_id, None)
+        ran = time.perf_counter() - started
+        if not deferred.started:
+            # The handler is done; its concurrency slot can run another while the
+            # completion waits for its batch (the key's mailbox stays held until then).
+            release = HANDLER_DONE.get()
+            if release is not None:
+                release()
         return await self._finish_unclaimed(
-            job, deferred, spec, transaction, result=result, ran=time.perf_counter() - started
+            job, deferred, spec, transaction, result=result, ran=ran
         )
 
     async def _finish_unclaimed(

@@ -205,6 +205,42 @@ async def test_a_job_cancelled_while_it_runs_unclaimed_is_interrupted(live: Sett
         assert (await store.status(job_id)).state == "cancelled"
 
 
+async def test_a_short_jobs_slot_frees_while_its_completion_waits(
+    live: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """Concurrency 1: the next job's handler runs while the first one's write is blocked."""
+    worker = Worker(live, priorities=["normal"], concurrency=1, options=TEST_OPTIONS)
+    ran: list[str] = []
+
+    @worker.handler("quick.one")
+    async def quick(ctx: JobContext, payload: Any) -> None:
+        ran.append(ctx.job_id)
+
+    with Producer(live) as producer:
+        first = producer.submit("quick.one", {})
+    blocker = db.transaction()
+    await blocker.start()
+    committed = False
+    try:
+        # An uncommitted row of the first job: its completion waits for this transaction.
+        await db.execute(
+            f"INSERT INTO \"{live.database_schema}\".jobs (job_id, state) VALUES ($1, 'queued')",
+            first,
+        )
+        async with running(worker):
+            await eventually(lambda: ran == [first], what="the first handler")
+            with Producer(live) as producer:
+                second = producer.submit("quick.one", {})
+            await eventually(lambda: ran == [first, second], what="the second handler")
+            await eventually(lambda: worker.stats.completed == 1, what="the second's write")
+            await blocker.commit()
+            committed = True
+            await eventually(lambda: worker.stats.completed == 2, what="the first's write")
+    finally:
+        if not committed:
+            await blocker.rollback()
+
+
 async def test_a_cancelled_queued_job_is_skipped(live: Settings) -> None:
     worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
     runs: list[str] = []
