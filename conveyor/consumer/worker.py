@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from conveyor import db, dlq
-from conveyor.consumer import preflight
+from conveyor.consumer import preflight, unclaimed
 from conveyor.consumer.control import ControlListener, run_until_cancelled
 from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.consumer.execution import JobRunner, WorkerStats
@@ -344,6 +344,7 @@ class Worker:
             publisher=publisher,
             # Short jobs run before they are claimed: one status write each.
             unclaimed=UnclaimedStore(status_pool),
+            claim_after=unclaimed.CLAIM_AFTER,
         )
 
     @staticmethod

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from conveyor import Producer, Settings
+from conveyor.consumer import unclaimed
 from conveyor.consumer.context import JobContext
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.worker import Worker
@@ -140,9 +141,11 @@ async def test_handlers_ctx_db_keeps_postgres_default_planning(live: Settings) -
 
 
 async def test_a_short_job_gets_one_status_write_and_a_slow_one_shows_processing(
-    live: Settings, db: asyncpg.Connection[Any]
+    live: Settings, db: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Jobs start unclaimed; a handler still running at CLAIM_AFTER is claimed then."""
+    # Long enough that a stalled event loop on a busy machine cannot claim the quick job.
+    monkeypatch.setattr(unclaimed, "CLAIM_AFTER", 3.0)
     worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
     release = asyncio.Event()
 
@@ -206,9 +209,10 @@ async def test_a_job_cancelled_while_it_runs_unclaimed_is_interrupted(live: Sett
 
 
 async def test_a_short_jobs_slot_frees_while_its_completion_waits(
-    live: Settings, db: asyncpg.Connection[Any]
+    live: Settings, db: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Concurrency 1: the next job's handler runs while the first one's write is blocked."""
+    monkeypatch.setattr(unclaimed, "CLAIM_AFTER", 30.0)  # the first job stays unclaimed
     worker = Worker(live, priorities=["normal"], concurrency=1, options=TEST_OPTIONS)
     ran: list[str] = []
 
