@@ -65,8 +65,17 @@ async def connect(
         raise _unavailable(settings, exc) from exc
 
 
+async def _keep_session(_conn: asyncpg.Connection[Any]) -> None:
+    """A pool's reset that sends nothing (asyncpg still rolls back an open transaction)."""
+
+
 async def create_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 10, custom_plans: bool = False
+    settings: Settings,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    custom_plans: bool = False,
+    reset_on_release: bool = True,
 ) -> asyncpg.Pool[Any]:
     """Opens a connection pool with conveyor's schema first on the search path.
 
@@ -77,6 +86,10 @@ async def create_pool(
         custom_plans: Plan every statement for its parameters. The worker's batched
             statements join arrays of job ids to ``jobs``; a generic plan made while the
             table was small keeps seq-scanning it as it grows, until an ANALYZE.
+        reset_on_release: Reset each connection's session state when it returns to the
+            pool (a round trip). Only a pool whose connections run conveyor's own
+            statements, never a user's, can do without: an open transaction is still
+            rolled back.
 
     Raises:
         DatabaseUnavailableError: The server did not answer or refused the connection.
@@ -91,6 +104,7 @@ async def create_pool(
                 "search_path": f"{quote_ident(settings.database_schema)}, public",
                 **({"plan_cache_mode": "force_custom_plan"} if custom_plans else {}),
             },
+            reset=None if reset_on_release else _keep_session,
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise _unavailable(settings, exc) from exc

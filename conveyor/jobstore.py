@@ -427,7 +427,8 @@ class JobStore:
         changed = asyncio.Event()
 
         def on_notify(_conn: AnyConnection, _pid: int, _channel: str, payload: object) -> None:
-            if payload == job_id:
+            # One notification names every job a statement changed, joined by commas.
+            if isinstance(payload, str) and job_id in payload.split(","):
                 changed.set()
 
         conn = await db.connect(self._settings)

@@ -21,9 +21,18 @@ class JobTransaction:
     the handler fails, times out or is cancelled.
     """
 
-    def __init__(self, pool: asyncpg.Pool[Any], tenant_id: str | None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        tenant_id: str | None,
+        *,
+        before_open: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self._pool = pool
         self._tenant_id = tenant_id
+        # Run before the first use opens the transaction: a job that started unclaimed is
+        # claimed here, so its ctx.db writes commit only under a lease.
+        self._before_open = before_open
         self._conn: Any = None
         self._tx: Any = None
 
@@ -35,6 +44,8 @@ class JobTransaction:
     async def connection(self) -> asyncpg.Connection[Any]:
         """The job's connection, acquired and inside its transaction."""
         if self._conn is None:
+            if self._before_open is not None:
+                await self._before_open()
             conn = await self._pool.acquire()
             tx = conn.transaction()
             await tx.start()

@@ -9,6 +9,8 @@ a job ever commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import enum
 import logging
@@ -23,16 +25,23 @@ from conveyor.consumer import failures
 from conveyor.consumer.context import JobContext, JobTransaction
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec
-from conveyor.consumer.job import JobMessage
+from conveyor.consumer.job import FINAL_STATES, JobMessage
 from conveyor.consumer.publisher import FailurePublisher
-from conveyor.consumer.status import Lease, LeaseLostError, StatusStore
+from conveyor.consumer.status import Lease, LeaseLostError, StatusStore, result_json
+from conveyor.consumer.unclaimed import CLAIM_AFTER, DeferredClaim, UnclaimedStore
 from conveyor.errors import ContractError, Problem, UnknownSchemaError, ValidationError
 from conveyor.observability import logs, tracing
-from conveyor.observability.metrics import WorkerMetrics
+from conveyor.observability.metrics import JobSeries, WorkerMetrics
 from conveyor.schemas.contracts import CONTENT_TYPE_JSON
 from conveyor.schemas.payload import PayloadCodec
 
 log = logging.getLogger("conveyor.worker")
+
+#: Set by the dispatcher for the job it runs: frees the job's concurrency slot once its
+#: handler is done, before its outcome is written (unclaimed completions only).
+HANDLER_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "conveyor_handler_done", default=None
+)
 
 #: How long a cancel for a job not (yet) running here is remembered, and how many.
 EARLY_CANCEL_TTL = 600.0
@@ -77,6 +86,7 @@ class _Running:
     cancel_requested: bool = False
     cancel_reason: str | None = None
     lease_lost: bool = False
+    refused: bool = False  # its deferred claim was refused: the job ended elsewhere
 
 
 class JobRunner:
@@ -94,6 +104,9 @@ class JobRunner:
         publisher: Sends failed jobs to the retry topics or the DLQ.
         sleep: Waits out an in-place retry's backoff (``ordering="key"``);
             ``conveyor.testing`` passes its fake clock's.
+        unclaimed: Reads and completes jobs that run before they are claimed; None
+            claims every job before its handler starts.
+        claim_after: How long a handler runs unclaimed before its job is claimed.
     """
 
     def __init__(
@@ -109,8 +122,12 @@ class JobRunner:
         lease_seconds: float,
         publisher: FailurePublisher,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        unclaimed: UnclaimedStore | None = None,
+        claim_after: float = CLAIM_AFTER,
     ) -> None:
         self._status = status
+        self._unclaimed = unclaimed
+        self._claim_after = claim_after
         self._sleep = sleep
         self._publisher = publisher
         self._pool = pool
@@ -209,7 +226,19 @@ class JobRunner:
         return not lost.is_set()
 
     async def _traced_attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
-        """One attempt in a CONSUMER span that continues the submitter's trace."""
+        """One attempt in a CONSUMER span that continues the submitter's trace.
+
+        Without a tracer provider there is no span to make: the attempt runs bare.
+        """
+        if not tracing.enabled():
+            with logs.job_fields(
+                job_id=job.job_id,
+                job_type=job.type,
+                priority=job.priority,
+                attempt=job.attempt,
+                **({"tenant_id": job.tenant_id} if job.tenant_id is not None else {}),
+            ):
+                return await self._attempt(job)
         attributes = {
             **tracing.kafka_attributes(
                 operation="process",
@@ -238,16 +267,32 @@ class JobRunner:
             return outcome, again, delay
 
     async def _attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
-        labels = self._metrics.labels(job.type, job.priority)
-        claim = await self._status.claim(job)
+        spec = self._registry.get(job.type)
+        if self._unclaimed is not None and _may_run_unclaimed(spec):
+            known = await self._unclaimed.known(job.job_id)
+            if known is None or known.runs_unclaimed(job.attempt):
+                assert spec is not None
+                return await self._start(job, None, spec)
+            # Ended, held by a worker, a cancel asked for, or an older attempt: the claim
+            # decides. An ended job too: the read does not wait for row locks, and a
+            # replay from the DLQ requeues the row in a transaction that commits only
+            # after its message is out, so "failed" may be read for a job about to run.
+        claim = await self._status.claim(job, in_place=spec is not None and spec.ordering == "key")
         if isinstance(claim, str):
-            if claim == "cancelled":
-                self._stats.cancelled += 1
-                self._metrics.cancelled.labels(*labels).inc()
-            else:
-                self._stats.duplicates_skipped += 1
-                self._metrics.duplicates_skipped.labels(*labels).inc()
-            return Outcome.SKIPPED, None, 0.0
+            return self._skipped(job, claim), None, 0.0
+        if claim.attempt != job.attempt:
+            # An in-place retry redelivered: it resumes at the row's next attempt.
+            job = dataclasses.replace(job, attempt=claim.attempt)
+        if claim.cancel_requested:
+            self._started(job)
+            return await self._record_cancel(job, claim), None, 0.0
+        if spec is None:
+            self._started(job)
+            error = LookupError(f"no handler is registered for job type {job.type!r}")
+            return await self._failed(job, claim, None, error, failures.HANDLER_MISSING)
+        return await self._start(job, claim, spec)
+
+    def _started(self, job: JobMessage) -> None:
         self._stats.started += 1
         self._metrics.observe_start(
             job.type,
@@ -256,12 +301,23 @@ class JobRunner:
             submitted_at=job.submitted_at,
             not_before=job.not_before,
         )
-        if claim.cancel_requested:
-            return await self._record_cancel(job, claim), None, 0.0
-        spec = self._registry.get(job.type)
-        if spec is None:
-            error = LookupError(f"no handler is registered for job type {job.type!r}")
-            return await self._failed(job, claim, None, error, failures.HANDLER_MISSING)
+
+    def _skipped(self, job: JobMessage, state: str) -> Outcome:
+        """Counts a delivery not run: cancelled before it ran, or a duplicate."""
+        labels = self._metrics.labels(job.type, job.priority)
+        if state == "cancelled":
+            self._stats.cancelled += 1
+            self._metrics.cancelled.labels(*labels).inc()
+        else:
+            self._stats.duplicates_skipped += 1
+            self._metrics.duplicates_skipped.labels(*labels).inc()
+        return Outcome.SKIPPED
+
+    async def _start(
+        self, job: JobMessage, claim: Lease | None, spec: HandlerSpec
+    ) -> tuple[Outcome, JobMessage | None, float]:
+        """Decodes the payload and calls the handler, claimed (``claim``) or not yet."""
+        self._started(job)
         try:
             payload = await self._decode_payload(job)
             if spec.schema is not None and job.content_type == CONTENT_TYPE_JSON:
@@ -272,12 +328,17 @@ class JobRunner:
                     raise ValidationError(
                         [Problem(0, "payload", problem) for problem in problems], batch=False
                     )
-        except UnknownSchemaError as exc:
-            # Maybe a registry follower that lags: not the payload's fault yet. Retried
-            # through the ladder, so it is dead-lettered only when the attempts run out.
-            return await self._failed(job, claim, spec, exc, None)
-        except (ContractError, ValidationError) as exc:
-            return await self._failed(job, claim, spec, exc, failures.VALIDATION)
+        except (UnknownSchemaError, ContractError, ValidationError) as exc:
+            lease = claim if claim is not None else await DeferredClaim(self._status, job).settled()
+            if isinstance(lease, str):
+                return self._skipped(job, lease), None, 0.0
+            # An unknown schema id may be a registry follower that lags: not the payload's
+            # fault yet, so retried through the ladder and dead-lettered only when the
+            # attempts run out.
+            reason = None if isinstance(exc, UnknownSchemaError) else failures.VALIDATION
+            return await self._failed(job, lease, spec, exc, reason)
+        if claim is None:
+            return await self._call_unclaimed(job, DeferredClaim(self._status, job), spec, payload)
         return await self._call(job, claim, spec, payload)
 
     async def _decode_payload(self, job: JobMessage) -> Any:
@@ -298,7 +359,7 @@ class JobRunner:
 
         ctx = JobContext(job, transaction=transaction, report=report, logger=log)
         task = asyncio.create_task(
-            self._invoke(spec, ctx, payload, self._metrics.labels(job.type, job.priority)),
+            self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
             name=f"job-{job.job_id}",
         )
         running = _Running(task)
@@ -333,8 +394,100 @@ class JobRunner:
                 await _stop(heartbeat)
         return await self._complete(job, lease, spec, transaction, result)
 
+    async def _call_unclaimed(
+        self, job: JobMessage, deferred: DeferredClaim, spec: HandlerSpec, payload: Any
+    ) -> tuple[Outcome, JobMessage | None, float]:
+        """Calls a handler before its job is claimed (``conveyor.consumer.unclaimed``).
+
+        The job is claimed when it runs past ``claim_after``, touches ``ctx.db``, reports
+        progress, fails or is cancelled; else its completion is its only status write.
+        """
+        transaction = JobTransaction(self._pool, job.tenant_id, before_open=deferred.lease)
+
+        async def report(pct: float, message: str | None) -> None:
+            await self._status.progress(await deferred.lease(), pct, message)
+
+        ctx = JobContext(job, transaction=transaction, report=report, logger=log)
+        started = time.perf_counter()
+        task = asyncio.create_task(
+            self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
+            name=f"job-{job.job_id}",
+        )
+        running = _Running(task)
+        self._running[job.job_id] = running
+        reason = self._early_reasons.pop(job.job_id, None)
+        if self._take_early_cancel(job.job_id):
+            self.cancel(job.job_id, reason)
+        # A claim refused (the job was cancelled while it ran unclaimed, or ended
+        # elsewhere) interrupts the handler: its outcome could not be recorded.
+        deferred.when_refused(lambda: _interrupt(running))
+        timer = asyncio.get_running_loop().call_later(self._claim_after, deferred.start)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            await transaction.finish(commit=False)
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the worker is shutting down
+            if not (running.cancel_requested or running.refused):
+                raise
+            lease = await deferred.settled()
+            if isinstance(lease, str):
+                return self._skipped(job, lease), None, 0.0
+            return await self._record_cancel(job, lease, running.cancel_reason), None, 0.0
+        except Exception as exc:
+            await transaction.finish(commit=False)
+            lease = await deferred.settled()
+            if isinstance(lease, str):
+                return self._skipped(job, lease), None, 0.0
+            return await self._failed(job, lease, spec, exc, None)
+        finally:
+            timer.cancel()
+            self._running.pop(job.job_id, None)
+        ran = time.perf_counter() - started
+        if not deferred.started:
+            # The handler is done; its concurrency slot can run another while the
+            # completion waits for its batch (the key's mailbox stays held until then).
+            release = HANDLER_DONE.get()
+            if release is not None:
+                release()
+        return await self._finish_unclaimed(
+            job, deferred, spec, transaction, result=result, ran=ran
+        )
+
+    async def _finish_unclaimed(
+        self,
+        job: JobMessage,
+        deferred: DeferredClaim,
+        spec: HandlerSpec,
+        transaction: JobTransaction,
+        *,
+        result: Any,
+        ran: float,
+    ) -> tuple[Outcome, JobMessage | None, float]:
+        """Records a handler's result: in one statement if its job is still unclaimed."""
+        encoded: str | None = None
+        if not deferred.started and self._unclaimed is not None:
+            with contextlib.suppress(TypeError):  # the claimed path fails the job with it
+                encoded = result_json(result)
+        if encoded is not None and self._unclaimed is not None:
+            state = await self._unclaimed.complete(job, encoded, ran)
+            if state is None:
+                self._stats.completed += 1
+                self._metrics.series(job.type, job.priority).completed.inc()
+                return Outcome.COMPLETED, None, 0.0
+            if state in FINAL_STATES:
+                return self._skipped(job, state), None, 0.0
+            # A worker holds the job (or counted a later attempt): claim it, as any
+            # redelivery would, and record this run's outcome under the lease.
+        lease = await deferred.settled()
+        if isinstance(lease, str):
+            await transaction.finish(commit=False)
+            return self._skipped(job, lease), None, 0.0
+        return await self._complete(job, lease, spec, transaction, result)
+
     async def _invoke(
-        self, spec: HandlerSpec, ctx: JobContext, payload: Any, labels: tuple[str, str]
+        self, spec: HandlerSpec, ctx: JobContext, payload: Any, series: JobSeries
     ) -> Any:
         started = time.perf_counter()
         try:
@@ -343,7 +496,7 @@ class JobRunner:
                     return await spec.func(ctx, payload)
                 return await asyncio.to_thread(spec.func, ctx, payload)
         finally:
-            self._metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+            series.duration.observe(time.perf_counter() - started)
 
     async def _complete(
         self,
@@ -373,7 +526,7 @@ class JobRunner:
             raise
         await transaction.finish(commit=True)
         self._stats.completed += 1
-        self._metrics.completed.labels(*self._metrics.labels(job.type, job.priority)).inc()
+        self._metrics.series(job.type, job.priority).completed.inc()
         return Outcome.COMPLETED, None, 0.0
 
     async def _failed(
@@ -461,6 +614,20 @@ class JobRunner:
                 running.lease_lost = True
                 running.task.cancel()
                 return
+
+
+def _interrupt(running: _Running) -> None:
+    running.refused = True
+    running.task.cancel()
+
+
+def _may_run_unclaimed(spec: HandlerSpec | None) -> bool:
+    """Whether jobs of ``spec`` may start unclaimed: short ones that retry by topic.
+
+    Long jobs hold a lease from their start (heartbeats renew it), and in-place retries
+    (``ordering="key"``) need the claim's attempt count before they run.
+    """
+    return spec is not None and spec.duration != "long" and spec.ordering != "key"
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

@@ -42,7 +42,12 @@ WITH input AS (
         max_attempts = EXCLUDED.max_attempts,
         submitted_at = EXCLUDED.submitted_at,
         state = 'processing',
-        attempts = EXCLUDED.attempts,
+        -- An in-place retry's chain lives in the worker, not in a message: a redelivery
+        -- of its first message resumes after the attempts the row already counts.
+        attempts = CASE WHEN EXCLUDED.job_id = ANY($13::uuid[]) THEN greatest(
+            EXCLUDED.attempts,
+            j.attempts + (j.state = 'queued' AND j.last_error IS NOT NULL)::int
+        ) ELSE EXCLUDED.attempts END,
         started_at = now(),
         lease_owner = EXCLUDED.lease_owner,
         lease_epoch = j.lease_epoch + 1,
@@ -52,11 +57,14 @@ WITH input AS (
         progress_at = NULL,
         updated_at = now()
     WHERE j.state NOT IN ('complete', 'failed', 'cancelled')
-    RETURNING j.job_id, j.lease_epoch, (j.xmax = 0) AS inserted,
+        -- An older attempt read again (a later one is queued in a retry topic, or runs)
+        -- is a duplicate: attempts never go backwards.
+        AND (EXCLUDED.attempts >= j.attempts OR EXCLUDED.job_id = ANY($13::uuid[]))
+    RETURNING j.job_id, j.lease_epoch, j.attempts, (j.xmax = 0) AS inserted,
         (j.cancel_requested_at IS NOT NULL) AS cancel_requested
 ), history AS (
     INSERT INTO job_transitions (job_id, state, at, attempt)
-    SELECT c.job_id, t.state, t.at, i.attempt
+    SELECT c.job_id, t.state, t.at, c.attempts
     FROM claimed AS c
     JOIN input AS i USING (job_id)
     CROSS JOIN LATERAL (VALUES (1, 'queued', i.submitted_at), (2, 'processing', now()))
@@ -64,20 +72,29 @@ WITH input AS (
     WHERE c.inserted OR t.state = 'processing'
     ORDER BY c.job_id, t.ord
 )
-SELECT c.job_id, c.lease_epoch, c.cancel_requested, NULL::text AS state FROM claimed AS c
-UNION ALL
--- Final states are terminal, so this read of the rows not claimed cannot go stale.
-SELECT j.job_id, NULL, NULL, j.state FROM jobs AS j
-WHERE j.job_id = ANY($1::uuid[]) AND j.job_id NOT IN (SELECT job_id FROM claimed)
+SELECT c.job_id, c.lease_epoch, c.attempts, c.cancel_requested FROM claimed AS c
 """
 """Claims jobs under new leases unless they already ended, in one statement (group
 commit); distinct job ids only. A job another worker holds is taken over with the next
-epoch; the cancel flag is read in the same statement, so no race.
+epoch; the cancel flag is read in the same statement, so no race. A delivery of an
+attempt older than the row's (``attempts``) is not claimed: a later attempt is queued or
+running, so this one is a duplicate.
 
 $1..$10 are arrays, one element per job: job_id (uuid), type, key, tenant_id, priority,
 batch_id (uuid), dedupe_key, max_attempts (int), submitted_at (timestamptz), attempt
-(int); $11 lease owner, $12 lease seconds (float). One row per job: its new
-``lease_epoch`` and ``cancel_requested`` when claimed, else its final ``state``.
+(int); $11 lease owner, $12 lease seconds (float), $13 the ids of jobs that retry in
+place (``ordering="key"``), whose attempt is the row's next one rather than the
+message's. One row per job claimed: its new ``lease_epoch``, ``attempts`` and
+``cancel_requested``; a job missing from them was not claimed (read its state with
+``STATES``).
+"""
+
+STATES = "SELECT job_id, state FROM jobs WHERE job_id = ANY($1::uuid[])"
+"""The state of each job of $1 (uuid[]) that has a row.
+
+Run after ``CLAIM_MANY`` as a statement of its own: a cancel that committed while the
+claim waited for its row lock is newer than the claim's snapshot, and only a new
+snapshot reports it as it is.
 """
 
 # clock_timestamp(), not now(): this runs at the end of the handler's transaction, and
@@ -185,14 +202,94 @@ CANCEL_REQUESTED = "SELECT cancel_requested_at IS NOT NULL FROM jobs WHERE job_i
 """Whether a cancel was requested for the job. $1 job_id."""
 
 
+KNOWN_MANY = """
+SELECT job_id, state, attempts, lease_owner IS NOT NULL AS leased,
+    cancel_requested_at IS NOT NULL AS cancel_requested
+FROM jobs WHERE job_id = ANY($1::uuid[])
+"""
+"""What the rows of jobs about to run say, read before running them unclaimed.
+$1 job ids (uuid[]); one row per job that has one."""
+
+COMPLETE_UNCLAIMED_MANY = """
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
+        $8::int[], $9::timestamptz[], $10::int[], $11::float8[], $12::text[]
+    ) AS t (
+        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
+        submitted_at, attempt, ran_seconds, result
+    )
+), done AS (
+    INSERT INTO jobs AS j (
+        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
+        submitted_at, state, attempts, started_at, finished_at, result, updated_at
+    )
+    SELECT
+        job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
+        submitted_at, 'complete', attempt,
+        clock_timestamp() - make_interval(secs => ran_seconds), clock_timestamp(),
+        result::jsonb, clock_timestamp()
+    FROM input
+    -- One lock order for every batch, so two workers' batches never deadlock.
+    ORDER BY job_id
+    ON CONFLICT (job_id) DO UPDATE SET
+        type = EXCLUDED.type,
+        key = EXCLUDED.key,
+        tenant_id = EXCLUDED.tenant_id,
+        priority = EXCLUDED.priority,
+        batch_id = EXCLUDED.batch_id,
+        dedupe_key = EXCLUDED.dedupe_key,
+        max_attempts = EXCLUDED.max_attempts,
+        submitted_at = EXCLUDED.submitted_at,
+        state = 'complete',
+        attempts = EXCLUDED.attempts,
+        started_at = EXCLUDED.started_at,
+        finished_at = EXCLUDED.finished_at,
+        result = EXCLUDED.result,
+        progress_pct = NULL,
+        progress_message = NULL,
+        progress_at = NULL,
+        updated_at = EXCLUDED.updated_at
+    -- Fenced without a lease: nobody ended the job, nobody holds it, and no later
+    -- attempt was counted.
+    WHERE j.state NOT IN ('complete', 'failed', 'cancelled') AND j.lease_owner IS NULL
+        AND EXCLUDED.attempts >= j.attempts
+    RETURNING j.job_id, j.attempts, j.started_at, j.finished_at, (j.xmax = 0) AS inserted
+), history AS (
+    INSERT INTO job_transitions (job_id, state, at, attempt)
+    SELECT d.job_id, t.state, t.at, d.attempts
+    FROM done AS d
+    JOIN input AS i USING (job_id)
+    CROSS JOIN LATERAL (
+        VALUES (1, 'queued', i.submitted_at), (2, 'processing', d.started_at),
+            (3, 'complete', d.finished_at)
+    ) AS t (ord, state, at)
+    WHERE d.inserted OR t.ord > 1
+    ORDER BY d.job_id, t.ord
+)
+SELECT job_id FROM done
+"""
+"""Records jobs that ran unclaimed complete, with their queued (when the row is new),
+processing and complete transitions, in one statement; distinct job ids only.
+
+Written only where no worker ended the job or holds its lease, and no later attempt
+was counted. $1..$10 as ``CLAIM_MANY``'s; $11 how long each handler ran (seconds, so
+``started_at`` is Postgres' clock minus it), $12 the results (JSON text). Returns the
+job ids it completed; read the others' states with ``STATES``.
+"""
+
 __all__ = [
     "CANCELLED",
     "CANCEL_REQUESTED",
     "CLAIM_MANY",
     "COMPLETE",
     "COMPLETE_MANY",
+    "COMPLETE_UNCLAIMED_MANY",
     "FAIL",
     "HEARTBEAT",
+    "KNOWN_MANY",
     "PROGRESS",
     "RETRY",
+    "STATES",
 ]

@@ -24,7 +24,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from conveyor.consumer import failures
 from conveyor.consumer.decoding import RegistryWaits
-from conveyor.consumer.execution import JobRunner, WorkerStats
+from conveyor.consumer.execution import HANDLER_DONE, JobRunner, WorkerStats
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.kafka import aiokafka_security, consumer_lag
 from conveyor.consumer.mailbox import Entry, Mailboxes
@@ -343,7 +343,7 @@ class ConsumerLoop:
                 if entry is None:
                     break
                 self._in_flight += 1
-                self._metrics.in_flight.labels(priority).inc()
+                self._metrics.in_flight_of(priority).inc()
                 self._stats.max_in_flight = max(self._stats.max_in_flight, self._in_flight)
                 self._running_per_tp[_tp(entry.tp)] += 1
                 generation = self._generation[_tp(entry.tp)]
@@ -355,6 +355,18 @@ class ConsumerLoop:
         tp = _tp(entry.tp)
         lost = self._lost_event(tp)
         finished = False
+        slot = [True]  # still holds its concurrency slot
+
+        def free_slot() -> None:
+            if slot[0]:
+                slot[0] = False
+                self._in_flight -= 1
+                self._metrics.in_flight_of(priority).dec()
+                self._wake.set()
+
+        # A short job's slot is freed when its handler returns: completions then batch
+        # while other handlers run, instead of every slot waiting for its own write.
+        HANDLER_DONE.set(free_slot)
         try:
             # Every outcome (fenced included: the new owner handles its own delivery) means
             # this delivery never needs to be read again. An outcome that could not be
@@ -363,8 +375,7 @@ class ConsumerLoop:
             finished = await self._recording.run(self._runner, entry, lost)
         finally:
             self._mailboxes[priority].release(entry)
-            self._in_flight -= 1
-            self._metrics.in_flight.labels(priority).dec()
+            free_slot()
             self._running_per_tp[tp] -= 1
             if finished and tp in self._owned and self._generation[tp] == generation:
                 self._offsets.finish(tp, entry.offset)

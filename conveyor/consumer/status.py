@@ -14,11 +14,13 @@ over, cannot record an outcome: it gets :class:`LeaseLostError` instead (defined
 transaction, so the handler's database writes commit with the completion or not at all.
 The SQL these statements run is kept together in ``conveyor.consumer.queries``.
 
-Dedupe on consume: ``claim`` refuses a job already complete, failed or cancelled and
-returns that state, so a duplicate delivery is skipped rather than run again.
+Dedupe on consume: ``claim`` refuses a job already complete, failed or cancelled, and a
+delivery of an attempt older than the row's, and returns the job's state, so a duplicate
+delivery is skipped rather than run again (and ``attempts`` never goes backwards).
 
-A trigger (migration ``0003_worker_status``) notifies :func:`progress_channel` with the
-job id whenever a job's state or progress changes; ``JobStore.progress`` listens there.
+Triggers (migration ``0040_notify_per_statement``) notify :func:`progress_channel` with
+the ids of the jobs whose state or progress a statement changed, joined by commas;
+``JobStore.progress`` listens there.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from conveyor.consumer.job import JobMessage
 from conveyor.db import database_errors
 from conveyor.errors import (
     ConfigurationError,
+    ConveyorError,
     LeaseLostError,
 )
 
@@ -79,7 +82,7 @@ class Lease:
 def progress_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which a schema's job changes are announced.
 
-    Mirrors ``notify_job_change()`` in migration ``0003_worker_status``.
+    Mirrors ``notify_job_changes()`` in migration ``0040_notify_per_statement``.
 
     Args:
         schema: The Postgres schema holding the ``jobs`` table.
@@ -190,30 +193,42 @@ class StatusStore:
         self.lease_seconds = float(lease_seconds)
         # Group commit: claims (and completions without ctx.db) of jobs running at the same
         # time share one statement.
-        self._claims: Coalescer[JobMessage, Lease | str] = Coalescer(
-            self._claim_many, key=lambda job: job.job_id
+        self._claims: Coalescer[tuple[JobMessage, bool], Lease | str] = Coalescer(
+            self._claim_many, key=lambda item: item[0].job_id
         )
         self._completions: Coalescer[tuple[Lease, str], bool] = Coalescer(
             self._complete_many, key=lambda item: item[0].job_id
         )
 
-    async def claim(self, job: JobMessage) -> Lease | str:
+    async def claim(self, job: JobMessage, *, in_place: bool = False) -> Lease | str:
         """Marks the job processing under a new lease, unless it already ended.
 
         A job another worker holds is taken over: Kafka gave this worker the partition,
         and the new epoch fences the previous owner. Claims made at the same time go to
         Postgres together, in one statement.
 
+        Args:
+            job: The delivery.
+            in_place: The job's handler retries in place (``ordering="key"``): its next
+                attempt has no message of its own, so a redelivery of its first message
+                resumes at the row's next attempt (``Lease.attempt``) instead of being
+                skipped as older.
+
         Returns:
-            The new lease; or, when the job is already ``complete``, ``failed`` or
-            ``cancelled``, that state (the worker skips the job).
+            The new lease; or the job's state when it is not claimed: ``complete``,
+            ``failed`` or ``cancelled`` when it ended, ``queued`` or ``processing`` when
+            this delivery is an attempt older than the row's (a later one is queued in a
+            retry topic, or runs). The worker skips the job.
 
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        return await self._claims.submit(job)
+        return await self._claims.submit((job, in_place))
 
-    async def _claim_many(self, jobs: Sequence[JobMessage]) -> list[Lease | str | Exception]:
+    async def _claim_many(
+        self, items: Sequence[tuple[JobMessage, bool]]
+    ) -> list[Lease | str | Exception]:
+        jobs = [job for job, _ in items]
         try:
             with database_errors(f"claiming {len(jobs)} job(s)"):
                 async with self._pool.acquire() as conn:
@@ -222,25 +237,42 @@ class StatusStore:
                         *(list(column) for column in zip(*map(_claim_args, jobs), strict=True)),
                         self.worker_id,
                         self.lease_seconds,
+                        [job.job_id for job, in_place in items if in_place],
                     )
+                    by_id = {str(row["job_id"]): row for row in rows}
+                    missed = [job.job_id for job in jobs if _canonical(job.job_id) not in by_id]
+                    # A new statement, so a new snapshot: a cancel that committed while the
+                    # claim waited for the row is read as it is, not as it was.
+                    states = (
+                        {str(r["job_id"]): str(r["state"]) for r in await conn.fetch(
+                            queries.STATES, missed
+                        )}
+                        if missed
+                        else {}
+                    )  # fmt: skip
         except asyncpg.PostgresError:
-            if len(jobs) == 1:
+            if len(items) == 1:
                 raise
             # One job's data was refused: claim each alone, so only that one fails.
-            return [await _outcome(self._claim_many([job])) for job in jobs]
-        by_id = {str(row["job_id"]): row for row in rows}
+            return [await _outcome(self._claim_many([item])) for item in items]
         claimed: list[Lease | str | Exception] = []
         for job in jobs:
-            row = by_id[_canonical(job.job_id)]
-            if row["state"] is not None:
-                claimed.append(str(row["state"]))
+            canonical = _canonical(job.job_id)
+            row = by_id.get(canonical)
+            if row is None:
+                state = states.get(canonical)
+                claimed.append(
+                    state
+                    if state is not None
+                    else ConveyorError(f"job {job.job_id} was neither claimed nor found")
+                )
                 continue
             claimed.append(
                 Lease(
                     job_id=job.job_id,
                     owner=self.worker_id,
                     epoch=int(row["lease_epoch"]),
-                    attempt=job.attempt,
+                    attempt=int(row["attempts"]),
                     cancel_requested=bool(row["cancel_requested"]),
                 )
             )

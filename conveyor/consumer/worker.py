@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from conveyor import db, dlq
-from conveyor.consumer import preflight
+from conveyor.consumer import preflight, unclaimed
 from conveyor.consumer.control import ControlListener, run_until_cancelled
 from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.consumer.execution import JobRunner, WorkerStats
@@ -27,6 +27,7 @@ from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.relay import RelayOptions, RetryRelay
 from conveyor.consumer.runtime import ConsumerLoop
 from conveyor.consumer.status import StatusStore
+from conveyor.consumer.unclaimed import UnclaimedStore
 from conveyor.errors import ConfigurationError
 from conveyor.ledger import Ledger
 from conveyor.observability.http import ProbeServer
@@ -50,6 +51,11 @@ _HELPER_NAMES = {
 Companion = RetryRelay | DlqSink | Scheduler | Ledger
 
 log = logging.getLogger("conveyor.worker")
+
+#: Connections of the status-write pool: two batches in flight for each of claims,
+#: completions, reads and unclaimed completions, and room for the one-job writes
+#: (outcomes, heartbeats, progress).
+STATUS_CONNECTIONS = 10
 
 
 class Worker:
@@ -271,13 +277,13 @@ class Worker:
         self._stop = asyncio.Event()
         if self.options.check_at_start:
             await preflight.check(self.settings)
-        pool = await self._open_pool()
+        pool, status_pool = await self._open_pools()
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
         server: ProbeServer | None = None
         heartbeat: Heartbeat | None = None
         try:
-            runner = self._job_runner(pool, serde, publisher)
+            runner = self._job_runner(pool, status_pool, serde, publisher)
             control = ControlListener(self.settings, serde=serde, runner=runner)
             await control.start()
             control_task = asyncio.create_task(run_until_cancelled(control))
@@ -331,24 +337,34 @@ class Worker:
             if server is not None:
                 await asyncio.to_thread(server.stop)
             await publisher.close()
-            await pool.close()
+            await asyncio.gather(pool.close(), status_pool.close())
             serde.close()
 
-    async def _open_pool(self) -> asyncpg.Pool[Any]:
-        """The worker's connections, once the schedules declared with :meth:`schedule`
-        are upserted (each start, every worker)."""
+    async def _open_pools(self) -> tuple[asyncpg.Pool[Any], asyncpg.Pool[Any]]:
+        """The pool of handlers' ``ctx.db`` and the helpers, and the status writes' own,
+        once the schedules declared with :meth:`schedule` are upserted (each start,
+        every worker).
+
+        The status writes' pool plans each statement for its parameters and is never
+        reset on release: no user query runs there.
+        """
         extra = 5 if self.options.run_scheduler else 2  # the helpers' own transactions
-        pool = await db.create_pool(
-            self.settings, min_size=1, max_size=self.concurrency + extra, custom_plans=True
-        )
+        pool = await db.create_pool(self.settings, min_size=1, max_size=self.concurrency + extra)
         try:
             async with pool.acquire() as conn:
                 for spec in self._schedules.values():
                     await recurring.upsert(conn, spec, source="code")
+            status_pool = await db.create_pool(
+                self.settings,
+                min_size=1,
+                max_size=STATUS_CONNECTIONS,
+                custom_plans=True,
+                reset_on_release=False,
+            )
         except BaseException:
             await pool.close()
             raise
-        return pool
+        return pool, status_pool
 
     def _run_companions(self, companions: Sequence[Companion]) -> list[asyncio.Task[None]]:
         """Starts each companion's run as a task that liveness watches."""
@@ -371,7 +387,11 @@ class Worker:
         return None
 
     def _job_runner(
-        self, pool: asyncpg.Pool[Any], serde: Serde, publisher: FailurePublisher
+        self,
+        pool: asyncpg.Pool[Any],
+        status_pool: asyncpg.Pool[Any],
+        serde: Serde,
+        publisher: FailurePublisher,
     ) -> JobRunner:
         """The runner of this worker's handlers, with their payload schemas registered."""
         topology = Topology.from_settings(self.settings)
@@ -382,7 +402,7 @@ class Worker:
         self.metrics.know_types(spec.type for spec in self._registry)
         return JobRunner(
             status=StatusStore(
-                pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
+                status_pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
             ),
             pool=pool,
             registry=self._registry,
@@ -392,6 +412,9 @@ class Worker:
             consumer_groups={topology.job_topic(p): topology.consumer_group(p) for p in PRIORITIES},
             lease_seconds=self.options.lease_seconds,
             publisher=publisher,
+            # Short jobs run before they are claimed: one status write each.
+            unclaimed=UnclaimedStore(status_pool),
+            claim_after=unclaimed.CLAIM_AFTER,
         )
 
     @staticmethod

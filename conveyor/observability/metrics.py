@@ -11,6 +11,7 @@ Labels are bounded: the job type (a type no handler is registered for is counted
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable
 
@@ -36,6 +37,16 @@ SUBMITTED = Counter(
 )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobSeries:
+    """The labelled series one job of a (type, priority) updates on its way."""
+
+    started: Counter
+    completed: Counter
+    duration: Histogram
+    wait: Histogram
+
+
 class WorkerMetrics:
     """The metrics one worker records.
 
@@ -46,6 +57,8 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._known_types: frozenset[str] = frozenset()
+        self._series: dict[tuple[str, str], JobSeries] = {}
+        self._in_flight: dict[str, Gauge] = {}
         r = self.registry
         self.started = Counter("conveyor_jobs_started", "Job attempts started.", _JOB, registry=r)
         self.completed = Counter("conveyor_jobs_completed", "Jobs completed.", _JOB, registry=r)
@@ -125,6 +138,30 @@ class WorkerMetrics:
     def know_types(self, job_types: Iterable[str]) -> None:
         """Sets the job types counted under their own name; others count as ``other``."""
         self._known_types = frozenset(job_types)
+        self._series.clear()
+
+    def series(self, job_type: str, priority: str) -> JobSeries:
+        """The hot-path series of a (type, priority), looked up once and then cached.
+
+        ``Counter.labels`` validates and locks on every call; a job touches four series.
+        """
+        labels = self.labels(job_type, priority)  # bounded, so the cache is too
+        found = self._series.get(labels)
+        if found is None:
+            found = self._series[labels] = JobSeries(
+                started=self.started.labels(*labels),
+                completed=self.completed.labels(*labels),
+                duration=self.duration.labels(*labels),
+                wait=self.wait.labels(*labels),
+            )
+        return found
+
+    def in_flight_of(self, priority: str) -> Gauge:
+        """The in-flight gauge of ``priority``, cached like :meth:`series`."""
+        found = self._in_flight.get(priority)
+        if found is None:
+            found = self._in_flight[priority] = self.in_flight.labels(priority)
+        return found
 
     def labels(self, job_type: str, priority: str) -> tuple[str, str]:
         """The bounded (type, priority) label values of a job."""
@@ -140,12 +177,12 @@ class WorkerMetrics:
         not_before: dt.datetime | None,
     ) -> None:
         """Counts an attempt's start; a first attempt also records its wait."""
-        labels = self.labels(job_type, priority)
-        self.started.labels(*labels).inc()
+        series = self.series(job_type, priority)
+        series.started.inc()
         if attempt == 1:
             since = not_before if not_before is not None else submitted_at
             waited = (dt.datetime.now(dt.UTC) - since).total_seconds()
-            self.wait.labels(*labels).observe(max(0.0, waited))
+            series.wait.observe(max(0.0, waited))
 
     def render(self) -> bytes:
         """The text exposition of this worker's metrics and the process-wide ones."""

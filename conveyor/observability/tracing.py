@@ -33,6 +33,17 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
+def enabled() -> bool:
+    """Whether a tracer provider is installed; without one, spans record nothing.
+
+    The worker then makes no per-job span at all: a message's own trace headers still
+    pass on to its retry and DLQ records unchanged (``with_current_context``).
+    """
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
+
+
 def extract(
     headers: Mapping[str, bytes] | Sequence[tuple[str, Any]] | None,
 ) -> otel_context.Context:

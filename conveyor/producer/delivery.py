@@ -49,7 +49,7 @@ from conveyor.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_DELIVERY_TIMEOUT = 30.0
-DEFAULT_LINGER_MS = 5
+DEFAULT_LINGER_MS = 1
 POLL_INTERVAL = 0.1
 #: librdkafka expires timed-out messages on a ~1 s scan; flush waits this much longer.
 EXPIRY_MARGIN = 3.0

@@ -27,12 +27,15 @@ send only those to a thread.
 from __future__ import annotations
 
 import importlib
+import io
+import json
 import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
+import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 
@@ -142,6 +145,8 @@ class Serde:
         self._serializers: dict[tuple[str, str], AvroSerializer] = {}
         self._deserializers: dict[str, AvroDeserializer] = {}
         self._known_ids: set[int] = set()  # writer ids fetched already: decoding is local
+        # (writer schema id, reader schema) -> parsed (writer, reader), for _fast_decode.
+        self._parsed: dict[tuple[int, str], tuple[Any, Any]] = {}
 
     @property
     def client(self) -> SchemaRegistryClient:
@@ -260,6 +265,9 @@ class Serde:
             raise DeserializationError(f"{label}{exc}") from None
         if len(data) == HEADER_SIZE:
             raise DeserializationError(f"{label}message has a header but no Avro body")
+        fast = self._fast_decode(writer_id, data, reader)
+        if fast is not _MISS:
+            return fast
         deserializer = self._deserializer(reader)
         try:
             decoded = deserializer(data, None)
@@ -280,6 +288,7 @@ class Serde:
                 f"{label}Avro body does not decode with writer schema id {writer_id}: {_brief(exc)}"
             ) from exc
         self._known_ids.add(writer_id)
+        self._learn(writer_id, reader)
         return decoded
 
     def register(self, contract: Contract, topic: str) -> int:
@@ -335,6 +344,41 @@ class Serde:
                     self._serializers[key] = serializer
         return serializer
 
+    def _fast_decode(self, writer_id: int, data: bytes, reader: Contract | None) -> Any:
+        """Decodes with fastavro straight after the header, once the pair is known.
+
+        A pair (writer schema id, reader schema) is known after the deserializer decoded
+        it once (``_learn``), so its registry lookups and errors stay the deserializer's.
+        Returns ``_MISS`` when the pair is not known yet, or the body does not decode
+        here (the deserializer then decodes it, or says why it cannot).
+        """
+        schemas = self._parsed.get((writer_id, "" if reader is None else reader.schema_str))
+        if schemas is None:
+            return _MISS
+        try:
+            return fastavro.schemaless_reader(io.BytesIO(data[HEADER_SIZE:]), *schemas)
+        except Exception:
+            return _MISS
+
+    def _learn(self, writer_id: int, reader: Contract | None) -> None:
+        """Caches the parsed writer and reader schemas of a pair that decoded."""
+        key = (writer_id, "" if reader is None else reader.schema_str)
+        if key in self._parsed:
+            return
+        try:
+            writer = self._client.get_schema(writer_id)  # the client caches it
+            if writer.references or writer.schema_str is None:
+                return  # named references: the deserializer resolves them
+            parsed_writer = fastavro.parse_schema(json.loads(writer.schema_str))
+            parsed_reader = (
+                None if reader is None else fastavro.parse_schema(json.loads(reader.schema_str))
+            )
+        except Exception:  # a lookup or parse that fails here only leaves the slow path
+            return
+        if parsed_reader == parsed_writer:
+            parsed_reader = None  # the same schema: nothing to resolve, a third cheaper
+        self._parsed[key] = (parsed_writer, parsed_reader)
+
     def _deserializer(self, reader: Contract | None) -> AvroDeserializer:
         key = "" if reader is None else reader.schema_str
         deserializer = self._deserializers.get(key)
@@ -351,6 +395,10 @@ class Serde:
                     )
                     self._deserializers[key] = deserializer
         return deserializer
+
+
+_MISS = object()
+"""``_fast_decode``'s answer when the slow path must decode."""
 
 
 def _fixed_subject(subject: str) -> Callable[[Any, Any], str]:

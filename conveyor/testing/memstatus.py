@@ -215,28 +215,36 @@ class MemoryStatus(StatusStore):
 
     # -- what the worker writes -------------------------------------------------------
 
-    async def claim(self, job: JobMessage) -> Lease | str:
-        """Marks the job processing under a new lease, unless it already ended."""
+    async def claim(self, job: JobMessage, *, in_place: bool = False) -> Lease | str:
+        """Marks the job processing under a new lease, unless it already ended or this
+        delivery is an attempt older than the row's (``CLAIM_MANY``'s rules)."""
         job_id = canonical(job.job_id)
         now = self._clock.now()
         row = self._rows.get(job_id)
-        if row is not None and row.state in FINAL_STATES:
-            return row.state
+        attempt = job.attempt
+        if row is not None:
+            if row.state in FINAL_STATES:
+                return row.state
+            if in_place:
+                retried = row.state == "queued" and row.last_error is not None
+                attempt = max(attempt, row.attempts + int(retried))
+            elif attempt < row.attempts:
+                return row.state
         if row is None:
             row = _Row(job_id=job_id, state="queued")
-            row.history.append(Transition("queued", job.submitted_at, job.attempt))
+            row.history.append(Transition("queued", job.submitted_at, attempt))
             self._rows[job_id] = row
         row.type, row.key, row.tenant_id = job.type, job.key, job.tenant_id
         row.priority, row.batch_id, row.submitted_at = job.priority, job.batch_id, job.submitted_at
-        row.state, row.attempts, row.started_at = "processing", job.attempt, now
+        row.state, row.attempts, row.started_at = "processing", attempt, now
         row.lease_owner, row.lease_epoch = self.worker_id, row.lease_epoch + 1
         row.progress = None
-        row.history.append(Transition("processing", now, job.attempt))
+        row.history.append(Transition("processing", now, attempt))
         return Lease(
             job_id=job.job_id,
             owner=self.worker_id,
             epoch=row.lease_epoch,
-            attempt=job.attempt,
+            attempt=attempt,
             cancel_requested=row.cancel_requested,
         )
 

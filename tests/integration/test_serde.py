@@ -113,6 +113,20 @@ def test_every_contract_round_trips_through_the_real_registry(
     data = serde.encode(contract, topic, record)
     assert schema_id(data) == serde.register(contract, topic)
     assert serde.decode(contract, topic, data) == record
+    # Once the (writer, reader) pair decoded, fastavro reads it straight after the header.
+    assert serde.decode(contract, topic, data) == record
+    assert serde.decode_any(data) == serde.decode_any(data) == record
+
+
+def test_a_corrupt_body_of_a_known_schema_is_still_a_deserialization_error(
+    serde: Serde, registry_settings: Settings
+) -> None:
+    topic = f"{registry_settings.topic_prefix}.jobs.normal"
+    data = serde.encode(JOB_ENVELOPE, topic, RECORDS[JOB_ENVELOPE.name])
+    serde.decode(JOB_ENVELOPE, topic, data)
+
+    with pytest.raises(DeserializationError, match="does not decode"):
+        serde.decode(JOB_ENVELOPE, topic, data[:12])
 
 
 def test_two_processes_agree_on_the_id_and_read_each_other(registry_settings: Settings) -> None:

@@ -20,6 +20,7 @@ from conveyor import db, migrations
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.status import Lease, LeaseLostError, StatusStore, progress_channel
 from conveyor.settings import Settings
+from tests.worker_helpers import eventually
 
 DEADLINE = 10.0
 SUBMITTED = dt.datetime(2024, 5, 17, 12, 0, 0, tzinfo=dt.UTC)
@@ -251,6 +252,85 @@ async def test_claim_of_a_job_that_already_ended_returns_its_state_and_changes_n
     assert (row["state"], row["lease_epoch"]) == (final_state, 1)
 
 
+async def test_a_redelivered_older_attempt_is_skipped_and_attempts_never_go_backwards(
+    pool: asyncpg.Pool[Any], worker_a: StatusStore, worker_b: StatusStore
+) -> None:
+    """Attempt 2 failed and attempt 3 waits in a retry topic; attempt 1 is read again."""
+    job = make_job()
+    await worker_a.retry(await claimed(worker_a, job), ERROR)
+    await worker_a.retry(await claimed(worker_a, make_job(job.job_id, attempt=2)), ERROR)
+    before = await history(pool, job.job_id)
+
+    outcome = await worker_b.claim(job)
+
+    assert outcome == "queued"
+    row = await job_row(pool, job.job_id)
+    assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 2, None)
+    assert await history(pool, job.job_id) == before
+    # The attempt the retry topic holds still runs.
+    assert (await claimed(worker_b, make_job(job.job_id, attempt=3))).attempt == 3
+
+
+async def test_an_in_place_retry_read_again_resumes_at_the_rows_next_attempt(
+    pool: asyncpg.Pool[Any], worker_a: StatusStore, worker_b: StatusStore
+) -> None:
+    """ordering="key": attempt 2 ran in place and failed; its next owner reads attempt 1."""
+    job = make_job()
+    await worker_a.retry(await claimed(worker_a, job), ERROR)
+    await worker_a.retry(await claimed(worker_a, make_job(job.job_id, attempt=2)), ERROR)
+
+    lease = await worker_b.claim(job, in_place=True)
+
+    assert isinstance(lease, Lease)
+    assert lease.attempt == 3
+    assert (await job_row(pool, job.job_id))["attempts"] == 3
+
+
+@pytest.mark.parametrize("seen", [True, False], ids=["queued", "never-seen"])
+async def test_a_claim_racing_a_cancel_reports_the_job_cancelled_not_a_duplicate(
+    pool: asyncpg.Pool[Any], migrated: Settings, worker_a: StatusStore, seen: bool
+) -> None:
+    """The cancel commits while the claim waits for the row: the claim sees it as it is."""
+    job = make_job()
+    if seen:
+        await pool.execute(
+            "INSERT INTO jobs (job_id, state, attempts) VALUES ($1, 'queued', 0)", job.job_id
+        )
+    canceller = await db.connect(migrated)
+    try:
+        cancel = canceller.transaction()
+        await cancel.start()
+        await canceller.execute(
+            "INSERT INTO jobs (job_id, state, attempts, finished_at) "
+            "VALUES ($1, 'cancelled', 0, now()) "
+            "ON CONFLICT (job_id) DO UPDATE SET state = 'cancelled', finished_at = now()",
+            job.job_id,
+        )
+        claim = asyncio.create_task(worker_a.claim(job))
+        await wait_for_a_lock_wait(pool)
+        await cancel.commit()
+        async with asyncio.timeout(DEADLINE):
+            outcome = await claim
+    finally:
+        await canceller.close()
+
+    assert outcome == "cancelled"
+
+
+async def wait_for_a_lock_wait(pool: asyncpg.Pool[Any]) -> None:
+    """Until some session of this database waits for a lock."""
+
+    async def waiting() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+
+    await eventually(waiting, timeout=DEADLINE, what="the claim to wait for the row lock")
+
+
 async def test_cancelled_records_the_reason_in_the_transition_and_is_fenced(
     pool: asyncpg.Pool[Any], worker_a: StatusStore, worker_b: StatusStore
 ) -> None:
@@ -381,6 +461,40 @@ async def test_state_and_progress_changes_notify_the_schema_channel_after_commit
         assert heard.empty()
     finally:
         await listener.close()
+
+
+async def test_a_batch_of_changes_is_announced_in_a_few_notifications_naming_every_job(
+    pool: asyncpg.Pool[Any], migrated: Settings, worker_a: StatusStore
+) -> None:
+    """One notification per 200 changed jobs of a statement, not one per row."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await db.connect(migrated)
+    await listener.add_listener(
+        progress_channel(migrated.database_schema), lambda *args: heard.put_nowait(args[3])
+    )
+    jobs = [make_job() for _ in range(450)]
+    try:
+        await pool.execute(
+            "INSERT INTO jobs (job_id, state) SELECT unnest($1::uuid[]), 'queued'",
+            [job.job_id for job in jobs],
+        )
+        await pool.execute(  # changes no watched column: nobody is woken
+            "UPDATE jobs SET updated_at = now() WHERE job_id = ANY($1::uuid[])",
+            [job.job_id for job in jobs],
+        )
+        await pool.execute(
+            "UPDATE jobs SET state = 'cancelled' WHERE job_id = ANY($1::uuid[])",
+            [job.job_id for job in jobs[:10]],
+        )
+        payloads = [await asyncio.wait_for(heard.get(), DEADLINE) for _ in range(4)]
+    finally:
+        await listener.close()
+
+    named = [payload.split(",") for payload in payloads]
+    assert sorted(len(ids) for ids in named[:3]) == [50, 200, 200]
+    assert {i for ids in named[:3] for i in ids} == {job.job_id for job in jobs}
+    assert sorted(named[3]) == sorted(job.job_id for job in jobs[:10])
+    assert heard.empty()
 
 
 async def test_channel_of_a_schema_too_long_for_a_channel_name_matches_the_trigger(

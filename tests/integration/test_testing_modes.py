@@ -27,6 +27,7 @@ from conveyor import (
 from conveyor.dlq import DlqEntry
 from conveyor.jobstatus import JobStatus, Progress
 from conveyor.testing import TestWorker, drain, running
+from tests.worker_helpers import eventually
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial=0.2, maximum=0.2, jitter=0)
 START_TIMEOUT = 30.0
@@ -276,6 +277,13 @@ async def test_cancel_interrupts_a_running_job(mode: Mode, seen: Handlers) -> No
     job_id = await mode.producer.submit("t.blocking", {})
     settling = asyncio.create_task(mode.settle())
     await asyncio.wait_for(seen.started.wait(), START_TIMEOUT)
+
+    async def shown_running() -> bool:
+        # A worker claims a job (shows it processing) once its handler runs past
+        # CLAIM_AFTER; before that it is queued, and a cancel is a queued job's.
+        return (await mode.status(job_id)).state == "processing"
+
+    await eventually(shown_running, timeout=START_TIMEOUT, what="the job shown processing")
     assert await mode.cancel(job_id) == "processing"
     await asyncio.wait_for(settling, 60)
     status = await mode.status(job_id)

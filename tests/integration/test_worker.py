@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
 import pytest
 
 from conveyor import Producer, Settings
+from conveyor.consumer import unclaimed
 from conveyor.consumer.context import JobContext
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.worker import Worker
@@ -120,6 +122,127 @@ async def test_ctx_db_commits_with_completion_and_rolls_back_with_failure(
     assert "after the write" in failed.last_error["message"]
     rows = [r["job_id"] for r in await db.fetch(f"SELECT job_id FROM {table}")]
     assert rows == [ok]
+
+
+async def test_handlers_ctx_db_keeps_postgres_default_planning(live: Settings) -> None:
+    """force_custom_plan is for the worker's own batched statements, not users' queries."""
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+
+    @worker.handler("plan.mode")
+    async def mode(ctx: JobContext, payload: Any) -> str:
+        return str(await ctx.db.fetchval("SHOW plan_cache_mode"))
+
+    with Producer(live) as producer:
+        job_id = producer.submit("plan.mode", {})
+    async with running(worker), JobStore(live) as store:
+        await eventually(lambda: worker.stats.completed == 1, what="the job")
+        status = await store.status(job_id)
+    assert status.result == "auto"
+
+
+async def test_a_short_job_gets_one_status_write_and_a_slow_one_shows_processing(
+    live: Settings, db: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs start unclaimed; a handler still running at CLAIM_AFTER is claimed then."""
+    # Long enough that a stalled event loop on a busy machine cannot claim the quick job.
+    monkeypatch.setattr(unclaimed, "CLAIM_AFTER", 3.0)
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    release = asyncio.Event()
+
+    @worker.handler("quick.one")
+    async def quick(ctx: JobContext, payload: Any) -> str:
+        return "done"
+
+    @worker.handler("slow.one")
+    async def slow(ctx: JobContext, payload: Any) -> str:
+        await release.wait()
+        return "done"
+
+    with Producer(live) as producer:
+        fast = producer.submit("quick.one", {})
+        held = producer.submit("slow.one", {})
+    async with running(worker), JobStore(live) as store:
+        await eventually(lambda: worker.stats.completed == 1, what="the quick job")
+        await eventually(
+            lambda: _is(job_state(store, held), "processing"), what="the slow job processing"
+        )
+        release.set()
+        await eventually(lambda: worker.stats.completed == 2, what="the slow job")
+        quick_status = await store.status(fast)
+        slow_status = await store.status(held)
+    epochs = {
+        str(r["job_id"]): r["lease_epoch"]
+        for r in await db.fetch(f'SELECT job_id, lease_epoch FROM "{live.database_schema}".jobs')
+    }
+    assert epochs == {fast: 0, held: 1}  # the quick job was never claimed
+    for status in (quick_status, slow_status):
+        assert status.state == "complete"
+        assert [t.state for t in status.history] == ["queued", "processing", "complete"]
+
+
+async def _is(state: Awaitable[str], wanted: str) -> bool:
+    return await state == wanted
+
+
+async def test_a_job_cancelled_while_it_runs_unclaimed_is_interrupted(live: Settings) -> None:
+    """Cancelled in its first moments (still queued in the row): its claim is refused."""
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+    started, interrupted = asyncio.Event(), asyncio.Event()
+
+    @worker.handler("block.forever")
+    async def block(ctx: JobContext, payload: Any) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            interrupted.set()
+            raise
+
+    with Producer(live) as producer:
+        job_id = producer.submit("block.forever", {})
+    async with running(worker), JobStore(live) as store:
+        await eventually(started.is_set, what="the handler to start")
+        assert await store.cancel(job_id) in ("cancelled", "processing")
+        await eventually(interrupted.is_set, what="the handler interrupted")
+        await eventually(lambda: worker.stats.cancelled == 1, what="the cancel counted")
+        assert (await store.status(job_id)).state == "cancelled"
+
+
+async def test_a_short_jobs_slot_frees_while_its_completion_waits(
+    live: Settings, db: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrency 1: the next job's handler runs while the first one's write is blocked."""
+    monkeypatch.setattr(unclaimed, "CLAIM_AFTER", 30.0)  # the first job stays unclaimed
+    worker = Worker(live, priorities=["normal"], concurrency=1, options=TEST_OPTIONS)
+    ran: list[str] = []
+
+    @worker.handler("quick.one")
+    async def quick(ctx: JobContext, payload: Any) -> None:
+        ran.append(ctx.job_id)
+
+    with Producer(live) as producer:
+        first = producer.submit("quick.one", {})
+    blocker = db.transaction()
+    await blocker.start()
+    committed = False
+    try:
+        # An uncommitted row of the first job: its completion waits for this transaction.
+        await db.execute(
+            f"INSERT INTO \"{live.database_schema}\".jobs (job_id, state) VALUES ($1, 'queued')",
+            first,
+        )
+        async with running(worker):
+            await eventually(lambda: ran == [first], what="the first handler")
+            with Producer(live) as producer:
+                second = producer.submit("quick.one", {})
+            await eventually(lambda: ran == [first, second], what="the second handler")
+            await eventually(lambda: worker.stats.completed == 1, what="the second's write")
+            await blocker.commit()
+            committed = True
+            await eventually(lambda: worker.stats.completed == 2, what="the first's write")
+    finally:
+        if not committed:
+            await blocker.rollback()
 
 
 async def test_a_cancelled_queued_job_is_skipped(live: Settings) -> None:

@@ -339,3 +339,46 @@ async def test_a_dead_job_is_replayed_once_and_keeps_its_history() -> None:
         "message": f"replayed from DLQ entry {entry.id}",
     }
     assert replayed.replayed_at is not None
+
+
+async def test_memory_status_skips_an_older_attempt_and_resumes_an_in_place_retry() -> None:
+    """The claim rules of CLAIM_MANY: attempts never go backwards."""
+    import dataclasses
+
+    from conveyor.consumer.job import JobMessage
+    from conveyor.testing.memstatus import MemoryStatus
+
+    store = MemoryStatus(FakeClock())
+    job = JobMessage(
+        job_id="4f1d1c8e-2d0a-4b5e-8d6f-6f0c7a9e2b10",
+        type="x.y",
+        key="k",
+        priority="normal",
+        payload=b"{}",
+        content_type="application/json",
+        tenant_id=None,
+        batch_id=None,
+        dedupe_key=None,
+        attempt=1,
+        max_attempts=None,
+        submitted_at=FakeClock().now(),
+        not_before=None,
+        duration="short",
+        errors=[],
+        topic="t.jobs.normal",
+        partition=0,
+        offset=0,
+        headers={},
+    )
+    error = {"type": "E", "message": "m", "traceback": "", "at": FakeClock().now()}
+    first = await store.claim(job)
+    assert not isinstance(first, str)
+    await store.retry(first, error)
+    second = await store.claim(dataclasses.replace(job, attempt=2))
+    assert not isinstance(second, str)
+    await store.retry(second, error)
+
+    assert await store.claim(job) == "queued"
+    resumed = await store.claim(job, in_place=True)
+    assert not isinstance(resumed, str)
+    assert resumed.attempt == 3

@@ -1,0 +1,257 @@
+"""Jobs that run before they are claimed: one status write for a short job.
+
+Most jobs finish in milliseconds. Claiming such a job before its handler (a row marked
+``processing`` under a lease) and completing it after doubles its status writes, for a
+state nobody can watch. So the worker reads what the job's row says (``known``: one
+statement for the jobs starting together) and, when nothing holds it, runs the handler
+unclaimed. A handler that returns within ``claim_after`` is recorded by ``complete``:
+its row, complete, with its queued, processing and complete transitions, in one
+statement shared with the others finishing then. Anything else claims the job first,
+as every job once did: a handler still running at ``claim_after``, one that touches
+``ctx.db`` or reports progress, a failure, a cancel (:class:`DeferredClaim`).
+
+Fencing without a lease: the completion writes only where no worker ended the job or
+holds its lease, and no later attempt was counted. A worker that lost the partition
+(a rebalance, or one presumed dead after a ``kill -9`` of its neighbour's view) and
+still finishes the job either finds it complete (the new owner finished it: its own
+result is dropped) or claimed by the new owner (it then claims it back like any
+redelivery, and the new owner's completion is fenced): at most one completion commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from conveyor.consumer import queries
+from conveyor.consumer.batching import Coalescer
+from conveyor.consumer.job import JobMessage
+from conveyor.consumer.status import Lease, StatusStore
+from conveyor.db import database_errors
+from conveyor.errors import ConveyorError
+
+#: How long a handler runs unclaimed before its job is claimed (shown processing).
+CLAIM_AFTER = 0.05
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Known:
+    """What a job's row said just before the job ran.
+
+    Args:
+        state: The row's state.
+        attempts: The attempts it counts.
+        leased: A worker holds the job's lease.
+        cancel_requested: Someone asked to cancel it while it was processing.
+    """
+
+    state: str
+    attempts: int
+    leased: bool
+    cancel_requested: bool
+
+    def runs_unclaimed(self, attempt: int) -> bool:
+        """Whether attempt ``attempt`` may run without a claim: queued, held by nobody,
+        and not older than the row's attempts."""
+        return (
+            self.state == "queued"
+            and not self.leased
+            and not self.cancel_requested
+            and attempt >= self.attempts
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Done:
+    job: JobMessage
+    ran_seconds: float
+    result: str
+
+
+def _canonical(job_id: str) -> str:
+    return str(uuid.UUID(job_id))
+
+
+class UnclaimedStore:
+    """Reads and completes jobs that run unclaimed, in shared statements.
+
+    Args:
+        pool: The status writes' pool (``conveyor.db.create_pool``, custom plans).
+    """
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+        self._reads: Coalescer[str, Known | None] = Coalescer(self._read_many, key=_canonical)
+        self._completions: Coalescer[_Done, str | None] = Coalescer(
+            self._complete_many, key=lambda done: done.job.job_id
+        )
+
+    async def known(self, job_id: str) -> Known | None:
+        """What the job's row says now; None when it has none.
+
+        Raises:
+            DatabaseUnavailableError: The connection to Postgres was lost.
+        """
+        return await self._reads.submit(job_id)
+
+    async def _read_many(self, job_ids: Sequence[str]) -> list[Known | Exception | None]:
+        with database_errors(f"reading {len(job_ids)} job(s)"):
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(queries.KNOWN_MANY, list(job_ids))
+        by_id = {
+            str(row["job_id"]): Known(
+                state=str(row["state"]),
+                attempts=int(row["attempts"]),
+                leased=bool(row["leased"]),
+                cancel_requested=bool(row["cancel_requested"]),
+            )
+            for row in rows
+        }
+        return [by_id.get(_canonical(job_id)) for job_id in job_ids]
+
+    async def complete(self, job: JobMessage, result: str, ran_seconds: float) -> str | None:
+        """Records a job that ran unclaimed complete, unless something else moved it.
+
+        Args:
+            job: The delivery.
+            result: The handler's result as JSON (``status.result_json``).
+            ran_seconds: How long the handler ran.
+
+        Returns:
+            None when recorded; else the job's state: final when it ended meanwhile
+            (nothing is written), ``queued`` or ``processing`` when a worker holds it or
+            counted a later attempt (claim it to record this run's outcome).
+
+        Raises:
+            DatabaseUnavailableError: The connection to Postgres was lost.
+        """
+        return await self._completions.submit(_Done(job, ran_seconds, result))
+
+    async def _complete_many(self, items: Sequence[_Done]) -> list[str | Exception | None]:
+        jobs = [item.job for item in items]
+        try:
+            with database_errors(f"completing {len(items)} job(s)"):
+                async with self._pool.acquire() as conn:
+                    done = await conn.fetch(
+                        queries.COMPLETE_UNCLAIMED_MANY,
+                        *(list(column) for column in zip(*map(_claim_args, jobs), strict=True)),
+                        [item.ran_seconds for item in items],
+                        [item.result for item in items],
+                    )
+                    written = {str(row["job_id"]) for row in done}
+                    missed = [job.job_id for job in jobs if _canonical(job.job_id) not in written]
+                    rows = await conn.fetch(queries.STATES, missed) if missed else []
+        except asyncpg.PostgresError:
+            if len(items) == 1:
+                raise
+            # One job's result was refused: complete each alone, so only that one fails.
+            return [await _alone(self._complete_many([item])) for item in items]
+        states = {str(row["job_id"]): str(row["state"]) for row in rows}
+        return [
+            None if _canonical(job.job_id) in written else states.get(_canonical(job.job_id), "")
+            for job in jobs
+        ]
+
+
+async def _alone(batch: Any) -> Any:
+    try:
+        [result] = await batch
+    except Exception as exc:
+        return exc
+    return result
+
+
+def _claim_args(job: JobMessage) -> tuple[Any, ...]:
+    return (
+        job.job_id,
+        job.type,
+        job.key,
+        job.tenant_id,
+        job.priority,
+        job.batch_id,
+        job.dedupe_key,
+        job.max_attempts,
+        job.submitted_at,
+        job.attempt,
+    )
+
+
+class NotClaimedError(ConveyorError):
+    """The job could not be claimed: it ended, or a later attempt runs (``state``)."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id} is {state} and was not claimed; this run is dropped")
+        self.state = state
+
+
+class DeferredClaim:
+    """The claim of a job that started unclaimed, made once, when first needed.
+
+    Args:
+        status: Claims the job.
+        job: The delivery.
+    """
+
+    def __init__(self, status: StatusStore, job: JobMessage) -> None:
+        self._status = status
+        self._job = job
+        self._claim: asyncio.Future[Lease | str] | None = None
+        self._on_refused: Callable[[], None] | None = None
+
+    @property
+    def started(self) -> bool:
+        """The claim was asked for (it may still be on its way)."""
+        return self._claim is not None
+
+    def when_refused(self, callback: Callable[[], None]) -> None:
+        """Calls ``callback`` if the claim, once made, is refused (the job ended)."""
+        self._on_refused = callback
+
+    def start(self) -> None:
+        """Starts the claim unless it started already (a timer calls this)."""
+        if self._claim is None:
+            self._claim = asyncio.ensure_future(self._status.claim(self._job))
+            self._claim.add_done_callback(self._claimed)
+
+    def _claimed(self, claim: asyncio.Future[Lease | str]) -> None:
+        if claim.cancelled() or claim.exception() is not None:
+            return
+        if isinstance(claim.result(), str) and self._on_refused is not None:
+            self._on_refused()
+
+    async def settled(self) -> Lease | str:
+        """The claim's lease, or the state that refused it; claims now if not yet.
+
+        Raises:
+            DatabaseUnavailableError: The connection to Postgres was lost.
+        """
+        self.start()
+        assert self._claim is not None
+        # Shielded: a cancel of the handler must not cancel a claim other code awaits.
+        return await asyncio.shield(self._claim)
+
+    async def lease(self) -> Lease:
+        """The lease, for writes that need one (``ctx.db``, progress).
+
+        Raises:
+            NotClaimedError: The job ended meanwhile, or a later attempt runs.
+            DatabaseUnavailableError: The connection to Postgres was lost.
+        """
+        claimed = await self.settled()
+        if isinstance(claimed, str):
+            raise NotClaimedError(self._job.job_id, claimed)
+        return claimed
+
+
+__all__ = [
+    "CLAIM_AFTER",
+    "DeferredClaim",
+    "Known",
+    "NotClaimedError",
+    "UnclaimedStore",
+]
