@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,3 +92,21 @@ class JobMessage:
             offset=offset,
             headers=headers,
         )
+
+    def unstorable(self) -> str | None:
+        """Why Postgres would refuse this job's row (a NUL in a text field, an id that is
+        not a UUID), or None. Only a hand-made or corrupt message gets here: the producer
+        refuses such jobs at submit."""
+        for name in ("type", "key", "tenant_id", "dedupe_key"):
+            value = getattr(self, name)
+            if value is not None and "\x00" in value:
+                return f"{name} holds a NUL character, which Postgres cannot store"
+        for name in ("job_id", "batch_id"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                uuid.UUID(value)
+            except ValueError:
+                return f"{name} {value[:60]!r} is not a UUID"
+        return None

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -41,6 +41,10 @@ from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITY_WEIGHTS, Topology
 
 log = logging.getLogger("conveyor.worker")
+
+#: Backoff between tries to dead-letter a message that cannot run, doubling to the maximum.
+DEAD_LETTER_RETRY_INITIAL = 0.5
+DEAD_LETTER_RETRY_MAX = 30.0
 
 _HALTED = "the retry/DLQ publisher is unusable"
 
@@ -289,44 +293,68 @@ class ConsumerLoop:
             log.error(
                 "undecodable message %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc
             )
-            task = asyncio.create_task(
-                self._dead_letter(tp, record, headers, exc, self._generation[tp])
+            raw_error = failures.attempt_error(exc, 1)  # exc is unbound after the block
+            self._dead_letter(
+                tp,
+                record.offset,
+                lambda: self._publisher.dead_raw(
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    value=record.value or b"",
+                    headers=headers,
+                    reason=failures.DESERIALIZATION,
+                    error=raw_error,
+                ),
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
             return
         job = JobMessage.from_envelope(
             envelope, topic=tp.topic, partition=tp.partition, offset=record.offset, headers=headers
         )
+        problem = job.unstorable()
+        if problem is not None:
+            # Its row could never be written, so no claim or outcome could be recorded:
+            # it goes to the DLQ (the sink stores it cleaned) as a validation failure.
+            self._stats.undecodable += 1
+            log.error("job %s cannot be stored: %s", job.job_id, problem)
+            error = failures.attempt_error(ValueError(problem), job.attempt)
+            self._dead_letter(
+                tp, record.offset, lambda: self._publisher.dead(job, [error], failures.VALIDATION)
+            )
+            return
         mailboxes.add(tp, job.key, record.offset, job)
 
-    async def _dead_letter(
-        self,
-        tp: TopicPartition,
-        record: ConsumerRecord[Any, Any],
-        headers: dict[str, bytes],
-        exc: Exception,
-        generation: int,
+    def _dead_letter(
+        self, tp: TopicPartition, offset: int, send: Callable[[], Awaitable[None]]
     ) -> None:
-        try:
-            await self._publisher.dead_raw(
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=record.offset,
-                key=record.key,
-                value=record.value or b"",
-                headers=headers,
-                reason=failures.DESERIALIZATION,
-                error=failures.attempt_error(exc, 1),
-            )
-        except Exception:
-            # Not finished, so not committed: the message is read again later.
-            log.exception("could not dead-letter %s[%d]@%d", tp.topic, tp.partition, record.offset)
-            return
-        self._stats.dead_lettered += 1
-        self._metrics.dead_lettered.labels(self._topology.priority_of(tp.topic) or "").inc()
-        if tp in self._owned and self._generation[tp] == generation:
-            self._offsets.finish(tp, record.offset)
+        """Sends a message that cannot run to the DLQ in a task of its own, trying again
+        with backoff until the DLQ has it; its offset is finished then, so the partition's
+        commit point never stays pinned behind it."""
+
+        async def dead_letter(generation: int) -> None:
+            delay = DEAD_LETTER_RETRY_INITIAL
+            while True:
+                try:
+                    await send()
+                    break
+                except Exception:
+                    log.exception(
+                        "could not dead-letter %s[%d]@%d; trying again in %.1fs",
+                        tp.topic, tp.partition, offset, delay,
+                    )  # fmt: skip
+                if tp not in self._owned or self._generation[tp] != generation:
+                    return  # the partition's next owner reads the message again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DEAD_LETTER_RETRY_MAX)
+            self._stats.dead_lettered += 1
+            self._metrics.dead_lettered.labels(self._topology.priority_of(tp.topic) or "").inc()
+            if tp in self._owned and self._generation[tp] == generation:
+                self._offsets.finish(tp, offset)
+
+        task = asyncio.create_task(dead_letter(self._generation[tp]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- dispatching --------------------------------------------------------------------
 

@@ -66,6 +66,14 @@ class EnvelopeDecoder:
         self._schemas: dict[int, tuple[Any, Any]] = {}
         self._reader_canonical = _canonical(JOB_ENVELOPE.schema_str)
 
+    def needs_registry(self, value: bytes | None) -> bool:
+        """Whether decoding ``value`` may ask the registry: its schema id is well formed
+        and not parsed here yet (then decode it off the event loop)."""
+        try:
+            return value is not None and schema_id(value) not in self._schemas
+        except DeserializationError:
+            return False
+
     def row(self, value: bytes | None, *, topic: str, partition: int, offset: int) -> QueuedRow:
         """The queued row of one job message.
 

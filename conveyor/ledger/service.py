@@ -223,7 +223,11 @@ class Ledger:
         if not batch:
             return True
         try:
-            found = self._decode(batch)
+            if any(self._decoder.needs_registry(r.value) for rs in batch.values() for r in rs):
+                # A schema id not seen yet is an HTTP request: never on the event loop.
+                found = await asyncio.to_thread(self._decode, batch)
+            else:
+                found = self._decode(batch)
             unique = rows.distinct(found)
             if unique:
                 refused = self.stats.refused

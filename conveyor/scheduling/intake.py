@@ -7,8 +7,12 @@ any submit). :class:`ScheduledIntake` reads it in the consumer group
 and records the job ``scheduled`` with its due time in ``jobs``. Only then are the
 offsets committed, so a crash re-reads and re-inserts harmlessly, and nothing is lost.
 
-A message that does not decode is logged, counted and committed past. An outage
-(Postgres, the registry) seeks back to the batch and tries again after a pause.
+A message that cannot be scheduled (it does not decode, names a schema id the registry
+does not know yet, or holds text Postgres refuses) is passed on unchanged to a job topic
+(its own priority's when that decoded, else ``normal``), acked before the offset moves:
+the worker then waits out a lagging registry or dead-letters the message with its
+reason, as for any job message, so nothing is lost or skipped. An outage (Postgres, the
+broker) seeks back to the batch and tries again after a pause.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from conveyor.consumer.job import JobMessage
 from conveyor.consumer.kafka import start_group_consumer
+from conveyor.consumer.republish import Republisher
 from conveyor.db import database_errors
 from conveyor.errors import DeserializationError
 from conveyor.scheduling import store
@@ -34,6 +40,9 @@ from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITIES, Topology
+
+#: Seconds a message passed on to a job topic may take to be acknowledged.
+PASS_ON_TIMEOUT = 30.0
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -53,9 +62,17 @@ class IntakeStats:
     stored: int = 0
     """Messages stored (a redelivered one counts again; its row was already there)."""
     undecodable: int = 0
-    """Messages that did not decode; skipped."""
+    """Messages that could not be scheduled, passed on to a job topic for the worker."""
     retries: int = 0
     """Batches tried again after an outage."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PassOn:
+    """A message that cannot be scheduled, for a job topic as it is."""
+
+    topic: str
+    message: ConsumerRecord[Any, Any]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,6 +115,7 @@ class ScheduledIntake:
         self._session_timeout_ms = session_timeout_ms
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._consumer: AIOKafkaConsumer | None = None
+        self._republisher: Republisher | None = None
         self.stats = IntakeStats()
 
     async def start(self) -> None:
@@ -106,6 +124,9 @@ class ScheduledIntake:
         Raises:
             BrokerUnavailableError: The consumer could not start.
         """
+        self._republisher = Republisher(
+            self._settings, delivery_timeout=PASS_ON_TIMEOUT, linger_ms=1
+        )
         self._consumer = await start_group_consumer(
             self._settings,
             self._topology.scheduled_topic,
@@ -149,6 +170,9 @@ class ScheduledIntake:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
+        republisher, self._republisher = self._republisher, None
+        if republisher is not None:
+            await asyncio.to_thread(republisher.close)
 
     async def _commit(
         self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
@@ -163,22 +187,19 @@ class ScheduledIntake:
             # A rebalance took a partition: its next owner re-reads and finds the rows there.
             log.warning("commit of scheduled offsets deferred: %s", exc)
 
-    def _decode(self, tp: TopicPartition, message: ConsumerRecord[Any, Any]) -> _Row | None:
+    def _decode(self, tp: TopicPartition, message: ConsumerRecord[Any, Any]) -> _Row | _PassOn:
         try:
             envelope = self._serde.decode(JOB_ENVELOPE, tp.topic, message.value)
         except DeserializationError as exc:
-            self.stats.undecodable += 1
-            log.error(
-                "skipping undecodable scheduled message %s[%d]@%d: %s",
-                tp.topic,
-                tp.partition,
-                message.offset,
-                exc,
-            )
-            return None
+            return self._pass_on(tp, message, _FALLBACK_PRIORITY, str(exc))
         priority = envelope.get("priority")
         if priority not in PRIORITIES:
             priority = _FALLBACK_PRIORITY
+        problem = JobMessage.from_envelope(
+            envelope, topic=tp.topic, partition=tp.partition, offset=message.offset, headers={}
+        ).unstorable()
+        if problem is not None:
+            return self._pass_on(tp, message, str(priority), problem)
         due = envelope.get("not_before") or envelope.get("submitted_at")
         if not isinstance(due, dt.datetime):
             due = dt.datetime.now(dt.UTC)
@@ -192,6 +213,18 @@ class ScheduledIntake:
             headers=store.headers_json(message.headers),
         )
 
+    def _pass_on(
+        self, tp: TopicPartition, message: ConsumerRecord[Any, Any], priority: str, why: str
+    ) -> _PassOn:
+        self.stats.undecodable += 1
+        topic = self._topology.job_topic(priority)
+        log.error(
+            "scheduled message %s[%d]@%d cannot be scheduled (%s); passed on to %s, "
+            "where the worker dead-letters it",
+            tp.topic, tp.partition, message.offset, why, topic,
+        )  # fmt: skip
+        return _PassOn(topic, message)
+
     async def _store_batch(
         self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
     ) -> None:
@@ -199,9 +232,26 @@ class ScheduledIntake:
             lambda: [self._decode(tp, m) for tp, records in batch.items() for m in records]
         )
         rows: dict[str, _Row] = {}
+        passed: list[_PassOn] = []
         for row in decoded:
-            if row is not None:
+            if isinstance(row, _PassOn):
+                passed.append(row)
+            else:
                 rows.setdefault(str(row.job_id), row)
+        if passed:
+            assert self._republisher is not None
+            send = self._republisher.send
+            await asyncio.gather(
+                *(
+                    send(
+                        p.topic,
+                        value=p.message.value,
+                        key=p.message.key,
+                        headers=list(p.message.headers or ()),
+                    )
+                    for p in passed
+                )
+            )
         if rows:
             await self.store(list(rows.values()))
         self.stats.stored += len(rows)

@@ -178,11 +178,6 @@ async def test_unknown_schema_ids_are_dead_lettered_without_stalling_a_slow_regi
         await slow.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the fault harness, not fixed on any branch yet: a claim Postgres refuses "
-    "(a NUL in the job type) is retried forever and holds a concurrency slot",
-)
 @pytest.mark.timeout(300)
 async def test_a_job_type_postgres_refuses_is_dead_lettered_not_retried_forever(
     settings: Settings, schema_registry_url: str, db: asyncpg.Connection[Any], tmp_path: Path

@@ -211,3 +211,50 @@ async def test_a_job_cancelled_before_the_scheduler_stored_it_is_never_released(
     assert released == 0
     assert job_ids_on(live, topology.job_topic("normal"), 0) == collections.Counter()
     assert [t.state for t in status.history] == ["cancelled"]
+
+
+async def test_a_message_that_cannot_be_scheduled_is_dead_lettered_by_the_worker_not_skipped(
+    live: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """Garbage bytes and an envelope whose type holds a NUL (Postgres refuses it) on the
+    scheduled topic are passed on to a job topic, where the worker dead-letters each with
+    its reason; a good delayed job beside them still runs."""
+    from tests.faults import raw
+
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    ran: list[str] = []
+
+    @worker.handler("sched.ok")
+    async def ok(ctx: JobContext, payload: Any) -> None:
+        ran.append(ctx.job_id)
+
+    topic = Topology.from_settings(live).scheduled_topic
+    hostile = raw.envelope("bad\x00type", b"{}")
+    with Serde(live) as serde:
+        hostile_value = serde.encode(JOB_ENVELOPE, topic, hostile)
+    await asyncio.to_thread(
+        raw.produce,
+        live,
+        topic,
+        [
+            (b"k", b"\x00\x00\x00\x00\x07garbage", []),
+            (hostile["job_id"].encode(), hostile_value, raw.job_headers(hostile)),
+        ],
+    )
+    async with running(worker), AsyncProducer(live) as producer:
+        good = await producer.submit("sched.ok", {}, delay=0.5, wait=True)
+        await eventually(lambda: ran == [good], timeout=90, what="the good delayed job to run")
+
+        async def dead() -> dict[str | None, str]:
+            rows = await db.fetch(
+                f'SELECT original_job_id::text AS id, error_reason FROM "{live.database_schema}"'
+                ".job_dlq"
+            )
+            return {r["id"]: r["error_reason"] for r in rows}
+
+        await eventually(lambda: _has_two(dead), timeout=90, what="both in the DLQ")
+    assert await dead() == {None: "Deserialization", hostile["job_id"]: "Validation"}
+
+
+async def _has_two(dead: Any) -> bool:
+    return len(await dead()) == 2
