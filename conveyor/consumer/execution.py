@@ -3,7 +3,8 @@
 Every outcome is durable before the job's offset may be committed: a completion
 commits in the same transaction as the handler's ``ctx.db`` writes, and a lease epoch
 fences a worker that lost the job (``LeaseLostError``), so at most one completion of
-a job ever commits.
+a job ever commits. Failed and cancelled attempts are recorded by ``endings``; the
+handlers running here and the cancels aimed at them are kept by ``cancels``.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
-from opentelemetry import trace
 
 from conveyor.consumer import failures
+from conveyor.consumer.cancels import RunningJob, RunningJobs
 from conveyor.consumer.context import JobContext, JobTransaction
-from conveyor.consumer.failures import RetryPolicy
+from conveyor.consumer.endings import Endings
 from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec
 from conveyor.consumer.job import FINAL_STATES, JobMessage
+from conveyor.consumer.outcome import Outcome, WorkerStats
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.status import Lease, LeaseLostError, StatusStore, result_json
 from conveyor.consumer.unclaimed import CLAIM_AFTER, DeferredClaim, UnclaimedStore
@@ -42,51 +43,6 @@ log = logging.getLogger("conveyor.worker")
 HANDLER_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
     "conveyor_handler_done", default=None
 )
-
-#: How long a cancel for a job not (yet) running here is remembered, and how many.
-EARLY_CANCEL_TTL = 600.0
-EARLY_CANCEL_MAX = 10_000
-
-
-class Outcome(enum.Enum):
-    """How one delivery of a job ended."""
-
-    COMPLETED = "completed"
-    RETRIED = (
-        "retried"  # another attempt is scheduled (retry topic, or in place for ordering="key")
-    )
-    FAILED = "failed"  # dead-lettered: the DLQ has it and the job's state is failed
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"  # already final: a duplicate, or cancelled before it ran
-    FENCED = "fenced"  # another worker owns the job now; its outcome is that worker's
-
-
-@dataclasses.dataclass
-class WorkerStats:
-    """Counters of one worker process; they only grow (``max_*`` are high-water marks)."""
-
-    started: int = 0
-    completed: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    cancelled: int = 0
-    duplicates_skipped: int = 0
-    fenced: int = 0
-    undecodable: int = 0
-    unrecorded: int = 0  # outcomes that failed to be recorded and were tried again
-    rebalances: int = 0
-    max_in_flight: int = 0
-    max_buffered: int = 0
-
-
-@dataclasses.dataclass
-class _Running:
-    task: asyncio.Task[Any]
-    cancel_requested: bool = False
-    cancel_reason: str | None = None
-    lease_lost: bool = False
-    refused: bool = False  # its deferred claim was refused: the job ended elsewhere
 
 
 class JobRunner:
@@ -129,7 +85,6 @@ class JobRunner:
         self._unclaimed = unclaimed
         self._claim_after = claim_after
         self._sleep = sleep
-        self._publisher = publisher
         self._pool = pool
         self._registry = registry
         self._codec = codec
@@ -137,48 +92,21 @@ class JobRunner:
         self._metrics = metrics
         self._groups = consumer_groups
         self._lease_seconds = lease_seconds
-        self._running: dict[str, _Running] = {}
-        # Cancels that arrived before their job's handler started here (claim races them).
-        self._early_cancels: dict[str, float] = {}
-        self._early_reasons: dict[str, str | None] = {}  # their --reason, by job id
+        self._jobs = RunningJobs()
+        self._endings = Endings(status=status, publisher=publisher, stats=stats, metrics=metrics)
 
     def cancel(self, job_id: str, reason: str | None = None) -> bool:
         """Interrupts a running job (a cancel command); True if it runs here.
 
-        A cancel for a job that is not running here is remembered for a while, so a job
-        whose handler starts just after the command arrived is still interrupted.
+        A cancel for a job that is not running here is remembered for a while
+        (``cancels.EARLY_CANCEL_TTL``), so a job whose handler starts just after the
+        command arrived is still interrupted.
 
         Args:
             job_id: The job to interrupt.
             reason: Why (``conveyor cancel --reason``), kept in the job's history.
         """
-        running = self._running.get(job_id)
-        if running is None:
-            now = time.monotonic()
-            if len(self._early_cancels) >= EARLY_CANCEL_MAX:
-                self._early_cancels = {
-                    j: t for j, t in self._early_cancels.items() if now - t < EARLY_CANCEL_TTL
-                }
-                self._early_reasons = {
-                    j: r for j, r in self._early_reasons.items() if j in self._early_cancels
-                }
-            if len(self._early_cancels) < EARLY_CANCEL_MAX:
-                self._early_cancels[job_id] = now
-                self._early_reasons[job_id] = reason
-            return False
-        running.cancel_requested = True
-        running.cancel_reason = reason
-        running.task.cancel()
-        return True
-
-    def _take_early_cancel(self, job_id: str) -> bool:
-        """Whether a cancel for ``job_id`` arrived before it ran here, within the TTL.
-
-        A stale one (older than ``EARLY_CANCEL_TTL``) is dropped, never applied: the same
-        job id may come back days later, replayed from the DLQ.
-        """
-        requested = self._early_cancels.pop(job_id, None)
-        return requested is not None and time.monotonic() - requested < EARLY_CANCEL_TTL
+        return self._jobs.cancel(job_id, reason)
 
     async def run(self, job: JobMessage, *, lost: asyncio.Event | None = None) -> Outcome:
         """Runs one delivered job to a durable outcome.
@@ -285,11 +213,11 @@ class JobRunner:
             job = dataclasses.replace(job, attempt=claim.attempt)
         if claim.cancel_requested:
             self._started(job)
-            return await self._record_cancel(job, claim), None, 0.0
+            return await self._endings.cancelled(job, claim), None, 0.0
         if spec is None:
             self._started(job)
             error = LookupError(f"no handler is registered for job type {job.type!r}")
-            return await self._failed(job, claim, None, error, failures.HANDLER_MISSING)
+            return await self._endings.failed(job, claim, None, error, failures.HANDLER_MISSING)
         return await self._start(job, claim, spec)
 
     def _started(self, job: JobMessage) -> None:
@@ -336,7 +264,7 @@ class JobRunner:
             # fault yet, so retried through the ladder and dead-lettered only when the
             # attempts run out.
             reason = None if isinstance(exc, UnknownSchemaError) else failures.VALIDATION
-            return await self._failed(job, lease, spec, exc, reason)
+            return await self._endings.failed(job, lease, spec, exc, reason)
         if claim is None:
             return await self._call_unclaimed(job, DeferredClaim(self._status, job), spec, payload)
         return await self._call(job, claim, spec, payload)
@@ -362,11 +290,7 @@ class JobRunner:
             self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
             name=f"job-{job.job_id}",
         )
-        running = _Running(task)
-        self._running[job.job_id] = running
-        reason = self._early_reasons.pop(job.job_id, None)
-        if self._take_early_cancel(job.job_id):
-            self.cancel(job.job_id, reason)
+        running = self._jobs.start(job.job_id, task)
         heartbeat = (
             asyncio.create_task(self._heartbeat(lease, running))
             if spec.duration == "long"
@@ -383,13 +307,13 @@ class JobRunner:
                 self._stats.fenced += 1
                 return Outcome.FENCED, None, 0.0
             if running.cancel_requested:
-                return await self._record_cancel(job, lease, running.cancel_reason), None, 0.0
+                return await self._endings.cancelled(job, lease, running.cancel_reason), None, 0.0
             raise
         except Exception as exc:
             await transaction.finish(commit=False)
-            return await self._failed(job, lease, spec, exc, None)
+            return await self._endings.failed(job, lease, spec, exc, None)
         finally:
-            self._running.pop(job.job_id, None)
+            self._jobs.finish(job.job_id)
             if heartbeat is not None:
                 await _stop(heartbeat)
         return await self._complete(job, lease, spec, transaction, result)
@@ -413,14 +337,10 @@ class JobRunner:
             self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
             name=f"job-{job.job_id}",
         )
-        running = _Running(task)
-        self._running[job.job_id] = running
-        reason = self._early_reasons.pop(job.job_id, None)
-        if self._take_early_cancel(job.job_id):
-            self.cancel(job.job_id, reason)
+        running = self._jobs.start(job.job_id, task)
         # A claim refused (the job was cancelled while it ran unclaimed, or ended
         # elsewhere) interrupts the handler: its outcome could not be recorded.
-        deferred.when_refused(lambda: _interrupt(running))
+        deferred.when_refused(running.refuse)
         timer = asyncio.get_running_loop().call_later(self._claim_after, deferred.start)
         try:
             result = await task
@@ -434,16 +354,16 @@ class JobRunner:
             lease = await deferred.settled()
             if isinstance(lease, str):
                 return self._skipped(job, lease), None, 0.0
-            return await self._record_cancel(job, lease, running.cancel_reason), None, 0.0
+            return await self._endings.cancelled(job, lease, running.cancel_reason), None, 0.0
         except Exception as exc:
             await transaction.finish(commit=False)
             lease = await deferred.settled()
             if isinstance(lease, str):
                 return self._skipped(job, lease), None, 0.0
-            return await self._failed(job, lease, spec, exc, None)
+            return await self._endings.failed(job, lease, spec, exc, None)
         finally:
             timer.cancel()
-            self._running.pop(job.job_id, None)
+            self._jobs.finish(job.job_id)
         ran = time.perf_counter() - started
         if not deferred.started:
             # The handler is done; its concurrency slot can run another while the
@@ -520,7 +440,7 @@ class JobRunner:
             return Outcome.FENCED, None, 0.0
         except TypeError as exc:  # the result is not JSON-serialisable
             await transaction.finish(commit=False)
-            return await self._failed(job, lease, spec, exc, None)
+            return await self._endings.failed(job, lease, spec, exc, None)
         except BaseException:
             await transaction.finish(commit=False)
             raise
@@ -529,76 +449,7 @@ class JobRunner:
         self._metrics.series(job.type, job.priority).completed.inc()
         return Outcome.COMPLETED, None, 0.0
 
-    async def _failed(
-        self,
-        job: JobMessage,
-        lease: Lease,
-        spec: HandlerSpec | None,
-        exc: BaseException,
-        reason: str | None,
-    ) -> tuple[Outcome, JobMessage | None, float]:
-        """Retries the job or dead-letters it; the next message is acked before the state moves."""
-        latest = failures.attempt_error(exc, job.attempt)
-        errors = failures.history_with(job.errors, latest)
-        policy = spec.retry if spec is not None and isinstance(spec.retry, RetryPolicy) else None
-        limit = job.max_attempts or (
-            spec.max_attempts if spec else failures.DEFAULT_POLICY.max_attempts
-        )
-        verdict = failures.classify(exc, attempt=job.attempt, max_attempts=limit, reason=reason)
-        log.warning("job %s attempt %d failed: %r", job.job_id, job.attempt, exc)
-        span = trace.get_current_span()
-        span.record_exception(exc)
-        span.set_status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
-        labels = self._metrics.labels(job.type, job.priority)
-        try:
-            if verdict.retry:
-                delay = (policy or failures.DEFAULT_POLICY).delay(job.attempt)
-                if spec is not None and spec.ordering == "key":
-                    # Retry in place: only this key's mailbox waits out the backoff.
-                    await self._status.retry(lease, failures.error_json(latest))
-                    self._stats.retried += 1
-                    self._metrics.retried.labels(*labels).inc()
-                    again = dataclasses.replace(job, attempt=job.attempt + 1, errors=errors)
-                    return Outcome.RETRIED, again, delay
-                # Published only while the lease is provably held (the job's row locked),
-                # so a worker that lost the job cannot fork its chain.
-                await self._status.retry_after(
-                    lease,
-                    failures.error_json(latest),
-                    lambda: self._publisher.retry(job, errors, delay),
-                )
-                self._stats.retried += 1
-                self._metrics.retried.labels(*labels).inc()
-                return Outcome.RETRIED, None, 0.0
-            assert verdict.reason is not None
-            reason = verdict.reason
-            await self._status.fail_after(
-                lease,
-                failures.error_json(latest, reason),
-                lambda: self._publisher.dead(job, errors, reason),
-            )
-        except LeaseLostError:
-            self._stats.fenced += 1
-            return Outcome.FENCED, None, 0.0
-        self._stats.failed += 1
-        self._stats.dead_lettered += 1
-        self._metrics.failed.labels(*labels, verdict.reason).inc()
-        self._metrics.dead_lettered.labels(job.priority).inc()
-        return Outcome.FAILED, None, 0.0
-
-    async def _record_cancel(
-        self, job: JobMessage, lease: Lease, reason: str | None = None
-    ) -> Outcome:
-        try:
-            await self._status.cancelled(lease, reason or "cancel requested")
-        except LeaseLostError:
-            self._stats.fenced += 1
-            return Outcome.FENCED
-        self._stats.cancelled += 1
-        self._metrics.cancelled.labels(*self._metrics.labels(job.type, job.priority)).inc()
-        return Outcome.CANCELLED
-
-    async def _heartbeat(self, lease: Lease, running: _Running) -> None:
+    async def _heartbeat(self, lease: Lease, running: RunningJob) -> None:
         while True:
             await asyncio.sleep(self._lease_seconds / 3)
             try:
@@ -614,11 +465,6 @@ class JobRunner:
                 running.lease_lost = True
                 running.task.cancel()
                 return
-
-
-def _interrupt(running: _Running) -> None:
-    running.refused = True
-    running.task.cancel()
 
 
 def _may_run_unclaimed(spec: HandlerSpec | None) -> bool:

@@ -22,9 +22,10 @@ from collections.abc import Mapping
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from conveyor.consumer.execution import JobRunner, WorkerStats
+from conveyor.consumer.execution import JobRunner
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.mailbox import Entry
+from conveyor.consumer.outcome import WorkerStats
 from conveyor.errors import DatabaseUnavailableError
 
 log = logging.getLogger("conveyor.worker")

@@ -24,12 +24,13 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from conveyor.consumer import failures
 from conveyor.consumer.decoding import RegistryWaits
-from conveyor.consumer.execution import HANDLER_DONE, JobRunner, WorkerStats
+from conveyor.consumer.execution import HANDLER_DONE, JobRunner
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.kafka import aiokafka_security, consumer_lag
 from conveyor.consumer.mailbox import Entry, Mailboxes
 from conveyor.consumer.offsets import OffsetTracker
 from conveyor.consumer.options import WorkerOptions
+from conveyor.consumer.outcome import WorkerStats
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.recording import Recording
 from conveyor.consumer.scheduler import WeightedScheduler

@@ -17,11 +17,12 @@ from conveyor import db, dlq
 from conveyor.consumer import preflight, unclaimed
 from conveyor.consumer.control import ControlListener, run_until_cancelled
 from conveyor.consumer.dlq_sink import DlqSink
-from conveyor.consumer.execution import JobRunner, WorkerStats
+from conveyor.consumer.execution import JobRunner
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import DEFAULT_MAX_ATTEMPTS, Handler, HandlerRegistry, HandlerSpec
 from conveyor.consumer.heartbeat import Heartbeat
 from conveyor.consumer.options import DEFAULT_CONCURRENCY, WorkerOptions
+from conveyor.consumer.outcome import WorkerStats
 from conveyor.consumer.probes import WorkerProbes
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.relay import RelayOptions, RetryRelay

@@ -63,23 +63,26 @@ def test_attempt_errors_carry_type_message_and_traceback() -> None:
 def test_a_stale_early_cancel_is_dropped_not_applied(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cancel for a job not running here is remembered for EARLY_CANCEL_TTL only: the
     same id arriving later (a DLQ replay days after) is not cancelled by it."""
-    from typing import Any, cast
+    from unittest import mock
 
-    from conveyor.consumer import execution
+    from conveyor.consumer import cancels
 
     now = [1000.0]
-    monkeypatch.setattr("conveyor.consumer.execution.time.monotonic", lambda: now[0])
-    runner = execution.JobRunner(
-        status=cast(Any, None), pool=cast(Any, None), registry=cast(Any, None),
-        codec=cast(Any, None), stats=execution.WorkerStats(), metrics=cast(Any, None),
-        consumer_groups={}, lease_seconds=30.0, publisher=cast(Any, None),
-    )  # fmt: skip
-    assert runner.cancel("fresh") is False  # not running here: remembered
-    assert runner.cancel("stale") is False
-    assert runner._take_early_cancel("fresh") is True
-    now[0] += execution.EARLY_CANCEL_TTL + 1
-    assert runner._take_early_cancel("stale") is False
-    assert runner._take_early_cancel("fresh") is False  # taken once
+    monkeypatch.setattr("conveyor.consumer.cancels.time.monotonic", lambda: now[0])
+    jobs = cancels.RunningJobs()
+    assert jobs.cancel("fresh", "why") is False  # not running here: remembered
+    assert jobs.cancel("stale") is False
+    fresh_task, stale_task = mock.Mock(), mock.Mock()
+    fresh = jobs.start("fresh", fresh_task)
+    assert (fresh.cancel_requested, fresh.cancel_reason) == (True, "why")
+    fresh_task.cancel.assert_called_once_with()
+    now[0] += cancels.EARLY_CANCEL_TTL + 1
+    stale = jobs.start("stale", stale_task)
+    assert stale.cancel_requested is False
+    stale_task.cancel.assert_not_called()
+    jobs.finish("fresh")
+    again = jobs.start("fresh", mock.Mock())  # taken once
+    assert again.cancel_requested is False
 
 
 def test_an_error_with_nul_and_huge_text_is_cleaned_for_postgres_and_the_broker() -> None:
