@@ -15,7 +15,8 @@ steps, the first two on one workspace, the third on a fresh one:
    worker's ledger has recorded a job on a topic the worker does not serve.
 
 Visible means the bench has been told: it LISTENs on the channel the ``jobs`` insert
-trigger notifies at commit, and takes the first notification of each job id. The
+trigger notifies at commit (one notification per statement names up to 200 job ids),
+and takes the first notification of each job id. The
 submit time is taken just before ``Producer.submit`` in the same process and clock, so
 the figure includes the producer's linger, the broker, the ledger's fetch and statement,
 the commit and the notification; ``submit_to_statement`` splits off the part before the
@@ -135,8 +136,11 @@ async def _offer(
     sizes = ctx.sizes
     seen: dict[str, float] = {}
 
-    def on_notify(_conn: Any, _pid: int, _channel: str, job_id: object) -> None:
-        seen.setdefault(str(job_id), time.monotonic())
+    def on_notify(_conn: Any, _pid: int, _channel: str, job_ids: object) -> None:
+        # One notification per statement names up to 200 job ids, joined by commas.
+        now = time.monotonic()
+        for job_id in str(job_ids).split(","):
+            seen.setdefault(job_id, now)
 
     listener = await jobs.connect(settings)
     channel = progress_channel(settings.database_schema)

@@ -28,7 +28,7 @@ from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec
 from conveyor.consumer.job import FINAL_STATES, JobMessage
 from conveyor.consumer.outcome import Outcome, WorkerStats
 from conveyor.consumer.publisher import FailurePublisher
-from conveyor.consumer.status import Lease, LeaseLostError, StatusStore, result_json
+from conveyor.consumer.status import HELD, Lease, LeaseLostError, StatusStore, result_json
 from conveyor.consumer.unclaimed import CLAIM_AFTER, DeferredClaim, UnclaimedStore
 from conveyor.errors import ContractError, Problem, UnknownSchemaError, ValidationError
 from conveyor.observability import logs, tracing
@@ -43,6 +43,10 @@ log = logging.getLogger("conveyor.worker")
 HANDLER_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
     "conveyor_handler_done", default=None
 )
+
+
+#: How often a delivery of a long job that another worker runs asks whether it ended.
+HELD_POLL = 2.0
 
 
 class JobRunner:
@@ -113,6 +117,9 @@ class JobRunner:
 
         A job whose handler has ``ordering="key"`` retries in place: it waits out the
         backoff here, holding only its key's mailbox, and runs again with the next attempt.
+        A long job that another worker still runs under a live lease (its partition moved
+        in a rebalance) waits here too, asking every ``HELD_POLL`` seconds, until it
+        ended there (this delivery is then a duplicate) or its lease lapsed (taken over).
 
         Args:
             job: The delivery.
@@ -206,6 +213,12 @@ class JobRunner:
             # replay from the DLQ requeues the row in a transaction that commits only
             # after its message is out, so "failed" may be read for a job about to run.
         claim = await self._status.claim(job, in_place=spec is not None and spec.ordering == "key")
+        if claim == HELD:
+            # A long job still running on the worker that had its partition before a
+            # rebalance: wait for it to end there (then this delivery is a duplicate) or
+            # for its lease to lapse (that worker died: then this one takes it over).
+            log.debug("job %s runs on another worker; waiting for it to end", job.job_id)
+            return Outcome.SKIPPED, job, min(self._lease_seconds / 3, HELD_POLL)
         if isinstance(claim, str):
             return self._skipped(job, claim), None, 0.0
         if claim.attempt != job.attempt:

@@ -60,6 +60,14 @@ WITH input AS (
         -- An older attempt read again (a later one is queued in a retry topic, or runs)
         -- is a duplicate: attempts never go backwards.
         AND (EXCLUDED.attempts >= j.attempts OR EXCLUDED.job_id = ANY($13::uuid[]))
+        -- A long job ($14) another worker runs under a live lease (it heartbeats) is left
+        -- to it: the partition moved in a rebalance, not the job. Taking it over would
+        -- restart it from the beginning on every rebalance.
+        AND NOT (
+            EXCLUDED.job_id = ANY($14::uuid[]) AND j.state = 'processing'
+            AND j.lease_owner IS DISTINCT FROM EXCLUDED.lease_owner
+            AND j.lease_expires_at > now()
+        )
     RETURNING j.job_id, j.lease_epoch, j.attempts, (j.xmax = 0) AS inserted,
         (j.cancel_requested_at IS NOT NULL) AS cancel_requested
 ), history AS (
@@ -89,8 +97,14 @@ message's. One row per job claimed: its new ``lease_epoch``, ``attempts`` and
 ``STATES``).
 """
 
-STATES = "SELECT job_id, state FROM jobs WHERE job_id = ANY($1::uuid[])"
-"""The state of each job of $1 (uuid[]) that has a row.
+STATES = """
+SELECT job_id, state,
+    (state = 'processing' AND lease_owner IS DISTINCT FROM $2 AND lease_expires_at > now())
+        AS held
+FROM jobs WHERE job_id = ANY($1::uuid[])
+"""
+"""The state of each job of $1 (uuid[]) that has a row, and whether a worker other than
+$2 (text) holds it under a live lease.
 
 Run after ``CLAIM_MANY`` as a statement of its own: a cancel that committed while the
 claim waited for its row lock is newer than the claim's snapshot, and only a new

@@ -49,6 +49,9 @@ from conveyor.errors import (
 
 DEFAULT_LEASE_SECONDS = 30.0
 
+HELD = "held"
+"""What ``StatusStore.claim`` returns for a long job another worker runs under a live lease."""
+
 R = TypeVar("R")
 
 AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
@@ -218,7 +221,10 @@ class StatusStore:
             The new lease; or the job's state when it is not claimed: ``complete``,
             ``failed`` or ``cancelled`` when it ended, ``queued`` or ``processing`` when
             this delivery is an attempt older than the row's (a later one is queued in a
-            retry topic, or runs). The worker skips the job.
+            retry topic, or runs). The worker skips the job. For a long job
+            (``duration="long"``) that another worker runs under a live lease, ``HELD``:
+            it is left to that worker, and this delivery waits for it to end (or for the
+            lease to lapse, when that worker died) instead of restarting it.
 
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.
@@ -238,15 +244,15 @@ class StatusStore:
                         self.worker_id,
                         self.lease_seconds,
                         [job.job_id for job, in_place in items if in_place],
+                        [job.job_id for job in jobs if job.duration == "long"],
                     )
                     by_id = {str(row["job_id"]): row for row in rows}
                     missed = [job.job_id for job in jobs if _canonical(job.job_id) not in by_id]
                     # A new statement, so a new snapshot: a cancel that committed while the
                     # claim waited for the row is read as it is, not as it was.
                     states = (
-                        {str(r["job_id"]): str(r["state"]) for r in await conn.fetch(
-                            queries.STATES, missed
-                        )}
+                        {str(r["job_id"]): HELD if r["held"] else str(r["state"])
+                         for r in await conn.fetch(queries.STATES, missed, self.worker_id)}
                         if missed
                         else {}
                     )  # fmt: skip
@@ -261,6 +267,8 @@ class StatusStore:
             row = by_id.get(canonical)
             if row is None:
                 state = states.get(canonical)
+                if state == HELD and job.duration != "long":
+                    state = "processing"  # an older attempt: a later one runs elsewhere
                 claimed.append(
                     state
                     if state is not None

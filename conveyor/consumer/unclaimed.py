@@ -145,7 +145,7 @@ class UnclaimedStore:
                     )
                     written = {str(row["job_id"]) for row in done}
                     missed = [job.job_id for job in jobs if _canonical(job.job_id) not in written]
-                    rows = await conn.fetch(queries.STATES, missed) if missed else []
+                    rows = await conn.fetch(queries.STATES, missed, None) if missed else []
         except asyncpg.PostgresError:
             if len(items) == 1:
                 raise
