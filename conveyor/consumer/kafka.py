@@ -91,16 +91,27 @@ async def consumer_lag(consumer: AIOKafkaConsumer, partitions: Collection[TopicP
     A partition the group never committed counts from its beginning offset, where a new
     group with ``auto_offset_reset="earliest"`` starts reading.
     """
+    return sum(
+        max(0, end - committed)
+        for end, committed in (await positions(consumer, partitions)).values()
+    )
+
+
+async def positions(
+    consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]
+) -> dict[TopicPartition, tuple[int, int]]:
+    """Each partition's end offset and the group's committed offset (its beginning offset
+    when the group never committed there)."""
     if not partitions:
-        return 0
+        return {}
     ends = await consumer.end_offsets(list(partitions))
     starts: dict[TopicPartition, int] | None = None
-    lag = 0
+    found: dict[TopicPartition, tuple[int, int]] = {}
     for tp in partitions:
         committed = await consumer.committed(tp)
         if committed is None:
             if starts is None:
                 starts = await consumer.beginning_offsets(list(partitions))
             committed = starts[tp]
-        lag += max(0, ends[tp] - committed)
-    return lag
+        found[tp] = (ends[tp], committed)
+    return found

@@ -114,6 +114,11 @@ class PartitionOffsets:
         """How many tracked offsets are not finished."""
         return len(self._unfinished)
 
+    @property
+    def next_to_read(self) -> int | None:
+        """The offset after the last one tracked, or None before the first."""
+        return None if self._last_tracked is None else self._last_tracked + 1
+
     def _first_unfinished(self) -> int | None:
         if self._unfinished:
             return next(iter(self._unfinished))
@@ -195,6 +200,16 @@ class OffsetTracker:
         """How many tracked offsets of ``tp`` are not finished (0 for an unknown partition)."""
         partition = self._partitions.get(tp)
         return 0 if partition is None else partition.in_flight
+
+    def backlog(self, tp: Hashable, end: int, committed: int) -> int:
+        """Jobs of ``tp`` not finished: those not read yet (up to ``end``) plus those read
+        and unfinished. Unlike Kafka's lag (``end - committed``) it leaves out finished
+        jobs that wait behind an unfinished one for the commit point to pass them."""
+        partition = self._partitions.get(tp)
+        read_to = None if partition is None else partition.next_to_read
+        if partition is None or read_to is None:
+            return max(0, end - committed)
+        return max(0, end - read_to) + partition.in_flight
 
     def forget(self, tp: Hashable) -> None:
         """Drops the state of ``tp`` (on revoke); forgetting an unknown partition is a no-op."""

@@ -26,7 +26,7 @@ from conveyor.consumer import failures
 from conveyor.consumer.decoding import RegistryWaits
 from conveyor.consumer.execution import HANDLER_DONE, JobRunner
 from conveyor.consumer.job import JobMessage
-from conveyor.consumer.kafka import aiokafka_security, consumer_lag
+from conveyor.consumer.kafka import aiokafka_security, positions
 from conveyor.consumer.mailbox import Entry, Mailboxes
 from conveyor.consumer.offsets import OffsetTracker
 from conveyor.consumer.options import WorkerOptions
@@ -159,17 +159,21 @@ class ConsumerLoop:
         return not any(task.done() for task in self._loops)
 
     async def _measure_lag(self) -> None:
-        """Sets the queue-depth gauge of each priority every ``metrics_interval`` seconds."""
+        """Sets the queue-depth (Kafka's lag) and backlog (jobs not finished) gauges of each
+        priority every ``metrics_interval`` seconds."""
         while True:
             for priority, consumer in self._consumers.items():
                 topic = self._topology.job_topic(priority)
                 owned = [tp for tp in self._owned if tp.topic == topic]
                 try:
-                    lag = await consumer_lag(consumer, owned)
+                    found = await positions(consumer, owned)
                 except (KafkaError, KeyError) as exc:  # a rebalance or an outage: next round
                     log.debug("lag of %s not measured: %s", topic, exc)
                     continue
+                lag = sum(max(0, end - committed) for end, committed in found.values())
+                backlog = sum(self._offsets.backlog(tp, *at) for tp, at in found.items())
                 self._metrics.queue_depth.labels(priority).set(lag)
+                self._metrics.backlog.labels(priority).set(backlog)
             await asyncio.sleep(self._options.metrics_interval)
 
     async def start(self) -> None:

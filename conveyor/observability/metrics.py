@@ -107,6 +107,13 @@ class WorkerMetrics:
             ("priority",),
             registry=r,
         )
+        self.backlog = Gauge(
+            "conveyor_backlog",
+            "Jobs of this worker's partitions not finished: not read yet, or read and "
+            "unfinished. Unlike the lag, finished jobs behind a long one are not counted.",
+            ("priority",),
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
             "conveyor_assigned_partitions",
             "Job topic partitions this worker holds.",

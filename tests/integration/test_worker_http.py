@@ -134,9 +134,14 @@ async def test_metrics_count_a_known_workload_exactly(live: Settings, on_kafka: 
         async def backlog_held() -> bool:
             s = await scrape(worker)
             depth = value(s, "conveyor_queue_depth", priority="normal")
-            return depth == expected if on_kafka else depth >= expected
+            # The backlog counts only the three gated jobs: not the finished ones behind
+            # them that the lag still counts (issue 14, defect 7).
+            backlog = value(s, "conveyor_backlog", priority="normal")
+            return backlog == 3 and (depth == expected if on_kafka else depth >= expected)
 
-        await eventually(backlog_held, what=f"the gated jobs counted as lag ({expected})")
+        await eventually(
+            backlog_held, what=f"the gated jobs counted as lag ({expected}) and backlog (3)"
+        )
         held = await scrape(worker)
         assert value(held, "conveyor_jobs_in_flight", priority="normal") == 1
         gate.set()
@@ -145,6 +150,7 @@ async def test_metrics_count_a_known_workload_exactly(live: Settings, on_kafka: 
             s = await scrape(worker)
             return (
                 value(s, "conveyor_queue_depth", priority="normal") == 0
+                and value(s, "conveyor_backlog", priority="normal") == 0
                 and value(s, "conveyor_dlq_pending") == 4
                 and value(s, "conveyor_jobs_completed_total", type="gate.job", priority="normal")
                 == 3

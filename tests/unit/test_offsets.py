@@ -238,3 +238,16 @@ def test_tracker_rejects_finishing_in_an_unknown_partition() -> None:
     tracker = OffsetTracker()
     with pytest.raises(ValueError, match="not tracked"):
         tracker.finish(0, 1)
+
+
+def test_the_backlog_counts_unread_and_unfinished_jobs_not_finished_ones_behind() -> None:
+    """Kafka's lag (end - committed) counts finished jobs that wait behind a long one for
+    the commit point; the backlog counts only the jobs left to do (issue 14, defect 7)."""
+    tracker = OffsetTracker()
+    for offset in range(10, 20):
+        tracker.track("p", offset)
+    for offset in range(11, 20):
+        tracker.finish("p", offset)  # all but the long job at 10
+    # 25 records in the partition (end 25), the group committed 10: the lag is 15.
+    assert tracker.backlog("p", 25, 10) == 5 + 1  # 20..24 unread, and 10 unfinished
+    assert tracker.backlog("unread", 25, 10) == 15  # nothing read there yet: the lag
