@@ -117,8 +117,9 @@ def _canonical(job_id: str) -> str:
     return str(uuid.UUID(job_id))
 
 
-def _claim_args(job: JobMessage) -> tuple[Any, ...]:
-    """One job's values for ``CLAIM_MANY``'s arrays $1..$10."""
+def claim_args(job: JobMessage) -> tuple[Any, ...]:
+    """One job's values for the arrays $1..$10 of ``CLAIM_MANY`` (and of the unclaimed
+    completion, which writes the same columns)."""
     return (
         job.job_id,
         job.type,
@@ -133,7 +134,7 @@ def _claim_args(job: JobMessage) -> tuple[Any, ...]:
     )
 
 
-async def _outcome(batch: Awaitable[list[R | Exception]]) -> R | Exception:
+async def outcome_of_one(batch: Awaitable[list[R | Exception]]) -> R | Exception:
     """The one result of a batch of one, or the exception it raised."""
     try:
         [result] = await batch
@@ -240,7 +241,7 @@ class StatusStore:
                 async with self._pool.acquire() as conn:
                     rows = await conn.fetch(
                         queries.CLAIM_MANY,
-                        *(list(column) for column in zip(*map(_claim_args, jobs), strict=True)),
+                        *(list(column) for column in zip(*map(claim_args, jobs), strict=True)),
                         self.worker_id,
                         self.lease_seconds,
                         [job.job_id for job, in_place in items if in_place],
@@ -260,7 +261,7 @@ class StatusStore:
             if len(items) == 1:
                 raise
             # One job's data was refused: claim each alone, so only that one fails.
-            return [await _outcome(self._claim_many([item])) for item in items]
+            return [await outcome_of_one(self._claim_many([item])) for item in items]
         claimed: list[Lease | str | Exception] = []
         for job in jobs:
             canonical = _canonical(job.job_id)
@@ -315,7 +316,7 @@ class StatusStore:
             if len(items) == 1:
                 raise
             # One job's result was refused: complete each alone, so only that one fails.
-            return [await _outcome(self._complete_many([item])) for item in items]
+            return [await outcome_of_one(self._complete_many([item])) for item in items]
         completed = {str(row["job_id"]) for row in done}
         return [_canonical(lease.job_id) in completed for lease in leases]
 
@@ -489,7 +490,9 @@ __all__ = [
     "Lease",
     "LeaseLostError",
     "StatusStore",
+    "claim_args",
     "error_json",
+    "outcome_of_one",
     "progress_channel",
     "result_json",
 ]

@@ -31,7 +31,7 @@ import asyncpg
 from conveyor.consumer import queries
 from conveyor.consumer.batching import Coalescer
 from conveyor.consumer.job import JobMessage
-from conveyor.consumer.status import Lease, StatusStore
+from conveyor.consumer.status import Lease, StatusStore, claim_args, outcome_of_one
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
 
@@ -139,7 +139,7 @@ class UnclaimedStore:
                 async with self._pool.acquire() as conn:
                     done = await conn.fetch(
                         queries.COMPLETE_UNCLAIMED_MANY,
-                        *(list(column) for column in zip(*map(_claim_args, jobs), strict=True)),
+                        *(list(column) for column in zip(*map(claim_args, jobs), strict=True)),
                         [item.ran_seconds for item in items],
                         [item.result for item in items],
                     )
@@ -150,35 +150,12 @@ class UnclaimedStore:
             if len(items) == 1:
                 raise
             # One job's result was refused: complete each alone, so only that one fails.
-            return [await _alone(self._complete_many([item])) for item in items]
+            return [await outcome_of_one(self._complete_many([item])) for item in items]
         states = {str(row["job_id"]): str(row["state"]) for row in rows}
         return [
             None if _canonical(job.job_id) in written else states.get(_canonical(job.job_id), "")
             for job in jobs
         ]
-
-
-async def _alone(batch: Any) -> Any:
-    try:
-        [result] = await batch
-    except Exception as exc:
-        return exc
-    return result
-
-
-def _claim_args(job: JobMessage) -> tuple[Any, ...]:
-    return (
-        job.job_id,
-        job.type,
-        job.key,
-        job.tenant_id,
-        job.priority,
-        job.batch_id,
-        job.dedupe_key,
-        job.max_attempts,
-        job.submitted_at,
-        job.attempt,
-    )
 
 
 class NotClaimedError(ConveyorError):
