@@ -29,6 +29,9 @@ async def test_a_fenced_worker_publishes_neither_a_retry_nor_a_dead_letter(
 
     @worker.handler("taken.over")
     async def taken_over(ctx: JobContext, payload: Any) -> None:
+        # A short job runs unclaimed until it reports progress, touches ctx.db or runs
+        # past 50 ms: this claims it here, so there is a lease for the new owner to take.
+        await ctx.report_progress(1, "started")
         await db.execute(
             f"UPDATE {schema}.jobs SET lease_owner = 'the-new-owner', "
             "lease_epoch = lease_epoch + 1 WHERE job_id = $1",
