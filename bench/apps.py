@@ -12,7 +12,7 @@ from ``BENCH_*`` variables:
 - ``BENCH_COMPANIONS``: ``1`` to also run the retry relay, the DLQ sink and the purge
   schedule beside the jobs; ``0`` (default) leaves them out, as the throughput figures
   are about the job path.
-- ``BENCH_LEDGER``: ``1`` (default) runs the ledger beside the jobs, as a worker does by
+- ``BENCH_LEDGER``: ``1`` (default) runs the ledger (in its child process), as a worker does by
   default, so every figure includes its cost (its queued rows, and claims that update
   them); ``0`` turns it off, to measure that cost.
 

@@ -203,7 +203,8 @@ def _latency(s: dict[str, Any]) -> str:
         if "skipped" in figures:
             rows.append([name, f"skipped: {figures['skipped']}", *[""] * 7])
             continue
-        for step in figures["steps"]:
+        lone = [{**figures["lone"], "rate": "one at a time, idle"}] if "lone" in figures else []
+        for step in lone + figures["steps"]:
             start, done = step["submit_to_start"], step["submit_to_complete"]
             rows.append(
                 [
@@ -225,7 +226,9 @@ def _latency(s: dict[str, Any]) -> str:
         f"## {_TITLES['latency']}\n\n"
         f"No-op jobs submitted one by one for {p['seconds_per_rate']:.0f} s at each rate (the"
         f" fixed rates{half}) to a running worker; times from submit to the handler's start"
-        " and to the recorded completion.\n\n" + _table(header, rows)
+        ' and to the recorded completion. First, "one at a time, idle":'
+        f" {p.get('lone_jobs', 0)} jobs, each submitted {p.get('lone_gap_s', 0):g} s after"
+        " the one before finished, to a worker with nothing else to do.\n\n" + _table(header, rows)
     )
 
 
@@ -410,6 +413,11 @@ def _summary(scenarios: dict[str, Any]) -> str:
         lines.append(_throughput_summary(tp))
     lat = scenarios.get("latency", {}).get("contenders", {})
     for name, figures in lat.items():
+        if "lone" in figures:
+            lines.append(
+                f"- A lone job on an idle {name} worker: submit-to-start p50/p95/p99"
+                f" {_ms(figures['lone']['submit_to_start'])} ms."
+            )
         for step in figures.get("steps", []):
             a, b = step["submit_to_start"], step["submit_to_complete"]
             lines.append(

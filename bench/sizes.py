@@ -20,6 +20,9 @@ class Sizes:
         latency_rates: Fixed submit rates (jobs/s); 50% of conveyor's measured maximum
             is added when the throughput scenario ran first.
         latency_seconds: How long each rate is offered.
+        lone_jobs: Jobs submitted one at a time to an idle worker, each after the one
+            before finished and ``lone_gap_s`` passed.
+        lone_gap_s: The idle time before each of those jobs.
         priority_backlog: Jobs preloaded in each of the four priorities.
         priority_handler_ms: What the priority scenario's handler awaits.
         priority_concurrency: The worker's (limited) concurrency there.
@@ -50,6 +53,8 @@ class Sizes:
     throughput_concurrency: int = 32
     latency_rates: tuple[float, ...] = (1000.0,)
     latency_seconds: float
+    lone_jobs: int = 50
+    lone_gap_s: float = 0.3
     priority_backlog: int
     priority_handler_ms: float = 2.0
     priority_concurrency: int = 8
@@ -92,6 +97,8 @@ QUICK = Sizes(
     throughput_keys=1_000,
     latency_rates=(200.0,),
     latency_seconds=3.0,
+    lone_jobs=5,
+    lone_gap_s=0.1,
     priority_backlog=300,
     key_jobs=600,
     key_step_seconds=0.5,

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
@@ -46,6 +47,8 @@ from conveyor.ledger.offsets import WorkerOffsets
 from conveyor.scheduling import store as scheduling_store
 from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITIES, Topology
+
+log = logging.getLogger("conveyor.jobstore")
 
 DEFAULT_POOL_SIZE = 5
 DEFAULT_POLL_INTERVAL = 2.0
@@ -284,7 +287,10 @@ class JobStore:
 
         A job not yet run (scheduled, queued, or not seen by any worker) is cancelled at
         once: a scheduled one is never released, a queued one is skipped when a worker
-        consumes it. A running job is interrupted by the worker
+        consumes it. Workers hear of a queued job's cancel on the control topic too, as
+        one may have read its row ahead of running it (``consumer.unclaimed``); that
+        command is best effort (the row decides, and a failure to send it is logged).
+        A running job is interrupted by the worker
         running it, through a command on the control topic; it stays ``processing``
         until that worker records it cancelled. A job that ended is left as it is.
 
@@ -306,35 +312,46 @@ class JobStore:
         job_id = parse_job_id(job_id)
         with database_errors(f"cancelling job {job_id}"):
             async with self._require_pool().acquire() as conn, conn.transaction():
-                state = await self._cancel_row(conn, job_id, _cancel_error(reason))
+                state, was = await self._cancel_row(conn, job_id, _cancel_error(reason))
         if state == "processing":
-            if self._publisher is None:
-                self._publisher = ControlPublisher(self._settings)
-            await asyncio.to_thread(self._publisher.cancel, job_id, reason)
+            await asyncio.to_thread(self._control().cancel, job_id, reason)
+        elif was in ("queued", None):
+            try:
+                await asyncio.to_thread(self._control().cancel, job_id, reason)
+            except ConveyorError as exc:
+                log.warning("job %s is cancelled; telling the workers failed: %s", job_id, exc)
         return state
 
+    def _control(self) -> ControlPublisher:
+        if self._publisher is None:
+            self._publisher = ControlPublisher(self._settings)
+        return self._publisher
+
     @staticmethod
-    async def _cancel_row(conn: AnyConnection, job_id: str, error: str | None) -> str:
+    async def _cancel_row(
+        conn: AnyConnection, job_id: str, error: str | None
+    ) -> tuple[str, str | None]:
+        """Cancels or flags the job's row; its state after, and before (None: no row)."""
         # A scheduled row is locked first, as the dispatcher does, then the job's row:
         # that lock orders this cancel against a release or a claim of the same job.
         await conn.execute(scheduling_store.LOCK_ONE, job_id)
         state: str | None = await conn.fetchval(_LOCK, job_id)
         if state is None:
             if await conn.fetchval(_CANCEL_UNSEEN, job_id, error) is not None:
-                return "cancelled"
+                return "cancelled", None
             # A worker inserted the row first (the insert waited for it): lock that row.
             state = await conn.fetchval(_LOCK, job_id)
             if state is None:
                 raise ConveyorError(f"job {job_id} vanished while being cancelled; try again")
         if state in FINAL_STATES:
-            return state
+            return state, state
         if state in ("queued", "scheduled"):
             await conn.execute(_CANCEL_QUEUED, job_id, error)
             if state == "scheduled":  # before its release: the dispatcher skips the row
                 await conn.execute(scheduling_store.SKIP_ONE, job_id)
-            return "cancelled"
+            return "cancelled", state
         await conn.execute(_REQUEST_CANCEL, job_id)
-        return state
+        return state, state
 
     async def dlq_list(
         self,

@@ -19,6 +19,9 @@ TEST_OPTIONS = WorkerOptions(
     heartbeat_interval_ms=1000,
     shutdown_grace=10.0,
     revoke_timeout=10.0,
+    # A child process per test worker would start a Python of its own each time; the
+    # ledger's process mode has its own tests (tests/integration/test_ledger_process.py).
+    ledger_process=False,
 )
 
 

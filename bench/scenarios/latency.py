@@ -2,10 +2,13 @@
 
 For each rate (``sizes.latency_rates``, plus 50% of conveyor's maximum measured by the
 throughput scenario in the same run) it reports submit-to-start and submit-to-complete
-p50/p95/p99. conveyor's times come from Postgres (``submitted_at`` is set by the
-producer, ``started_at`` by the claim, ``finished_at`` by the completion); Celery's
-and Dramatiq's from the task's own record (submit time as an argument, start and end
-measured in the task). Each worker has done one warm-up job before the clock starts.
+p50/p95/p99. Before the rates, ``sizes.lone_jobs`` jobs go one at a time to the idle
+worker (each after the one before finished and ``sizes.lone_gap_s`` of quiet): how
+fast a lone job starts. conveyor's times come from Postgres (``submitted_at`` is set by
+the producer, ``started_at`` when the handler starts, ``finished_at`` when its outcome
+is recorded); Celery's and Dramatiq's from the task's own record (submit time as an
+argument, start and end measured in the task). Each worker has done one warm-up job
+before the clock starts.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ async def run(ctx: Context) -> dict[str, Any]:
         "seconds_per_rate": ctx.sizes.latency_seconds,
         "half_of_measured_max": len(offered) > len(ctx.sizes.latency_rates),
         "conveyor_concurrency": ctx.sizes.throughput_concurrency,
+        "lone_jobs": ctx.sizes.lone_jobs,
+        "lone_gap_s": ctx.sizes.lone_gap_s,
     }
     return {"params": params, "contenders": results}
 
@@ -74,6 +79,18 @@ async def _conveyor(ctx: Context, offered: list[float]) -> dict[str, Any]:
                     alive=child.check_alive,
                     timeout=sizes.job_timeout,
                 )
+                ctx.log(f"latency: conveyor, {sizes.lone_jobs} lone jobs on an idle worker")
+                for i in range(sizes.lone_jobs):
+                    await asyncio.sleep(sizes.lone_gap_s)
+                    producer.submit("bench.noop", {}, key=f"lone-{i}", priority=PRIORITY)
+                    await jobs.wait_complete(
+                        conn,
+                        i + 1,
+                        key_prefix="lone-",
+                        alive=child.check_alive,
+                        timeout=sizes.job_timeout,
+                    )
+                lone = {"jobs": sizes.lone_jobs, **await jobs.latency_ms(conn, "lone-")}
                 for index, rate in enumerate(offered):
                     prefix = f"r{index}-"
                     ctx.log(f"latency: conveyor at {rate:.0f} jobs/s")
@@ -99,7 +116,7 @@ async def _conveyor(ctx: Context, offered: list[float]) -> dict[str, Any]:
                     )
         finally:
             await conn.close()
-    return {"steps": steps}
+    return {"lone": lone, "steps": steps}
 
 
 async def _redis_baseline(
@@ -112,6 +129,13 @@ async def _redis_baseline(
         with baseline.worker() as child:
             baseline.send()
             await baseline.wait_done(1, alive=child.check_alive, timeout=sizes.job_timeout)
+            baseline.reset()
+            ctx.log(f"latency: {name}, {sizes.lone_jobs} lone jobs on an idle worker")
+            for i in range(sizes.lone_jobs):
+                await asyncio.sleep(sizes.lone_gap_s)
+                baseline.send()
+                await baseline.wait_done(i + 1, alive=child.check_alive, timeout=sizes.job_timeout)
+            lone = {"jobs": sizes.lone_jobs, **_percentiles(baseline.records())}
             for rate in offered:
                 baseline.reset()
                 ctx.log(f"latency: {name} at {rate:.0f} jobs/s")
@@ -122,15 +146,15 @@ async def _redis_baseline(
                     seconds=sizes.latency_seconds,
                 )
                 await baseline.wait_done(sent, alive=child.check_alive, timeout=sizes.job_timeout)
-                records = baseline.records()
-                steps.append(
-                    {
-                        "rate": rate,
-                        "jobs": sent,
-                        "submit_to_start": jobs.percentiles_ms([s - q for q, s, _ in records]),
-                        "submit_to_complete": jobs.percentiles_ms([f - q for q, _, f in records]),
-                    }
-                )
+                steps.append({"rate": rate, "jobs": sent, **_percentiles(baseline.records())})
     finally:
         baseline.close()
-    return {"steps": steps, "pool": baseline.pool}
+    return {"lone": lone, "steps": steps, "pool": baseline.pool}
+
+
+def _percentiles(records: list[tuple[float, float, float]]) -> dict[str, dict[str, float]]:
+    """Submit-to-start and submit-to-complete percentiles of a baseline's task records."""
+    return {
+        "submit_to_start": jobs.percentiles_ms([s - q for q, s, _ in records]),
+        "submit_to_complete": jobs.percentiles_ms([f - q for q, _, f in records]),
+    }

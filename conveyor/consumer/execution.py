@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import asyncpg
@@ -111,6 +112,14 @@ class JobRunner:
             reason: Why (``conveyor cancel --reason``), kept in the job's history.
         """
         return self._jobs.cancel(job_id, reason)
+
+    def prefetch(self, jobs: Iterable[JobMessage]) -> None:
+        """Reads ahead, in one statement, the rows of just-fetched jobs that may run
+        unclaimed, so none of them waits on its read when it starts."""
+        if self._unclaimed is not None:
+            self._unclaimed.prefetch(
+                job.job_id for job in jobs if _may_run_unclaimed(self._registry.get(job.type))
+            )
 
     async def run(self, job: JobMessage, *, lost: asyncio.Event | None = None) -> Outcome:
         """Runs one delivered job to a durable outcome.
@@ -345,7 +354,7 @@ class JobRunner:
             await self._status.progress(await deferred.lease(), pct, message)
 
         ctx = JobContext(job, transaction=transaction, report=report, logger=log)
-        started = time.perf_counter()
+        started_at = dt.datetime.now(dt.UTC)
         task = asyncio.create_task(
             self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
             name=f"job-{job.job_id}",
@@ -377,7 +386,6 @@ class JobRunner:
         finally:
             timer.cancel()
             self._jobs.finish(job.job_id)
-        ran = time.perf_counter() - started
         if not deferred.started:
             # The handler is done; its concurrency slot can run another while the
             # completion waits for its batch (the key's mailbox stays held until then).
@@ -385,7 +393,7 @@ class JobRunner:
             if release is not None:
                 release()
         return await self._finish_unclaimed(
-            job, deferred, spec, transaction, result=result, ran=ran
+            job, deferred, spec, transaction, result=result, started_at=started_at
         )
 
     async def _finish_unclaimed(
@@ -396,7 +404,7 @@ class JobRunner:
         transaction: JobTransaction,
         *,
         result: Any,
-        ran: float,
+        started_at: dt.datetime,
     ) -> tuple[Outcome, JobMessage | None, float]:
         """Records a handler's result: in one statement if its job is still unclaimed."""
         encoded: str | None = None
@@ -404,7 +412,7 @@ class JobRunner:
             with contextlib.suppress(TypeError):  # the claimed path fails the job with it
                 encoded = result_json(result)
         if encoded is not None and self._unclaimed is not None:
-            state = await self._unclaimed.complete(job, encoded, ran)
+            state = await self._unclaimed.complete(job, encoded, started_at)
             if state is None:
                 self._stats.completed += 1
                 self._metrics.series(job.type, job.priority).completed.inc()

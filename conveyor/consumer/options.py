@@ -70,6 +70,10 @@ class WorkerOptions:
         run_ledger: Also run the ledger, which records every submitted job as ``queued``
             in Postgres as soon as it is on its topic (``conveyor ledger`` runs it on its
             own; turn this off where that runs).
+        ledger_process: Run that ledger in a child process of its own (started with this
+            Python, stopped with the worker), off the worker's event loop and core: inside
+            the loop, its decoding of every fetch delays the jobs waiting to start. False
+            runs it on the worker's loop, in one process.
         purge_interval: Seconds between runs of the retention purge; None disables it.
         metrics_host: The address ``/metrics``, ``/healthz`` and ``/readyz`` are served on
             (the port is ``Settings.metrics_port``; 0 there serves nothing).
@@ -97,6 +101,7 @@ class WorkerOptions:
     run_dlq_sink: bool = True
     run_scheduler: bool = True
     run_ledger: bool = True
+    ledger_process: bool = True
     purge_interval: float | None = 3600.0
     metrics_host: str = "0.0.0.0"  # all interfaces: a pod's probes come from outside
     metrics_interval: float = 5.0

@@ -229,10 +229,10 @@ WITH input AS (
     SELECT *
     FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
-        $8::int[], $9::timestamptz[], $10::int[], $11::float8[], $12::text[]
+        $8::int[], $9::timestamptz[], $10::int[], $11::timestamptz[], $12::text[]
     ) AS t (
         job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
-        submitted_at, attempt, ran_seconds, result
+        submitted_at, attempt, started_at, result
     )
 ), done AS (
     INSERT INTO jobs AS j (
@@ -242,7 +242,7 @@ WITH input AS (
     SELECT
         job_id, type, key, tenant_id, priority, batch_id, dedupe_key, max_attempts,
         submitted_at, 'complete', attempt,
-        clock_timestamp() - make_interval(secs => ran_seconds), clock_timestamp(),
+        started_at, greatest(clock_timestamp(), started_at),
         result::jsonb, clock_timestamp()
     FROM input
     -- One lock order for every batch, so two workers' batches never deadlock.
@@ -288,8 +288,9 @@ SELECT job_id FROM done
 processing and complete transitions, in one statement; distinct job ids only.
 
 Written only where no worker ended the job or holds its lease, and no later attempt
-was counted. $1..$10 as ``CLAIM_MANY``'s; $11 how long each handler ran (seconds, so
-``started_at`` is Postgres' clock minus it), $12 the results (JSON text). Returns the
+was counted. $1..$10 as ``CLAIM_MANY``'s; $11 when each handler started (the worker's
+clock: the write may wait for its batch, so Postgres' clock would tell when the job was
+recorded, not when it started), $12 the results (JSON text). Returns the
 job ids it completed; read the others' states with ``STATES``.
 """
 

@@ -237,12 +237,13 @@ class ConsumerLoop:
             batch = await consumer.getmany(
                 timeout_ms=self._options.fetch_timeout_ms, max_records=self._fetch_records
             )
+            fetched: list[JobMessage] = []
             for tp, records in batch.items():
                 if tp not in self._owned:
                     continue
                 for record in records:
                     if not self._registry_waits.needs_registry(record.value):
-                        self._accept(mailboxes, tp, record)
+                        self._accept(mailboxes, tp, record, into=fetched)
                         continue
                     # A schema id not read yet: one registry request, in a thread.
                     generation = self._generation[tp]
@@ -254,10 +255,11 @@ class ConsumerLoop:
                     if decoded is None:  # the registry is down or lags: wait, read again
                         self._registry_waits.hold(consumer, tp)
                         break
-                    self._accept(mailboxes, tp, record, decoded)
+                    self._accept(mailboxes, tp, record, decoded, into=fetched)
                 if mailboxes.buffered(tp) >= self._options.max_buffered_per_partition:
                     consumer.pause(tp)
                     self._paused.add(tp)
+            self._runner.prefetch(fetched)
             if batch:
                 buffered = sum(m.total_buffered for m in self._mailboxes.values())
                 self._stats.max_buffered = max(self._stats.max_buffered, buffered)
@@ -284,7 +286,11 @@ class ConsumerLoop:
         tp: TopicPartition,
         record: ConsumerRecord[Any, Any],
         decoded: dict[str, Any] | DeserializationError | None = None,
+        *,
+        into: list[JobMessage],
     ) -> None:
+        """Buffers a fetched record as a job in its key's mailbox (and in ``into``), or
+        dead-letters it when it is not one."""
         self._offsets.track(tp, record.offset)
         headers = {k: v for k, v in record.headers or () if isinstance(v, bytes)}
         try:
@@ -329,6 +335,7 @@ class ConsumerLoop:
             )
             return
         mailboxes.add(tp, job.key, record.offset, job)
+        into.append(job)
 
     def _dead_letter(
         self, tp: TopicPartition, offset: int, send: Callable[[], Awaitable[None]]

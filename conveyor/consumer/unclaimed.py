@@ -2,11 +2,14 @@
 
 Most jobs finish in milliseconds. Claiming such a job before its handler (a row marked
 ``processing`` under a lease) and completing it after doubles its status writes, for a
-state nobody can watch. So the worker reads what the job's row says (``known``: one
-statement for the jobs starting together) and, when nothing holds it, runs the handler
-unclaimed. A handler that returns within ``claim_after`` is recorded by ``complete``:
-its row, complete, with its queued, processing and complete transitions, in one
-statement shared with the others finishing then. Anything else claims the job first,
+state nobody can watch. So the worker reads what the job's row says (``known``) and,
+when nothing holds it, runs the handler unclaimed. The rows of a fetch's jobs are read in
+one statement as the fetch arrives (``prefetch``), so a job finds its answer waiting when
+it starts and its concurrency slot never waits on that read; an answer older than
+``PREFETCH_FRESH`` is read again (the jobs starting together share one statement).
+A handler that returns within ``claim_after`` is recorded by ``complete``: its row,
+complete, with its queued, processing and complete transitions, in one statement shared
+with the others finishing then. Anything else claims the job first,
 as every job once did: a handler still running at ``claim_after``, one that touches
 ``ctx.db`` or reports progress, a failure, a cancel (:class:`DeferredClaim`).
 
@@ -21,9 +24,13 @@ redelivery, and the new owner's completion is fenced): at most one completion co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import datetime as dt
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -37,6 +44,13 @@ from conveyor.errors import ConveyorError
 
 #: How long a handler runs unclaimed before its job is claimed (shown processing).
 CLAIM_AFTER = 0.05
+
+#: Seconds a row read ahead for a fetched job may stand for the row when the job starts.
+#: A job waits in the worker's buffer for at most about this long under a backlog; what
+#: may change meanwhile is covered elsewhere: a cancel reaches the worker on the control
+#: topic too (and is remembered for a job that starts later), and an ending elsewhere
+#: fences the completion, as it does for a change just after a read made at the start.
+PREFETCH_FRESH = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,7 +83,7 @@ class Known:
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Done:
     job: JobMessage
-    ran_seconds: float
+    started_at: dt.datetime
     result: str
 
 
@@ -82,28 +96,65 @@ class UnclaimedStore:
 
     Args:
         pool: The status writes' pool (``conveyor.db.create_pool``, custom plans).
+        clock: Monotonic seconds, for the age of rows read ahead.
     """
 
-    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool[Any], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._pool = pool
+        self._clock = clock
         self._reads: Coalescer[str, Known | None] = Coalescer(self._read_many, key=_canonical)
         self._completions: Coalescer[_Done, str | None] = Coalescer(
             self._complete_many, key=lambda done: done.job.job_id
         )
+        # Rows read ahead, by job id: when the read was sent, and the read.
+        self._ahead: OrderedDict[str, tuple[float, asyncio.Future[dict[str, Known]]]] = (
+            OrderedDict()
+        )
+
+    def prefetch(self, job_ids: Iterable[str]) -> None:
+        """Reads the rows of jobs just fetched, in one statement sent now, for ``known``.
+
+        A failed read is not an error here: ``known`` then reads again, and reports it.
+        """
+        now = self._clock()
+        while self._ahead:  # drop what went stale unused (a revoked partition's jobs)
+            oldest = next(iter(self._ahead.values()))
+            if now - oldest[0] <= PREFETCH_FRESH:
+                break
+            self._ahead.popitem(last=False)
+        wanted = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in self._ahead]
+        if not wanted:
+            return
+        read = asyncio.ensure_future(self._read_rows(wanted))
+        read.add_done_callback(_retrieve)
+        for job_id in wanted:
+            self._ahead[job_id] = (now, read)
 
     async def known(self, job_id: str) -> Known | None:
-        """What the job's row says now; None when it has none.
+        """What the job's row says now (or read ahead at most ``PREFETCH_FRESH`` seconds
+        ago); None when it has none.
 
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
+        ahead = self._ahead.pop(job_id, None)
+        if ahead is not None and self._clock() - ahead[0] <= PREFETCH_FRESH:
+            with contextlib.suppress(Exception):  # read again below, which reports it
+                return (await asyncio.shield(ahead[1])).get(_canonical(job_id))
         return await self._reads.submit(job_id)
 
     async def _read_many(self, job_ids: Sequence[str]) -> list[Known | Exception | None]:
+        by_id = await self._read_rows(job_ids)
+        return [by_id.get(_canonical(job_id)) for job_id in job_ids]
+
+    async def _read_rows(self, job_ids: Sequence[str]) -> dict[str, Known]:
+        """The rows of ``job_ids`` that exist, by canonical job id."""
         with database_errors(f"reading {len(job_ids)} job(s)"):
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(queries.KNOWN_MANY, list(job_ids))
-        by_id = {
+        return {
             str(row["job_id"]): Known(
                 state=str(row["state"]),
                 attempts=int(row["attempts"]),
@@ -112,15 +163,15 @@ class UnclaimedStore:
             )
             for row in rows
         }
-        return [by_id.get(_canonical(job_id)) for job_id in job_ids]
 
-    async def complete(self, job: JobMessage, result: str, ran_seconds: float) -> str | None:
+    async def complete(self, job: JobMessage, result: str, started_at: dt.datetime) -> str | None:
         """Records a job that ran unclaimed complete, unless something else moved it.
 
         Args:
             job: The delivery.
             result: The handler's result as JSON (``status.result_json``).
-            ran_seconds: How long the handler ran.
+            started_at: When the handler started (aware; the worker's clock). The row's
+                ``finished_at`` is the write's time.
 
         Returns:
             None when recorded; else the job's state: final when it ended meanwhile
@@ -130,7 +181,7 @@ class UnclaimedStore:
         Raises:
             DatabaseUnavailableError: The connection to Postgres was lost.
         """
-        return await self._completions.submit(_Done(job, ran_seconds, result))
+        return await self._completions.submit(_Done(job, started_at, result))
 
     async def _complete_many(self, items: Sequence[_Done]) -> list[str | Exception | None]:
         jobs = [item.job for item in items]
@@ -140,7 +191,7 @@ class UnclaimedStore:
                     done = await conn.fetch(
                         queries.COMPLETE_UNCLAIMED_MANY,
                         *(list(column) for column in zip(*map(claim_args, jobs), strict=True)),
-                        [item.ran_seconds for item in items],
+                        [item.started_at for item in items],
                         [item.result for item in items],
                     )
                     written = {str(row["job_id"]) for row in done}
@@ -156,6 +207,12 @@ class UnclaimedStore:
             None if _canonical(job.job_id) in written else states.get(_canonical(job.job_id), "")
             for job in jobs
         ]
+
+
+def _retrieve(read: asyncio.Future[Any]) -> None:
+    """Marks a read-ahead's failure seen: ``known`` reads again and reports its own."""
+    if not read.cancelled():
+        read.exception()
 
 
 class NotClaimedError(ConveyorError):
@@ -227,6 +284,7 @@ class DeferredClaim:
 
 __all__ = [
     "CLAIM_AFTER",
+    "PREFETCH_FRESH",
     "DeferredClaim",
     "Known",
     "NotClaimedError",

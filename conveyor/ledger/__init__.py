@@ -5,8 +5,9 @@ own consumer group and bulk-inserts a ``queued`` row (and its ``queued`` transit
 every job that has none, so ``JobStore.status`` shows a submitted job as queued, with its
 place in its partition, long before a worker reaches it.
 
-- ``service``: :class:`Ledger`, the consumer loop (run by the worker, or by
-  ``conveyor ledger``);
+- ``service``: :class:`Ledger`, the consumer loop (run by ``conveyor ledger``, or by
+  the worker);
+- ``child``: :class:`LedgerProcess`, the worker's ledger in a child process;
 - ``envelopes``: the cheap envelope decoder;
 - ``rows``: the one statement per fetch;
 - ``offsets``: the worker groups' committed offsets (queue positions, start points).
@@ -14,6 +15,7 @@ place in its partition, long before a worker reaches it.
 
 from __future__ import annotations
 
+from conveyor.ledger.child import LedgerExitedError, LedgerProcess
 from conveyor.ledger.service import Ledger, LedgerStats
 
-__all__ = ["Ledger", "LedgerStats"]
+__all__ = ["Ledger", "LedgerExitedError", "LedgerProcess", "LedgerStats"]

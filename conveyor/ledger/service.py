@@ -54,8 +54,13 @@ _REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_HEARTBEAT_INTERVAL_MS = 3_000
-DEFAULT_FETCH_MAX_WAIT_MS = 100
-"""How long the broker may hold an empty fetch; Kafka answers as soon as a record comes."""
+DEFAULT_FETCH_MAX_WAIT_MS = 50
+"""How long the broker may hold a fetch that has less than ``DEFAULT_FETCH_MIN_BYTES``."""
+DEFAULT_FETCH_MIN_BYTES = 64 * 1024
+"""What a fetch waits for (or for ``DEFAULT_FETCH_MAX_WAIT_MS``): at a few jobs per
+millisecond a fetch per arrival would cost the broker a request, and Postgres a
+statement and a commit, for every job or two; this way a job is visible within about
+the wait plus one statement, and the ledger reads in batches."""
 DEFAULT_FETCH_TIMEOUT_MS = 200
 DEFAULT_MAX_RECORDS = 2_000
 """Most records one fetch (so one statement) takes."""
@@ -110,7 +115,9 @@ class Ledger:
         group_id: The consumer group; ``<prefix>.ledger`` by default.
         session_timeout_ms: Kafka consumer session timeout.
         heartbeat_interval_ms: Kafka consumer heartbeat interval.
-        fetch_max_wait_ms: How long the broker may hold a fetch that found nothing.
+        fetch_max_wait_ms: How long the broker may hold a fetch that found less than
+            ``fetch_min_bytes``.
+        fetch_min_bytes: What a fetch waits for (``DEFAULT_FETCH_MIN_BYTES``).
         max_records: Most records per fetch, so per statement.
         commit_interval: Seconds between offset commits.
     """
@@ -125,6 +132,7 @@ class Ledger:
         session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
         fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
+        fetch_min_bytes: int = DEFAULT_FETCH_MIN_BYTES,
         max_records: int = DEFAULT_MAX_RECORDS,
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> None:
@@ -138,6 +146,7 @@ class Ledger:
         self._session_timeout_ms = session_timeout_ms
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._fetch_min_bytes = fetch_min_bytes
         self._max_records = max_records
         self._commit_interval = commit_interval
         self._consumer: AIOKafkaConsumer | None = None
@@ -166,6 +175,7 @@ class Ledger:
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
             fetch_max_wait_ms=self._fetch_max_wait_ms,
+            fetch_min_bytes=self._fetch_min_bytes,
             **aiokafka_security(self._settings),
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))

@@ -115,6 +115,9 @@ def test_quick_run_reports_every_scenario_and_contender(
         for step in steps:
             assert step["jobs"] > 0
             assert step["submit_to_complete"]["p99"] >= step["submit_to_complete"]["p50"] > 0
+        lone = latency[name]["lone"]
+        assert lone["jobs"] == result["scenarios"]["latency"]["params"]["lone_jobs"], name
+        assert lone["submit_to_start"]["p99"] >= lone["submit_to_start"]["p50"] > 0, name
 
     priorities = result["scenarios"]["priority"]["contenders"]["conveyor"]["priorities"]
     assert set(priorities) == {"critical", "high", "normal", "low"}

@@ -233,6 +233,24 @@ async def test_cancel_of_a_running_job_marks_it_and_publishes_a_control_command(
     assert record.key == job.job_id.encode()
 
 
+async def test_cancel_of_a_queued_job_also_tells_the_workers_which_may_have_read_it_ahead(
+    migrated: Settings, schema_registry_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    live = migrated.replace(schema_registry_url=schema_registry_url)
+    await asyncio.to_thread(admin.apply, live)
+    job = make_job()
+    await pool.execute("INSERT INTO jobs (job_id, state) VALUES ($1, 'queued')", job.job_id)
+
+    async with JobStore(live) as store:
+        assert await store.cancel(job.job_id, reason="not needed") == "cancelled"
+
+    topic = Topology.from_settings(live).control_topic
+    [record] = await asyncio.to_thread(read_topic, live.kafka_bootstrap, topic, 1)
+    with Serde(live) as serde:
+        command = serde.decode(CONTROL_COMMAND, topic, record.value)
+    assert (command["command"], str(command["job_id"])) == ("cancel", job.job_id)
+
+
 async def test_progress_yields_the_current_status_then_each_change_and_ends_when_final(
     migrated: Settings, pool: asyncpg.Pool[Any], worker: StatusStore
 ) -> None:

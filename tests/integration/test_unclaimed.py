@@ -12,7 +12,8 @@ import pytest
 
 from conveyor import db
 from conveyor.consumer.status import StatusStore
-from conveyor.consumer.unclaimed import Known, UnclaimedStore
+from conveyor.consumer.unclaimed import PREFETCH_FRESH, Known, UnclaimedStore
+from conveyor.errors import DatabaseUnavailableError
 from conveyor.settings import Settings
 from tests.integration.test_status_store import ERROR, claimed, history, job_row, make_job
 
@@ -22,6 +23,10 @@ async def pool(migrated: Settings) -> AsyncIterator[asyncpg.Pool[Any]]:
     opened = await db.create_pool(migrated, max_size=4, custom_plans=True)
     yield opened
     await opened.close()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture
@@ -35,7 +40,8 @@ async def test_a_new_job_is_written_complete_with_its_three_transitions_in_one_s
     job = make_job()
     assert await store.known(job.job_id) is None
 
-    assert await store.complete(job, '{"ok": true}', 0.25) is None
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=0.25)
+    assert await store.complete(job, '{"ok": true}', started) is None
 
     row = await job_row(pool, job.job_id)
     assert (row["state"], row["attempts"], row["lease_owner"], row["lease_epoch"]) == (
@@ -45,7 +51,9 @@ async def test_a_new_job_is_written_complete_with_its_three_transitions_in_one_s
         0,
     )
     assert row["result"] == '{"ok": true}'
-    assert row["finished_at"] - row["started_at"] >= dt.timedelta(seconds=0.2)
+    # started_at is when the handler started, not the write's time minus its run.
+    assert row["started_at"] == started
+    assert row["finished_at"] - row["started_at"] >= dt.timedelta(seconds=0.25)
     assert [(s, a) for s, a, _ in await history(pool, job.job_id)] == [
         ("queued", 1),
         ("processing", 1),
@@ -66,7 +74,7 @@ async def test_a_queued_row_written_ahead_gets_processing_and_complete_only(
     )
     assert await store.known(job.job_id) == Known("queued", 0, leased=False, cancel_requested=False)
 
-    assert await store.complete(job, "null", 0.0) is None
+    assert await store.complete(job, "null", _now()) is None
 
     assert [s for s, _, _ in await history(pool, job.job_id)] == [
         "queued",
@@ -86,7 +94,7 @@ async def test_a_job_that_ended_meanwhile_is_left_as_it_is(
         final_state,
     )
 
-    assert await store.complete(job, '"mine"', 0.0) == final_state
+    assert await store.complete(job, '"mine"', _now()) == final_state
 
     row = await job_row(pool, job.job_id)
     assert (row["state"], row["result"]) == (final_state, '"theirs"')
@@ -99,7 +107,7 @@ async def test_a_job_another_worker_holds_is_not_written(
     job = make_job()
     lease = await claimed(StatusStore(pool, worker_id="new-owner"), job)
 
-    assert await store.complete(job, '"zombie"', 0.0) == "processing"
+    assert await store.complete(job, '"zombie"', _now()) == "processing"
 
     row = await job_row(pool, job.job_id)
     assert (row["state"], row["lease_owner"], row["lease_epoch"]) == (
@@ -117,7 +125,7 @@ async def test_an_older_attempt_is_not_written(
     await status.retry(await claimed(status, job), ERROR)
     await status.retry(await claimed(status, make_job(job.job_id, attempt=2)), ERROR)
 
-    assert await store.complete(job, "null", 0.0) == "queued"
+    assert await store.complete(job, "null", _now()) == "queued"
     assert (await job_row(pool, job.job_id))["attempts"] == 2
 
 
@@ -128,8 +136,8 @@ async def test_concurrent_completions_share_statements_and_keep_their_outcomes(
     bad = make_job()  # jsonb refuses \u0000: only this one fails
 
     results = await asyncio.gather(
-        *(store.complete(job, '"ok"', 0.0) for job in jobs),
-        store.complete(bad, '"\\u0000"', 0.0),
+        *(store.complete(job, '"ok"', _now()) for job in jobs),
+        store.complete(bad, '"\\u0000"', _now()),
         return_exceptions=True,
     )
 
@@ -139,3 +147,50 @@ async def test_concurrent_completions_share_statements_and_keep_their_outcomes(
         "SELECT state FROM jobs WHERE job_id = ANY($1::uuid[])", [j.job_id for j in jobs]
     )
     assert [r["state"] for r in states] == ["complete"] * len(jobs)
+
+
+async def _queue(pool: asyncpg.Pool[Any], job_id: str) -> None:
+    await pool.execute("INSERT INTO jobs (job_id, state) VALUES ($1, 'queued')", job_id)
+
+
+async def test_a_fetched_jobs_row_is_read_ahead_in_one_statement_and_known_answers_from_it(
+    pool: asyncpg.Pool[Any], store: UnclaimedStore
+) -> None:
+    first, second = make_job(), make_job()
+    await _queue(pool, first.job_id)
+    store.prefetch([first.job_id, second.job_id])
+    queued = Known("queued", 0, leased=False, cancel_requested=False)
+    assert await store.known(first.job_id) == queued
+    # The second job got its row after the read ahead: known answers from that read...
+    await _queue(pool, second.job_id)
+    assert await store.known(second.job_id) is None
+    # ...once; the next call reads the row.
+    assert await store.known(second.job_id) == queued
+
+
+async def test_a_row_read_ahead_longer_ago_than_prefetch_fresh_is_read_again(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    now = [100.0]
+    store = UnclaimedStore(pool, clock=lambda: now[0])
+    job = make_job()
+    store.prefetch([job.job_id])
+    assert await store._ahead[job.job_id][1] == {}  # read ahead: no row yet
+    await _queue(pool, job.job_id)
+    now[0] += PREFETCH_FRESH + 0.1
+    assert await store.known(job.job_id) == Known("queued", 0, leased=False, cancel_requested=False)
+
+
+async def test_a_failed_read_ahead_is_read_again_when_the_job_starts(
+    pool: asyncpg.Pool[Any], migrated: Settings
+) -> None:
+    closed = await db.create_pool(migrated, min_size=1, max_size=1)
+    await closed.close()
+    store = UnclaimedStore(closed)
+    job = make_job()
+    store.prefetch([job.job_id])
+    with pytest.raises(DatabaseUnavailableError):
+        await store._ahead[job.job_id][1]
+    store._pool = pool  # Postgres is back
+    await _queue(pool, job.job_id)
+    assert await store.known(job.job_id) == Known("queued", 0, leased=False, cancel_requested=False)

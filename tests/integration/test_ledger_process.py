@@ -1,0 +1,111 @@
+"""The worker's ledger in a child process (``WorkerOptions.ledger_process``, the default):
+it records jobs while the worker runs, stops with the worker or when the worker dies,
+and a child that dies makes the worker's liveness fail."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import JobContext, JobStore, Producer, Settings, Worker
+from conveyor.ledger import LedgerExitedError, LedgerProcess
+from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
+
+OPTIONS = dataclasses.replace(
+    TEST_OPTIONS, run_relay=False, run_dlq_sink=False, run_scheduler=False, ledger_process=True
+)
+TIMINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+@pytest.fixture
+async def live(settings: Settings, schema_registry_url: str) -> Settings:
+    return await prepare(settings.replace(partition_unit=1), schema_registry_url)
+
+
+def ledger_children() -> list[int]:
+    """The pids of this process's children that run the ledger."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"conveyor.ledger\0" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_the_workers_ledger_child_queues_jobs_and_stops_with_the_worker(
+    live: Settings,
+) -> None:
+    # The worker runs only high jobs: a normal job stays queued, recorded by the ledger.
+    worker = Worker(live, priorities=["high"], options=OPTIONS)
+
+    @worker.handler("ledger.any")
+    async def handle(ctx: JobContext, payload: Any) -> None:
+        return None
+
+    async with running(worker):
+        await eventually(lambda: "ledger" in worker._helpers, what="the worker to start")
+        [child] = ledger_children()
+        with Producer(live) as producer:
+            job_id = producer.submit("ledger.any", {}, priority="normal", wait=True)
+        async with JobStore(live) as store:
+
+            async def queued() -> bool:
+                return (await store.status(job_id)).state == "queued"
+
+            await eventually(queued, what="the child ledger to record the job")
+        assert worker.helper_problem() is None
+    await eventually(lambda: not alive(child), what="the ledger child to exit")
+
+
+async def test_a_ledger_child_that_dies_fails_the_workers_liveness(live: Settings) -> None:
+    worker = Worker(live, priorities=["high"], options=OPTIONS)
+    async with running(worker):
+        await eventually(lambda: "ledger" in worker._helpers, what="the worker to start")
+        [child] = ledger_children()
+        os.kill(child, signal.SIGKILL)
+
+        def named() -> bool:
+            problem = worker.helper_problem()
+            return problem is not None and "the ledger stopped" in problem
+
+        await eventually(named, what="liveness to name the ledger")
+        assert "LedgerExitedError" in (worker.helper_problem() or "")
+
+
+async def test_the_ledger_child_stops_by_itself_when_its_parent_goes(live: Settings) -> None:
+    """A worker killed with kill -9 closes the child's stdin: the child commits and exits."""
+    ledger = LedgerProcess(live, **TIMINGS)
+    await ledger.start()
+    process = ledger._process
+    assert process is not None
+    assert process.stdin is not None
+    process.stdin.close()
+    assert await asyncio.wait_for(process.wait(), 60) == 0
+
+
+async def test_a_ledger_child_that_cannot_start_raises_at_start(live: Settings) -> None:
+    unreachable = live.replace(database_url="postgresql://nobody@127.0.0.1:1/none")
+    ledger = LedgerProcess(unreachable, **TIMINGS)
+    with pytest.raises(LedgerExitedError, match="exited with code 1"):
+        await ledger.start()
