@@ -14,6 +14,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
+from conveyor.observability import tracing
+
 
 class SpanRecorder(SpanExporter):
     """Keeps finished spans in memory while ``recording`` is set."""
@@ -47,4 +49,5 @@ def span_recorder() -> SpanRecorder:
     recorder = SpanRecorder()
     provider.add_span_processor(SimpleSpanProcessor(recorder))
     trace.set_tracer_provider(provider)
+    tracing.look_again()
     return recorder

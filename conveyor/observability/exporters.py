@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from conveyor.errors import ConfigurationError
+from conveyor.observability import tracing
 
 EXPORTERS = ("otlp", "console", "none")
 #: OTLP protocol -> (exporter module, the package that ships it).
@@ -102,4 +103,5 @@ def configure_tracing(
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    tracing.look_again()
     return provider

@@ -15,6 +15,7 @@ Attributes follow the OpenTelemetry messaging semantic conventions, plus ``job.*
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -33,15 +34,36 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
+#: When ``enabled`` last found no tracer provider (monotonic seconds), and whether one is
+#: installed: OpenTelemetry installs one at most once, so a yes is final, and a no is
+#: asked again after ``_RECHECK`` seconds (each asking reads the environment).
+_looked = [-1e9, 0.0]
+_RECHECK = 1.0
+
+
 def enabled() -> bool:
     """Whether a tracer provider is installed; without one, spans record nothing.
 
     The worker then makes no per-job span at all: a message's own trace headers still
-    pass on to its retry and DLQ records unchanged (``with_current_context``).
+    pass on to its retry and DLQ records unchanged (``with_current_context``). A
+    provider installed after the worker started is seen within a second.
     """
-    return not isinstance(
-        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
-    )
+    if _looked[1]:
+        return True
+    now = time.monotonic()
+    if now - _looked[0] < _RECHECK:
+        return False
+    _looked[0] = now
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        _looked[1] = 1.0
+    return bool(_looked[1])
+
+
+def look_again() -> None:
+    """Makes the next :func:`enabled` ask OpenTelemetry again (after a provider was
+    installed in this process, for instance)."""
+    _looked[0] = -1e9
 
 
 def extract(
