@@ -186,9 +186,10 @@ def _throughput(s: dict[str, Any]) -> str:
         " own, migrated like conveyor's (its notify triggers fire too), then commits the"
         " offsets; it runs no handler and takes no lease. conveyor /"
         " raw durable is the share of that ceiling conveyor's per-job work leaves. The conveyor"
-        " worker runs its ledger beside the jobs, as a worker does by default, so its figure"
-        " includes the ledger's `queued` rows (and claims that update those rows) while the"
-        " raw durable loop writes each row once.\n\n" + _table(header, rows)
+        " worker runs its ledger in a child process, as a worker does by default, so its"
+        " figure includes the ledger's `queued` rows (and completions that update those rows)"
+        " while the raw durable loop writes each row once, and its CPU and RSS include the"
+        " child's.\n\n" + _table(header, rows)
     )
 
 
