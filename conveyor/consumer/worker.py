@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
@@ -16,8 +15,14 @@ import asyncpg
 
 from conveyor import db, dlq
 from conveyor.consumer import preflight, unclaimed
+from conveyor.consumer.companions import (
+    Companion,
+    build_companions,
+    helper_name,
+    start_all,
+    start_up_frozen,
+)
 from conveyor.consumer.control import ControlListener, run_until_cancelled
-from conveyor.consumer.dlq_sink import DlqSink
 from conveyor.consumer.execution import JobRunner
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import DEFAULT_MAX_ATTEMPTS, Handler, HandlerRegistry, HandlerSpec
@@ -26,33 +31,17 @@ from conveyor.consumer.options import DEFAULT_CONCURRENCY, WorkerOptions
 from conveyor.consumer.outcome import WorkerStats
 from conveyor.consumer.probes import WorkerProbes
 from conveyor.consumer.publisher import FailurePublisher
-from conveyor.consumer.relay import RelayOptions, RetryRelay
 from conveyor.consumer.runtime import ConsumerLoop
 from conveyor.consumer.status import StatusStore
 from conveyor.consumer.unclaimed import UnclaimedStore
 from conveyor.errors import ConfigurationError
-from conveyor.ledger import Ledger, LedgerProcess
-from conveyor.ledger.service import DEFAULT_FETCH_MAX_WAIT_MS as LEDGER_FETCH_MAX_WAIT_MS
 from conveyor.observability.http import ProbeServer
 from conveyor.observability.metrics import WorkerMetrics
 from conveyor.scheduling import recurring
-from conveyor.scheduling.service import Scheduler
 from conveyor.schemas.payload import PayloadCodec
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITIES, Topology
-
-#: How liveness names each companion that runs beside the jobs.
-_HELPER_NAMES = {
-    "RetryRelay": "retry relay",
-    "DlqSink": "DLQ sink",
-    "Scheduler": "scheduler",
-    "Ledger": "ledger",
-    "LedgerProcess": "ledger",
-}
-
-#: A helper that runs beside the jobs: started with the consumers, run until the stop.
-Companion = RetryRelay | DlqSink | Scheduler | Ledger | LedgerProcess
 
 log = logging.getLogger("conveyor.worker")
 
@@ -60,17 +49,6 @@ log = logging.getLogger("conveyor.worker")
 #: completions, reads and unclaimed completions, and room for the one-job writes
 #: (outcomes, heartbeats, progress).
 STATUS_CONNECTIONS = 10
-
-
-def _freeze_start_up() -> None:
-    """Takes what start-up made (modules, clients, pools) out of the collector's sight.
-
-    Those objects live as long as the process, yet every full collection scanned them
-    all: a pause of about 100 ms, on the loop every job waits for. Frozen (after one
-    collection, so no garbage is kept), a full collection scans only what jobs made.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 class Worker:
@@ -330,7 +308,7 @@ class Worker:
                 heartbeat = Heartbeat(pool, self)
                 self._stop_tasks.append(asyncio.create_task(heartbeat.run()))
                 companions = self._companions(pool, serde)
-                await self._start_all(self._loop, companions)
+                await start_all(self._loop, companions)
                 await self._run_jobs(self._loop, self._run_companions(companions))
             finally:
                 control_task.cancel()
@@ -352,11 +330,10 @@ class Worker:
 
     async def _run_jobs(self, loop: ConsumerLoop, companions: list[asyncio.Task[None]]) -> None:
         """Runs the started consumers until the stop, then waits for the companions."""
-        _freeze_start_up()
         try:
-            await loop.run(self._stop)
+            with start_up_frozen():
+                await loop.run(self._stop)
         finally:
-            gc.unfreeze()
             self._stop.set()
             await asyncio.gather(*companions, return_exceptions=True)
 
@@ -390,8 +367,7 @@ class Worker:
         """Starts each companion's run as a task that liveness watches."""
         runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
         for companion, run in zip(companions, runs, strict=True):
-            name = type(companion).__name__
-            self._helpers[_HELPER_NAMES.get(name, name)] = run
+            self._helpers[helper_name(companion)] = run
         return runs
 
     def helper_problem(self) -> str | None:
@@ -437,29 +413,6 @@ class Worker:
             claim_after=unclaimed.CLAIM_AFTER,
         )
 
-    @staticmethod
-    async def _start_all(loop: ConsumerLoop, companions: Sequence[Companion]) -> None:
-        """Starts the consumers and the companions together; a failure stops them all.
-
-        Each start waits for a group join, so they start at once rather than one after
-        another. If one fails, those that started are stopped before the error is raised,
-        so no consumer is left open (and no "Unclosed AIOKafkaConsumer" is logged).
-        """
-        results = await asyncio.gather(
-            loop.start(), *(c.start() for c in companions), return_exceptions=True
-        )
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
-        if failure is None:
-            return
-        await loop.close()
-        stopped = asyncio.Event()
-        stopped.set()
-        for companion, result in zip(companions, results[1:], strict=True):
-            if result is None:  # started: running it with the stop already set closes it
-                with contextlib.suppress(Exception):
-                    await companion.run(stopped)
-        raise failure
-
     def _serve(self, probes: WorkerProbes) -> ProbeServer | None:
         """Starts the /metrics, /healthz and /readyz endpoint, unless the port is 0."""
         if not self.settings.metrics_port:
@@ -482,66 +435,16 @@ class Worker:
 
     def _companions(self, pool: Any, serde: Serde) -> list[Companion]:
         """The relay, DLQ sink, scheduler and ledger that run beside the jobs, and the purge."""
-        options = self.options
-        companions: list[Companion] = []
-        if options.run_relay:
-            relay_options = RelayOptions(
-                session_timeout_ms=options.session_timeout_ms,
-                heartbeat_interval_ms=options.heartbeat_interval_ms,
-            )
-            companions.append(RetryRelay(self.settings, serde=serde, options=relay_options))
-        if options.run_dlq_sink:
-            companions.append(
-                DlqSink(
-                    self.settings,
-                    pool=pool,
-                    serde=serde,
-                    session_timeout_ms=options.session_timeout_ms,
-                    heartbeat_interval_ms=options.heartbeat_interval_ms,
-                )
-            )
-        if options.run_scheduler:
-            companions.append(
-                Scheduler(
-                    self.settings,
-                    pool=pool,
-                    serde=serde,
-                    metrics=self.metrics,
-                    session_timeout_ms=options.session_timeout_ms,
-                    heartbeat_interval_ms=options.heartbeat_interval_ms,
-                )
-            )
-        if options.run_ledger:
-            timings = {
-                "session_timeout_ms": options.session_timeout_ms,
-                "heartbeat_interval_ms": options.heartbeat_interval_ms,
-                # It waits for a batch (ledger.service.DEFAULT_FETCH_MIN_BYTES), so at
-                # most its own wait: a worker's longer one would delay visibility.
-                "fetch_max_wait_ms": min(options.fetch_max_wait_ms, LEDGER_FETCH_MAX_WAIT_MS),
-            }
-            companions.append(
-                # Off this event loop and core (conveyor.ledger.child).
-                LedgerProcess(self.settings, **timings)
-                if options.ledger_process
-                # Its own connection: jobs hold the pool's in their transactions.
-                else Ledger(
-                    self.settings,
-                    serde=serde,
-                    session_timeout_ms=timings["session_timeout_ms"],
-                    heartbeat_interval_ms=timings["heartbeat_interval_ms"],
-                    fetch_max_wait_ms=timings["fetch_max_wait_ms"],
-                )
-            )
-        if options.purge_interval is not None:
+        if self.options.purge_interval is not None:
             purge = asyncio.create_task(
                 dlq.purge_periodically(
                     pool,
-                    options.purge_interval,
+                    self.options.purge_interval,
                     job_retention_days=self.settings.job_retention_days,
                 )
             )
             self._stop_tasks.append(purge)
-        return companions
+        return build_companions(self.settings, self.options, pool, serde, self.metrics)
 
     def run_sync(self) -> None:
         """Runs the worker in a new event loop until SIGTERM or SIGINT."""
