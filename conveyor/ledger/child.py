@@ -102,9 +102,10 @@ class LedgerProcess:
         config = {"settings": self._settings, "level": self._log_level, **self._options}
         process.stdin.write(pickle.dumps(config))
         await process.stdin.drain()  # stdin stays open: its end tells the child to stop
-        if await process.stdout.readline() != STARTED:
-            await process.wait()
-            raise LedgerExitedError(process.returncode)
+        while (line := await process.stdout.readline()) != STARTED:
+            if not line:  # the end of its output: the child ended
+                await process.wait()
+                raise LedgerExitedError(process.returncode)
         log.info("ledger running in process %d", process.pid)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -171,6 +172,9 @@ async def _serve(settings: Settings, options: dict[str, Any]) -> int:
             log.exception("the ledger could not start")
             return 1
         os.write(sys.stdout.fileno(), STARTED)
+        # Nobody reads this pipe from now on: anything printed goes to the log instead
+        # of filling it and blocking the child.
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
         await ledger.run(stop)
     watch.cancel()
     return 0

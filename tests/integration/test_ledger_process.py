@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,19 @@ async def test_a_ledger_child_that_cannot_start_raises_at_start(live: Settings) 
     ledger = LedgerProcess(unreachable, **TIMINGS)
     with pytest.raises(LedgerExitedError, match="exited with code 1"):
         await ledger.start()
+
+
+async def test_a_child_that_prints_before_it_starts_still_starts(
+    live: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output on the child's stdout before its start line (a site hook, a library) is
+    skipped, not taken for a failed start."""
+    (tmp_path / "sitecustomize.py").write_text("print('hello from a site hook')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    ledger = LedgerProcess(live, **TIMINGS)
+    await ledger.start()
+    stop = asyncio.Event()
+    stop.set()
+    await asyncio.wait_for(ledger.run(stop), 60)
+    assert ledger._process is not None
+    assert ledger._process.returncode == 0
