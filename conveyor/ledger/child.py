@@ -77,11 +77,6 @@ class LedgerProcess:
         self._options = ledger_options
         self._process: asyncio.subprocess.Process | None = None
 
-    @property
-    def pid(self) -> int | None:
-        """The child's process id, once started."""
-        return self._process.pid if self._process is not None else None
-
     async def start(self) -> None:
         """Starts the child and waits until its ledger joined the group.
 
