@@ -14,8 +14,9 @@ there after ``stop_timeout``. A child that exits on its own ends ``run`` with
 :class:`LedgerExitedError`: the worker's liveness then fails, as for any helper that
 stopped. The child stops by itself when its stdin closes, so a worker killed with
 ``kill -9`` leaves no ledger behind.
-SIGINT is the worker's to handle: a Ctrl-C in a terminal reaches both, and the child
-waits for the worker's SIGTERM.
+SIGINT is the worker's to handle. The child runs in a process group of its own, so a
+Ctrl-C in a terminal (which goes to the foreground group) reaches only the worker, even
+while the child is still importing, and the child waits for the worker's SIGTERM.
 """
 
 from __future__ import annotations
@@ -84,13 +85,21 @@ class LedgerProcess:
             LedgerExitedError: The child could not start its ledger (its log says why:
                 Postgres or the broker cannot be reached, for instance).
         """
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "conveyor.ledger",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
+        # A Ctrl-C in the instant between the fork and the child's move to a group of
+        # its own would still kill it: SIGINT stays blocked across the spawn, and so
+        # blocked in the child for good (the worker's own is delivered after it).
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "conveyor.ledger",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                process_group=0,  # out of the terminal's group: Ctrl-C is the worker's
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         self._process = process
         assert process.stdin is not None
         assert process.stdout is not None
@@ -142,7 +151,6 @@ def main() -> int:
     settings: Settings = config.pop("settings")
     level = config.pop("level")
     logs.configure_logging(level, json_lines=settings.log_json)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return asyncio.run(_serve(settings, config))
 
 

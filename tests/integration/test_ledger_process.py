@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import pickle
 import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +130,55 @@ async def test_a_child_that_prints_before_it_starts_still_starts(
     await asyncio.wait_for(ledger.run(stop), 60)
     assert ledger._process is not None
     assert ledger._process.returncode == 0
+
+
+#: Starts a LedgerProcess with Ctrl-C handled by itself, as ``conveyor dev`` does, then stops it.
+CTRL_C_PARENT = """
+import asyncio, pickle, signal, sys
+from conveyor.ledger import LedgerProcess
+
+async def main():
+    settings, timings = pickle.load(sys.stdin.buffer)
+    ledger = LedgerProcess(settings, **timings)
+    await ledger.start()
+    stop = asyncio.Event()
+    stop.set()
+    await ledger.run(stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the test's last Ctrl-C may still come
+    print("stopped", ledger._process.returncode, flush=True)
+
+signal.signal(signal.SIGINT, lambda *_: None)  # a handler, not SIG_IGN: exec resets it
+print("ready", flush=True)
+asyncio.run(main())
+"""
+
+
+def test_a_ctrl_c_while_the_child_starts_reaches_only_the_worker(live: Settings) -> None:
+    """Ctrl-C goes to a terminal's whole process group. The child has a group of its own,
+    so it cannot die of a Ctrl-C that comes before it set itself up; the worker stops it."""
+    with subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    ) as parent:
+        out, into = parent.stdout, parent.stdin
+        assert out is not None
+        assert into is not None
+        said: list[bytes] = []
+        try:
+            assert out.readline() == b"ready\n"
+            into.write(pickle.dumps((live, TIMINGS)))
+            into.close()
+            reader = threading.Thread(target=lambda: said.append(out.readline()))
+            reader.start()
+            deadline = time.monotonic() + 60
+            while reader.is_alive() and time.monotonic() < deadline:
+                os.killpg(parent.pid, signal.SIGINT)  # as a terminal does, again and again
+                time.sleep(0.02)
+            reader.join(timeout=5)
+        finally:
+            if parent.poll() is None and not said:
+                parent.kill()
+    assert said == [b"stopped 0\n"]  # the child stopped when told, with its commit
+    assert parent.returncode == 0
