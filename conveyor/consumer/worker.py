@@ -87,7 +87,8 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.http_port: int | None = None
         self._registry = HandlerRegistry()
-        self._stop = asyncio.Event()
+        self._stop = asyncio.Event()  # a stop() before run() is kept for it
+        self._running = False
         self._loop: ConsumerLoop | None = None
         self._helpers: dict[str, asyncio.Task[None]] = {}
         self._stop_tasks: list[asyncio.Task[Any]] = []
@@ -255,7 +256,11 @@ class Worker:
         return 0 if self._loop is None else self._loop.in_flight
 
     def stop(self) -> None:
-        """Asks the worker to stop: no new fetches, in-flight jobs get the grace period."""
+        """Asks the worker to stop: no new fetches, in-flight jobs get the grace period.
+
+        Called before :meth:`run` starts (a Ctrl-C during a CLI's start-up), it makes that
+        run stop as soon as it has started.
+        """
         self._stop.set()
 
     async def run(self) -> None:
@@ -267,7 +272,14 @@ class Worker:
         Raises:
             ConveyorError: A start-up check failed; its message says what to run.
         """
-        self._stop = asyncio.Event()
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._running = False
+            self._stop = asyncio.Event()  # for a next run; a stop() until then is for it
+
+    async def _run(self) -> None:
         if self.options.check_at_start:
             await preflight.check(self.settings)
         pool, status_pool = await self._open_pools()
@@ -374,7 +386,7 @@ class Worker:
         """Which helper (control listener, retry relay, DLQ sink, scheduler, ledger) ended
         while the worker runs, and why; None while all run. A liveness check: a pod whose relay died
         would otherwise look healthy while retries pile up unrelayed."""
-        if self._stop.is_set():
+        if self._stop.is_set() or not self._running:
             return None
         for name, task in self._helpers.items():
             if task.done():

@@ -404,3 +404,23 @@ async def test_a_deep_backlog_is_read_in_bounded_batches(live: Settings) -> None
         await eventually(lambda: len(done) == 300, timeout=120, what="300 jobs")
     assert done == list(range(300))
     assert 0 < worker.stats.max_buffered <= 2 * limit
+
+
+async def test_a_stop_before_the_run_starts_ends_that_run_and_not_the_next(
+    live: Settings,
+) -> None:
+    """A Ctrl-C during a CLI's start-up calls stop() before run() begins: that run ends
+    once started (it used to replace the stop and run on), and the next one runs."""
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+    runs: list[str] = []
+
+    @worker.handler("early.stop")
+    async def handle(ctx: JobContext, payload: Any) -> None:
+        runs.append(ctx.job_id)
+
+    worker.stop()
+    await asyncio.wait_for(worker.run(), 60)
+    with Producer(live) as producer:
+        job_id = producer.submit("early.stop", {}, wait=True)
+    async with running(worker):
+        await eventually(lambda: runs == [job_id], what="the next run to run the job")
