@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 FINAL_STATES = ("complete", "failed", "cancelled")
 STATES = ("queued", "processing", *FINAL_STATES)
+
+#: A UUID in the form Postgres prints (``job_id::text``) and the producer sends.
+_IN_TEXT_FORM = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+).fullmatch
+
+
+def canonical_id(value: str) -> str:
+    """``value`` in Postgres' text form of a UUID; unchanged if it is not a UUID.
+
+    An id read back from Postgres is in that form, so the worker compares ids in it. A
+    match of the form costs 0.2 µs where parsing a UUID and printing it costs 1.2 µs,
+    and ids from conveyor's producer are always in it.
+    """
+    if _IN_TEXT_FORM(value) is not None:
+        return value
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value  # JobMessage.unstorable() names it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,8 +89,9 @@ class JobMessage:
         offset: int,
         headers: Mapping[str, bytes],
     ) -> JobMessage:
-        """Builds a job from a decoded ``JobEnvelope`` record and its Kafka coordinates."""
-        job_id = str(envelope["job_id"])
+        """Builds a job from a decoded ``JobEnvelope`` record and its Kafka coordinates;
+        its ids in canonical form (:func:`canonical_id`)."""
+        job_id = canonical_id(str(envelope["job_id"]))
         batch_id = envelope.get("batch_id")
         return cls(
             job_id=job_id,
@@ -79,7 +101,7 @@ class JobMessage:
             payload=envelope["payload"],
             content_type=envelope["content_type"],
             tenant_id=envelope.get("tenant_id"),
-            batch_id=None if batch_id is None else str(batch_id),
+            batch_id=None if batch_id is None else canonical_id(str(batch_id)),
             dedupe_key=envelope.get("dedupe_key"),
             attempt=envelope.get("attempt", 1),
             max_attempts=envelope.get("max_attempts"),
@@ -103,7 +125,7 @@ class JobMessage:
                 return f"{name} holds a NUL character, which Postgres cannot store"
         for name in ("job_id", "batch_id"):
             value = getattr(self, name)
-            if value is None:
+            if value is None or _IN_TEXT_FORM(value) is not None:
                 continue
             try:
                 uuid.UUID(value)

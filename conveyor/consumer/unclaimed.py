@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -37,7 +36,7 @@ import asyncpg
 
 from conveyor.consumer import queries
 from conveyor.consumer.batching import Coalescer
-from conveyor.consumer.job import JobMessage
+from conveyor.consumer.job import JobMessage, canonical_id
 from conveyor.consumer.status import Lease, StatusStore, claim_args, outcome_of_one
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
@@ -87,10 +86,6 @@ class _Done:
     result: str
 
 
-def _canonical(job_id: str) -> str:
-    return str(uuid.UUID(job_id))
-
-
 class UnclaimedStore:
     """Reads and completes jobs that run unclaimed, in shared statements.
 
@@ -104,7 +99,7 @@ class UnclaimedStore:
     ) -> None:
         self._pool = pool
         self._clock = clock
-        self._reads: Coalescer[str, Known | None] = Coalescer(self._read_many, key=_canonical)
+        self._reads: Coalescer[str, Known | None] = Coalescer(self._read_many, key=canonical_id)
         self._completions: Coalescer[_Done, str | None] = Coalescer(
             self._complete_many, key=lambda done: done.job.job_id
         )
@@ -142,12 +137,12 @@ class UnclaimedStore:
         ahead = self._ahead.pop(job_id, None)
         if ahead is not None and self._clock() - ahead[0] <= PREFETCH_FRESH:
             with contextlib.suppress(Exception):  # read again below, which reports it
-                return (await asyncio.shield(ahead[1])).get(_canonical(job_id))
+                return (await asyncio.shield(ahead[1])).get(canonical_id(job_id))
         return await self._reads.submit(job_id)
 
     async def _read_many(self, job_ids: Sequence[str]) -> list[Known | Exception | None]:
         by_id = await self._read_rows(job_ids)
-        return [by_id.get(_canonical(job_id)) for job_id in job_ids]
+        return [by_id.get(canonical_id(job_id)) for job_id in job_ids]
 
     async def _read_rows(self, job_ids: Sequence[str]) -> dict[str, Known]:
         """The rows of ``job_ids`` that exist, by canonical job id."""
@@ -195,7 +190,7 @@ class UnclaimedStore:
                         [item.result for item in items],
                     )
                     written = {str(row["job_id"]) for row in done}
-                    missed = [job.job_id for job in jobs if _canonical(job.job_id) not in written]
+                    missed = [job.job_id for job in jobs if canonical_id(job.job_id) not in written]
                     rows = await conn.fetch(queries.STATES, missed, None) if missed else []
         except asyncpg.PostgresError:
             if len(items) == 1:
@@ -203,10 +198,8 @@ class UnclaimedStore:
             # One job's result was refused: complete each alone, so only that one fails.
             return [await outcome_of_one(self._complete_many([item])) for item in items]
         states = {str(row["job_id"]): str(row["state"]) for row in rows}
-        return [
-            None if _canonical(job.job_id) in written else states.get(_canonical(job.job_id), "")
-            for job in jobs
-        ]
+        ids = [canonical_id(job.job_id) for job in jobs]
+        return [None if job_id in written else states.get(job_id, "") for job_id in ids]
 
 
 def _retrieve(read: asyncio.Future[Any]) -> None:
