@@ -24,6 +24,7 @@ import asyncpg
 from conveyor.consumer import failures
 from conveyor.consumer.cancels import RunningJob, RunningJobs
 from conveyor.consumer.context import JobContext, JobTransaction
+from conveyor.consumer.deadlines import Deadlines
 from conveyor.consumer.endings import Endings
 from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec
 from conveyor.consumer.job import FINAL_STATES, JobMessage
@@ -88,7 +89,7 @@ class JobRunner:
     ) -> None:
         self._status = status
         self._unclaimed = unclaimed
-        self._claim_after = claim_after
+        self._claims_due = Deadlines(claim_after)
         self._sleep = sleep
         self._pool = pool
         self._registry = registry
@@ -363,7 +364,7 @@ class JobRunner:
         # A claim refused (the job was cancelled while it ran unclaimed, or ended
         # elsewhere) interrupts the handler: its outcome could not be recorded.
         deferred.when_refused(running.refuse)
-        timer = asyncio.get_running_loop().call_later(self._claim_after, deferred.start)
+        self._claims_due.add(deferred, deferred.start)
         try:
             result = await task
         except asyncio.CancelledError:
@@ -384,7 +385,7 @@ class JobRunner:
                 return self._skipped(job, lease), None, 0.0
             return await self._endings.failed(job, lease, spec, exc, None)
         finally:
-            timer.cancel()
+            self._claims_due.discard(deferred)
             self._jobs.finish(job.job_id)
         if not deferred.started:
             # The handler is done; its concurrency slot can run another while the
