@@ -142,17 +142,24 @@ class JobRunner:
             asyncio.CancelledError: The worker is shutting down; the job was rolled back
                 and stays with its lease, so it is redelivered and taken over later.
         """
-        while True:
-            outcome, again, delay = await self._traced_attempt(job)
-            if again is None:
-                return outcome
-            if not await self._backoff(delay, lost):
-                self._stats.fenced += 1
-                log.info(
-                    "job %s: partition lost during its backoff; left to its new owner", job.job_id
-                )
-                return Outcome.FENCED
-            job = again
+        with self._delivering(job.job_id):
+            while True:
+                outcome, again, delay = await self._traced_attempt(job)
+                if again is None:
+                    return outcome
+                if not await self._backoff(delay, lost):
+                    self._stats.fenced += 1
+                    log.info(
+                        "job %s: partition lost during its backoff; left to its new owner",
+                        job.job_id,
+                    )
+                    return Outcome.FENCED
+                job = again
+
+    def _delivering(self, job_id: str) -> contextlib.AbstractContextManager[None]:
+        if self._unclaimed is None:
+            return contextlib.nullcontext()
+        return self._unclaimed.delivering(job_id)
 
     async def _backoff(self, delay: float, lost: asyncio.Event | None) -> bool:
         """Waits ``delay`` seconds; False as soon as ``lost`` is set (before or during)."""

@@ -28,8 +28,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -107,6 +107,24 @@ class UnclaimedStore:
         self._ahead: OrderedDict[str, tuple[float, asyncio.Future[dict[str, Known]]]] = (
             OrderedDict()
         )
+        # Jobs with a delivery running here (``delivering``), by job id.
+        self._delivering: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def delivering(self, job_id: str) -> Iterator[None]:
+        """Marks a delivery of ``job_id`` as running here until its outcome is written.
+
+        A duplicate of the job fetched meanwhile is not read ahead: that read would
+        show the row as it was before this delivery's outcome, and the duplicate, which
+        waits in its key's mailbox for this one, would take it for a job still to run.
+        """
+        self._delivering[job_id] += 1
+        try:
+            yield
+        finally:
+            self._delivering[job_id] -= 1
+            if not self._delivering[job_id]:
+                del self._delivering[job_id]
 
     def prefetch(self, job_ids: Iterable[str]) -> None:
         """Reads the rows of jobs just fetched, in one statement sent now, for ``known``.
@@ -119,7 +137,11 @@ class UnclaimedStore:
             if now - oldest[0] <= PREFETCH_FRESH:
                 break
             self._ahead.popitem(last=False)
-        wanted = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in self._ahead]
+        wanted = [
+            job_id
+            for job_id in dict.fromkeys(job_ids)
+            if job_id not in self._ahead and job_id not in self._delivering
+        ]
         if not wanted:
             return
         read = asyncio.ensure_future(self._read_rows(wanted))
