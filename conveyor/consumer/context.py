@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -140,8 +141,17 @@ class JobContext:
         self.batch_id: str | None = job.batch_id
         self.submitted_at: dt.datetime = job.submitted_at
         self.db = Database(transaction)
-        self.log = logging.LoggerAdapter(
-            logger,
+        self._job = job
+        self._logger = logger
+        self._report = report
+
+    @functools.cached_property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the job's fields (made when first used: most
+        handlers never log, and the worker makes a context per job)."""
+        job = self._job
+        return logging.LoggerAdapter(
+            self._logger,
             {
                 "job_id": job.job_id,
                 "job_type": job.type,
@@ -150,7 +160,6 @@ class JobContext:
                 "tenant_id": job.tenant_id,
             },
         )
-        self._report = report
 
     async def report_progress(self, pct: float, message: str | None = None) -> None:
         """Records progress (0-100) on the job; followers of the job see it at once.

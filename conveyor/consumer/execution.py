@@ -182,15 +182,15 @@ class JobRunner:
 
         Without a tracer provider there is no span to make: the attempt runs bare.
         """
-        if not tracing.enabled():
-            with logs.job_fields(
-                job_id=job.job_id,
-                job_type=job.type,
-                priority=job.priority,
-                attempt=job.attempt,
-                **({"tenant_id": job.tenant_id} if job.tenant_id is not None else {}),
-            ):
+        fields = logs.bind_job_fields(job.log_fields)
+        try:
+            if not tracing.enabled():
                 return await self._attempt(job)
+            return await self._spanned_attempt(job)
+        finally:
+            logs.unbind_job_fields(fields)
+
+    async def _spanned_attempt(self, job: JobMessage) -> tuple[Outcome, JobMessage | None, float]:
         attributes = {
             **tracing.kafka_attributes(
                 operation="process",
@@ -204,16 +204,9 @@ class JobRunner:
                 job_id=job.job_id, job_type=job.type, priority=job.priority, attempt=job.attempt
             ),
         }
-        with (
-            tracing.process_span(job.headers, destination=job.topic, attributes=attributes) as span,
-            logs.job_fields(
-                job_id=job.job_id,
-                job_type=job.type,
-                priority=job.priority,
-                attempt=job.attempt,
-                **({"tenant_id": job.tenant_id} if job.tenant_id is not None else {}),
-            ),
-        ):
+        with tracing.process_span(
+            job.headers, destination=job.topic, attributes=attributes
+        ) as span:
             outcome, again, delay = await self._attempt(job)
             span.set_attribute("job.outcome", outcome.value)
             return outcome, again, delay

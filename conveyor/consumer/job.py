@@ -115,6 +115,18 @@ class JobMessage:
             headers=headers,
         )
 
+    def log_fields(self) -> dict[str, Any]:
+        """The fields every log record made while this job runs carries."""
+        fields: dict[str, Any] = {
+            "job_id": self.job_id,
+            "job_type": self.type,
+            "priority": self.priority,
+            "attempt": self.attempt,
+        }
+        if self.tenant_id is not None:
+            fields["tenant_id"] = self.tenant_id
+        return fields
+
     def unstorable(self) -> str | None:
         """Why Postgres would refuse this job's row (a NUL in a text field, an id that is
         not a UUID), or None. Only a hand-made or corrupt message gets here: the producer

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -23,7 +23,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: conveyor's own; below DEBUG they log warnings and errors only.
 CHATTY_LIBRARIES = ("aiokafka", "httpx", "httpx2", "httpcore")
 
-_JOB_FIELDS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+#: A job's fields, or what makes them when a record is logged (``bind_job_fields``).
+Fields = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+_JOB_FIELDS: contextvars.ContextVar[Fields | None] = contextvars.ContextVar(
     "conveyor_job_fields", default=None
 )
 
@@ -38,9 +40,24 @@ def job_fields(**fields: Any) -> Iterator[None]:
         _JOB_FIELDS.reset(token)
 
 
+def bind_job_fields(fields: Callable[[], Mapping[str, Any]]) -> contextvars.Token[Fields | None]:
+    """Like :func:`job_fields`, but ``fields()`` makes them only when a record is logged.
+
+    The worker binds every job's fields, and most jobs log nothing: a context manager
+    and a dict per job cost it 4 µs of its one core. Undo with :func:`unbind_job_fields`.
+    """
+    return _JOB_FIELDS.set(fields)
+
+
+def unbind_job_fields(token: contextvars.Token[Fields | None]) -> None:
+    """Restores the fields that :func:`bind_job_fields` replaced."""
+    _JOB_FIELDS.reset(token)
+
+
 def current_fields() -> dict[str, Any]:
     """The job fields and trace ids of the current context."""
-    fields = dict(_JOB_FIELDS.get() or {})
+    bound = _JOB_FIELDS.get()
+    fields = dict((bound() if callable(bound) else bound) or {})
     span = trace.get_current_span().get_span_context()
     if span.is_valid:
         fields["trace_id"] = format(span.trace_id, "032x")

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import logging
 from collections.abc import Awaitable
 from typing import Any
 
@@ -18,6 +19,7 @@ from conveyor.consumer.context import JobContext
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.worker import Worker
 from conveyor.jobstore import JobStore
+from conveyor.observability import logs
 from conveyor.topology.model import PRIORITIES
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
@@ -424,3 +426,36 @@ async def test_a_stop_before_the_run_starts_ends_that_run_and_not_the_next(
         job_id = producer.submit("early.stop", {}, wait=True)
     async with running(worker):
         await eventually(lambda: runs == [job_id], what="the next run to run the job")
+
+
+async def test_a_handlers_log_records_carry_its_job_fields(live: Settings) -> None:
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+    fields: list[dict[str, Any]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "hello from the handler":
+                fields.append(logs.current_fields())
+
+    @worker.handler("log.fields")
+    async def handle(ctx: JobContext, payload: Any) -> None:
+        ctx.log.warning("hello from the handler")
+
+    capture = Capture()
+    logging.getLogger().addHandler(capture)
+    try:
+        with Producer(live) as producer:
+            job_id = producer.submit("log.fields", {}, tenant_id="acme", wait=True)
+        async with running(worker):
+            await eventually(lambda: bool(fields), what="the handler's record")
+    finally:
+        logging.getLogger().removeHandler(capture)
+    assert fields == [
+        {
+            "job_id": job_id,
+            "job_type": "log.fields",
+            "priority": "normal",
+            "attempt": 1,
+            "tenant_id": "acme",
+        }
+    ]

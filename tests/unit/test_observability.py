@@ -150,6 +150,27 @@ def test_text_logs_append_the_job_fields() -> None:
     assert stream.getvalue().rstrip().endswith("hello job_id=j-2 job_type=t")
 
 
+def test_bound_job_fields_are_made_only_when_a_record_is_logged() -> None:
+    logger, stream = make_logger(json_lines=True)
+    made: list[int] = []
+
+    def fields() -> dict[str, str]:
+        made.append(1)
+        return {"job_id": "j-3", "tenant_id": "acme"}
+
+    token = logs.bind_job_fields(fields)
+    try:
+        assert made == []  # nothing logged yet: nothing made
+        logger.info("one")
+    finally:
+        logs.unbind_job_fields(token)
+    logger.info("after")
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (inside["job_id"], inside["tenant_id"]) == ("j-3", "acme")
+    assert "job_id" not in outside
+    assert made == [1]
+
+
 def test_labels_stay_bounded_to_registered_types() -> None:
     metrics = WorkerMetrics()
     metrics.know_types(["email.send"])
