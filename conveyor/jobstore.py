@@ -36,7 +36,7 @@ from typing import Any
 
 import asyncpg
 
-from conveyor import db, dlq, jobcancel, jobreads
+from conveyor import db, dlq, dlq_replay, jobcancel, jobreads
 from conveyor.consumer.commands import ControlPublisher
 from conveyor.consumer.status import AnyConnection, progress_channel
 from conveyor.db import database_errors
@@ -258,7 +258,7 @@ class JobStore:
         return await dlq.get_entry(self._require_pool(), entry_id)
 
     async def replay(self, entry_id: int) -> str:
-        """Resubmits a dead job once and returns its id; see :func:`conveyor.dlq.replay`.
+        """Resubmits a dead job once and returns its id; see :func:`conveyor.dlq_replay.replay`.
 
         Raises:
             DlqEntryNotFound: No row has this id.
@@ -267,18 +267,20 @@ class JobStore:
             DeliveryError: The broker did not acknowledge the job; nothing changed.
         """
         async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
-            return await dlq.replay(self._require_pool(), publisher, self._settings, entry_id)
+            return await dlq_replay.replay(
+                self._require_pool(), publisher, self._settings, entry_id
+            )
 
     async def replay_all(
         self,
         *,
         type: str,
         tenant: str | None = None,
-        on_progress: dlq.ProgressCallback | None = None,
+        on_progress: dlq_replay.ProgressCallback | None = None,
     ) -> list[str]:
-        """Replays every pending entry of a job type; see :func:`conveyor.dlq.replay_all`."""
+        """Replays every pending entry of a job type; see :func:`conveyor.dlq_replay.replay_all`."""
         async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
-            return await dlq.replay_all(
+            return await dlq_replay.replay_all(
                 self._require_pool(),
                 publisher,
                 self._settings,

@@ -33,7 +33,7 @@ from typing import Any, Self, cast
 import asyncpg
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from conveyor import dlq
+from conveyor import dlq_replay
 from conveyor.consumer import dlq_rows, failures
 from conveyor.consumer.execution import JobRunner
 from conveyor.consumer.job import JobMessage
@@ -276,11 +276,11 @@ class TestWorker:
                 not failed now.
         """
         entry = await self.dlq_show(entry_id)
-        dlq.check_replayable(entry)
+        dlq_replay.check_replayable(entry)
         job_id = str(entry.original_job_id)
         state = self.status_store.status(job_id).state
-        dlq.check_job_failed(entry, None if state == "unknown" else state)
-        envelope = dlq.replay_envelope(entry, submitted_at=self.clock.now())
+        dlq_replay.check_job_failed(entry, None if state == "unknown" else state)
+        envelope = dlq_replay.replay_envelope(entry, submitted_at=self.clock.now())
         self.status_store.requeue(
             job_id,
             envelope,
@@ -291,7 +291,7 @@ class TestWorker:
             topic,
             (entry.key or job_id).encode(),
             self._serde.encode(JOB_ENVELOPE, topic, envelope),
-            dlq.replay_headers(job_id, envelope["type"], envelope["priority"]),
+            dlq_replay.replay_headers(job_id, envelope["type"], envelope["priority"]),
         )
         self._dlq.mark_replayed(entry, self.clock.now())
         return job_id
