@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from conveyor import Settings, db
+from conveyor.consumer.claims import HELD, Lease
 from conveyor.consumer.context import JobContext
-from conveyor.consumer.status import HELD, Lease, StatusStore
+from conveyor.consumer.status import StatusStore
 from conveyor.consumer.worker import Worker
 from conveyor.errors import LeaseLostError
 from conveyor.schemas.contracts import JOB_ENVELOPE

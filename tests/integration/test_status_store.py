@@ -17,8 +17,9 @@ import asyncpg
 import pytest
 
 from conveyor import db, migrations
+from conveyor.consumer.claims import Lease
 from conveyor.consumer.job import JobMessage
-from conveyor.consumer.status import Lease, LeaseLostError, StatusStore, progress_channel
+from conveyor.consumer.status import LeaseLostError, StatusStore, progress_channel
 from conveyor.settings import Settings
 from tests.worker_helpers import eventually
 
