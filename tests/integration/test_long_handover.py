@@ -26,7 +26,7 @@ from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.topology.model import Topology
 from tests.faults import raw
-from tests.integration.test_status_store import make_job
+from tests.status_helpers import make_job
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
 
