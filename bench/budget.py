@@ -52,6 +52,7 @@ PROJECT_RULES: tuple[tuple[str, str, str | None], ...] = (
     (HANDLER, "/conveyor/consumer/handlers.py", None),
     (HANDLER, "/conveyor/consumer/context.py", None),
     (STATUS, "/conveyor/consumer/status.py", None),
+    (STATUS, "/conveyor/consumer/claims.py", None),
     (STATUS, "/conveyor/consumer/batching.py", None),
     (STATUS, "/conveyor/db.py", None),
     (COMMIT, "/conveyor/consumer/offsets.py", None),

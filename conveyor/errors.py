@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    # Only for the annotation: conveyor.consumer.status imports this module.
-    from conveyor.consumer.status import Lease
+    # Only for the annotation: conveyor.consumer.claims imports this module.
+    from conveyor.consumer.claims import Lease
 
 
 class ConveyorError(Exception):

@@ -19,7 +19,8 @@ interrupts it and records it cancelled. The Kafka producer and the registry clie
 that are created on the first such cancel, so reading statuses needs only Postgres.
 
 The status types, :class:`JobStatus`, :class:`Transition` and :class:`Progress`, are
-defined in ``conveyor.jobstatus`` and re-exported here.
+defined in ``conveyor.jobstatus`` and re-exported here. The SQL that reads a job is in
+``conveyor.jobreads``, and the row a cancel writes or flags in ``conveyor.jobcancel``.
 """
 
 from __future__ import annotations
@@ -27,24 +28,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
 import asyncpg
 
-from conveyor import db, dlq
+from conveyor import db, dlq, dlq_replay, jobcancel, jobreads
 from conveyor.consumer.commands import ControlPublisher
-from conveyor.consumer.job import FINAL_STATES
-from conveyor.consumer.status import AnyConnection, error_json, progress_channel
+from conveyor.consumer.status import AnyConnection, progress_channel
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
 from conveyor.jobstatus import UNKNOWN, JobStatus, Progress, Transition
 from conveyor.ledger.offsets import WorkerOffsets
-from conveyor.scheduling import store as scheduling_store
 from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITIES, Topology
 
@@ -53,46 +51,6 @@ log = logging.getLogger("conveyor.jobstore")
 DEFAULT_POOL_SIZE = 5
 DEFAULT_POLL_INTERVAL = 2.0
 """Seconds between re-reads while following a job, in case a notification was missed."""
-
-_JOB = """
-SELECT job_id, state, attempts, result, last_error, progress_pct, progress_message,
-       progress_at, type, key, tenant_id, priority, batch_id, submitted_at, started_at,
-       finished_at, scheduled_for, source_topic, source_partition, source_offset
-FROM jobs WHERE job_id = $1
-"""
-
-_HISTORY = "SELECT state, at, attempt, error FROM job_transitions WHERE job_id = $1 ORDER BY id"
-
-_LOCK = "SELECT state FROM jobs WHERE job_id = $1 FOR UPDATE"
-
-_CANCEL_UNSEEN = """
-WITH created AS (
-    INSERT INTO jobs (job_id, state, attempts, cancel_requested_at, finished_at)
-    VALUES ($1, 'cancelled', 0, now(), now())
-    ON CONFLICT (job_id) DO NOTHING
-    RETURNING job_id, finished_at
-)
-INSERT INTO job_transitions (job_id, state, at, attempt, error)
-SELECT job_id, 'cancelled', finished_at, 0, $2::text::jsonb FROM created
-RETURNING job_id
-"""
-
-_CANCEL_QUEUED = """
-WITH done AS (
-    UPDATE jobs
-    SET state = 'cancelled', cancel_requested_at = now(), finished_at = now(),
-        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-    WHERE job_id = $1
-    RETURNING job_id, attempts, finished_at
-)
-INSERT INTO job_transitions (job_id, state, at, attempt, error)
-SELECT job_id, 'cancelled', finished_at, attempts, $2::text::jsonb FROM done
-"""
-
-_REQUEST_CANCEL = """
-UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
-WHERE job_id = $1
-"""
 
 
 def parse_job_id(text: str) -> str:
@@ -105,65 +63,6 @@ def parse_job_id(text: str) -> str:
         return str(uuid.UUID(str(text).strip()))
     except ValueError:
         raise ValueError(f"job id {text!r} is not a UUID") from None
-
-
-def _loads(raw: str | None) -> Any:
-    return None if raw is None else json.loads(raw)
-
-
-def _status_from(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> JobStatus:
-    progress = None
-    if row["progress_pct"] is not None:
-        # A real column: round away the float4 noise (33.3 reads back as 33.2999992).
-        pct = round(float(row["progress_pct"]), 4)
-        progress = Progress(pct=pct, message=row["progress_message"], at=row["progress_at"])
-    return JobStatus(
-        job_id=str(row["job_id"]),
-        state=row["state"],
-        attempts=row["attempts"],
-        history=[
-            Transition(state=t["state"], at=t["at"], attempt=t["attempt"], error=_loads(t["error"]))
-            for t in history
-        ],
-        result=_loads(row["result"]),
-        last_error=_loads(row["last_error"]),
-        progress=progress,
-        type=row["type"],
-        key=row["key"],
-        tenant_id=row["tenant_id"],
-        priority=row["priority"],
-        batch_id=None if row["batch_id"] is None else str(row["batch_id"]),
-        submitted_at=row["submitted_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        scheduled_for=row["scheduled_for"],
-    )
-
-
-async def _read_row(conn: AnyConnection, job_id: str) -> tuple[Any, list[Any]]:
-    # One snapshot for both reads, so the history matches the row.
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        row = await conn.fetchrow(_JOB, job_id)
-        if row is None:
-            return None, []
-        return row, await conn.fetch(_HISTORY, job_id)
-
-
-async def _read_status(conn: AnyConnection, job_id: str) -> JobStatus:
-    row, history = await _read_row(conn, job_id)
-    return JobStatus.unknown(job_id) if row is None else _status_from(row, history)
-
-
-def _queue_place(row: Mapping[str, Any]) -> tuple[str, int, int] | None:
-    """The (topic, partition, offset) of a job still waiting for its first attempt, as
-    the ledger read it; None for any other job (a retried job waits on a retry topic)."""
-    if row["state"] != "queued" or row["attempts"] != 0 or row["source_offset"] is None:
-        return None
-    return row["source_topic"], row["source_partition"], row["source_offset"]
-
-
-def _cancel_error(reason: str | None) -> str | None:
-    return None if reason is None else error_json({"type": "Cancelled", "message": reason})
 
 
 def _marker(status: JobStatus) -> tuple[Any, ...]:
@@ -262,11 +161,11 @@ class JobStore:
         job_id = parse_job_id(job_id)
         with database_errors(f"reading job {job_id}"):
             async with self._require_pool().acquire() as conn:
-                row, history = await _read_row(conn, job_id)
+                row, history = await jobreads.read_row(conn, job_id)
         if row is None:
             return JobStatus.unknown(job_id)
-        status = _status_from(row, history)
-        place = _queue_place(row) if position else None
+        status = jobreads.status_from(row, history)
+        place = jobreads.queue_place(row) if position else None
         if place is None:
             return status
         return dataclasses.replace(status, position=await self._position(*place))
@@ -312,7 +211,9 @@ class JobStore:
         job_id = parse_job_id(job_id)
         with database_errors(f"cancelling job {job_id}"):
             async with self._require_pool().acquire() as conn, conn.transaction():
-                state, was = await self._cancel_row(conn, job_id, _cancel_error(reason))
+                state, was = await jobcancel.cancel_row(
+                    conn, job_id, jobcancel.cancel_error(reason)
+                )
         if state == "processing":
             await asyncio.to_thread(self._control().cancel, job_id, reason)
         elif was in ("queued", None):
@@ -326,32 +227,6 @@ class JobStore:
         if self._publisher is None:
             self._publisher = ControlPublisher(self._settings)
         return self._publisher
-
-    @staticmethod
-    async def _cancel_row(
-        conn: AnyConnection, job_id: str, error: str | None
-    ) -> tuple[str, str | None]:
-        """Cancels or flags the job's row; its state after, and before (None: no row)."""
-        # A scheduled row is locked first, as the dispatcher does, then the job's row:
-        # that lock orders this cancel against a release or a claim of the same job.
-        await conn.execute(scheduling_store.LOCK_ONE, job_id)
-        state: str | None = await conn.fetchval(_LOCK, job_id)
-        if state is None:
-            if await conn.fetchval(_CANCEL_UNSEEN, job_id, error) is not None:
-                return "cancelled", None
-            # A worker inserted the row first (the insert waited for it): lock that row.
-            state = await conn.fetchval(_LOCK, job_id)
-            if state is None:
-                raise ConveyorError(f"job {job_id} vanished while being cancelled; try again")
-        if state in FINAL_STATES:
-            return state, state
-        if state in ("queued", "scheduled"):
-            await conn.execute(_CANCEL_QUEUED, job_id, error)
-            if state == "scheduled":  # before its release: the dispatcher skips the row
-                await conn.execute(scheduling_store.SKIP_ONE, job_id)
-            return "cancelled", state
-        await conn.execute(_REQUEST_CANCEL, job_id)
-        return state, state
 
     async def dlq_list(
         self,
@@ -383,7 +258,7 @@ class JobStore:
         return await dlq.get_entry(self._require_pool(), entry_id)
 
     async def replay(self, entry_id: int) -> str:
-        """Resubmits a dead job once and returns its id; see :func:`conveyor.dlq.replay`.
+        """Resubmits a dead job once and returns its id; see :func:`conveyor.dlq_replay.replay`.
 
         Raises:
             DlqEntryNotFound: No row has this id.
@@ -392,18 +267,20 @@ class JobStore:
             DeliveryError: The broker did not acknowledge the job; nothing changed.
         """
         async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
-            return await dlq.replay(self._require_pool(), publisher, self._settings, entry_id)
+            return await dlq_replay.replay(
+                self._require_pool(), publisher, self._settings, entry_id
+            )
 
     async def replay_all(
         self,
         *,
         type: str,
         tenant: str | None = None,
-        on_progress: dlq.ProgressCallback | None = None,
+        on_progress: dlq_replay.ProgressCallback | None = None,
     ) -> list[str]:
-        """Replays every pending entry of a job type; see :func:`conveyor.dlq.replay_all`."""
+        """Replays every pending entry of a job type; see :func:`conveyor.dlq_replay.replay_all`."""
         async with dlq.RecordPublisher(self._settings, fail_fast=True) as publisher:
-            return await dlq.replay_all(
+            return await dlq_replay.replay_all(
                 self._require_pool(),
                 publisher,
                 self._settings,
@@ -456,7 +333,7 @@ class JobStore:
             while True:
                 changed.clear()
                 with database_errors(f"following job {job_id}"):
-                    status = await _read_status(conn, job_id)
+                    status = await jobreads.read_status(conn, job_id)
                 if _marker(status) != seen:
                     seen = _marker(status)
                     yield status

@@ -7,7 +7,9 @@ load one statement carries dozens of jobs, and alone a request goes at once: the
 timer, so no latency is added.
 
 Requests for the same key (a job id) never share a batch: a later one waits for the
-next, so one statement never touches a row twice.
+next, so one statement never touches a row twice. When Postgres refuses a batch's
+statement, its sender runs each request alone so only the bad one fails;
+:func:`outcome_of_one` turns each such batch of one into its result or its error.
 """
 
 from __future__ import annotations
@@ -102,3 +104,12 @@ class Coalescer(Generic[T, R]):
         finally:
             self._in_flight -= 1
             self._pump()
+
+
+async def outcome_of_one(batch: Awaitable[list[R | Exception]]) -> R | Exception:
+    """The one result of a batch of one, or the exception it raised."""
+    try:
+        [result] = await batch
+    except Exception as exc:
+        return exc
+    return result

@@ -14,12 +14,13 @@ import logging
 from opentelemetry import trace
 
 from conveyor.consumer import failures
+from conveyor.consumer.claims import Lease
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import HandlerSpec
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.outcome import Outcome, WorkerStats
 from conveyor.consumer.publisher import FailurePublisher
-from conveyor.consumer.status import Lease, LeaseLostError, StatusStore
+from conveyor.consumer.status import LeaseLostError, StatusStore
 from conveyor.observability.metrics import WorkerMetrics
 
 log = logging.getLogger("conveyor.worker")

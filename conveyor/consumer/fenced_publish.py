@@ -23,7 +23,7 @@ from conveyor.db import database_errors
 from conveyor.errors import LeaseLostError
 
 if TYPE_CHECKING:
-    from conveyor.consumer.status import Lease
+    from conveyor.consumer.claims import Lease
 
 LOCK_LEASE = """
 SELECT job_id FROM jobs

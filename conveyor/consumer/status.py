@@ -14,9 +14,9 @@ over, cannot record an outcome: it gets :class:`LeaseLostError` instead (defined
 transaction, so the handler's database writes commit with the completion or not at all.
 The SQL these statements run is kept together in ``conveyor.consumer.queries``.
 
-Dedupe on consume: ``claim`` refuses a job already complete, failed or cancelled, and a
-delivery of an attempt older than the row's, and returns the job's state, so a duplicate
-delivery is skipped rather than run again (and ``attempts`` never goes backwards).
+Claims, the lease and the dedupe on consume (a duplicate delivery is skipped, not run
+again) are in ``conveyor.consumer.claims``; ``Lease``, ``HELD``, ``claim_args`` and
+``outcome_of_one`` are re-exported here for the worker modules that import them from here.
 
 Triggers (migration ``0040_notify_per_statement``) notify :func:`progress_channel` with
 the ids of the jobs whose state or progress a statement changed, joined by commas;
@@ -25,34 +25,24 @@ the ids of the jobs whose state or progress a statement changed, joined by comma
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 import asyncpg
 import asyncpg.pool
 
-from conveyor.consumer import fenced_publish, queries
-from conveyor.consumer.batching import Coalescer
+from conveyor.consumer import claims, fenced_publish, queries
+from conveyor.consumer.batching import Coalescer, outcome_of_one
+from conveyor.consumer.claims import HELD, Lease, claim_args
 from conveyor.consumer.job import JobMessage
 from conveyor.db import database_errors
-from conveyor.errors import (
-    ConfigurationError,
-    ConveyorError,
-    LeaseLostError,
-)
+from conveyor.errors import ConfigurationError, LeaseLostError
 
 DEFAULT_LEASE_SECONDS = 30.0
-
-HELD = "held"
-"""What ``StatusStore.claim`` returns for a long job another worker runs under a live lease."""
-
-R = TypeVar("R")
 
 AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 """A connection, or one acquired from a pool: every method here takes either."""
@@ -60,26 +50,6 @@ AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectio
 CHANNEL_PREFIX = "conveyor_progress_"
 # Postgres truncates identifiers, channel names among them, to 63 bytes (NAMEDATALEN - 1).
 _MAX_CHANNEL_BYTES = 63
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Lease:
-    """The right to record one run of a job, granted by :meth:`StatusStore.claim`.
-
-    Args:
-        job_id: The job.
-        owner: The worker id that claimed it.
-        epoch: The grant's number; every claim of the job increments it.
-        attempt: The attempt this run is.
-        cancel_requested: A cancel was requested before this claim; the worker records
-            the job cancelled instead of running it.
-    """
-
-    job_id: str
-    owner: str
-    epoch: int
-    attempt: int
-    cancel_requested: bool = False
 
 
 def progress_channel(schema: str) -> str:
@@ -110,37 +80,6 @@ def result_json(result: Any) -> str:
             f"the handler's result must be JSON-serialisable (dict, list, str, number, bool "
             f"or None), got {type(result).__name__}: {exc}"
         ) from exc
-
-
-def _canonical(job_id: str) -> str:
-    """The job id as Postgres returns a uuid: lower case, with hyphens."""
-    return str(uuid.UUID(job_id))
-
-
-def claim_args(job: JobMessage) -> tuple[Any, ...]:
-    """One job's values for the arrays $1..$10 of ``CLAIM_MANY`` (and of the unclaimed
-    completion, which writes the same columns)."""
-    return (
-        job.job_id,
-        job.type,
-        job.key,
-        job.tenant_id,
-        job.priority,
-        job.batch_id,
-        job.dedupe_key,
-        job.max_attempts,
-        job.submitted_at,
-        job.attempt,
-    )
-
-
-async def outcome_of_one(batch: Awaitable[list[R | Exception]]) -> R | Exception:
-    """The one result of a batch of one, or the exception it raised."""
-    try:
-        [result] = await batch
-    except Exception as exc:
-        return exc
-    return result
 
 
 def error_json(error: Mapping[str, Any]) -> str:
@@ -235,57 +174,9 @@ class StatusStore:
     async def _claim_many(
         self, items: Sequence[tuple[JobMessage, bool]]
     ) -> list[Lease | str | Exception]:
-        jobs = [job for job, _ in items]
-        try:
-            with database_errors(f"claiming {len(jobs)} job(s)"):
-                async with self._pool.acquire() as conn:
-                    rows = await conn.fetch(
-                        queries.CLAIM_MANY,
-                        *(list(column) for column in zip(*map(claim_args, jobs), strict=True)),
-                        self.worker_id,
-                        self.lease_seconds,
-                        [job.job_id for job, in_place in items if in_place],
-                        [job.job_id for job in jobs if job.duration == "long"],
-                    )
-                    by_id = {str(row["job_id"]): row for row in rows}
-                    missed = [job.job_id for job in jobs if _canonical(job.job_id) not in by_id]
-                    # A new statement, so a new snapshot: a cancel that committed while the
-                    # claim waited for the row is read as it is, not as it was.
-                    states = (
-                        {str(r["job_id"]): HELD if r["held"] else str(r["state"])
-                         for r in await conn.fetch(queries.STATES, missed, self.worker_id)}
-                        if missed
-                        else {}
-                    )  # fmt: skip
-        except asyncpg.PostgresError:
-            if len(items) == 1:
-                raise
-            # One job's data was refused: claim each alone, so only that one fails.
-            return [await outcome_of_one(self._claim_many([item])) for item in items]
-        claimed: list[Lease | str | Exception] = []
-        for job in jobs:
-            canonical = _canonical(job.job_id)
-            row = by_id.get(canonical)
-            if row is None:
-                state = states.get(canonical)
-                if state == HELD and job.duration != "long":
-                    state = "processing"  # an older attempt: a later one runs elsewhere
-                claimed.append(
-                    state
-                    if state is not None
-                    else ConveyorError(f"job {job.job_id} was neither claimed nor found")
-                )
-                continue
-            claimed.append(
-                Lease(
-                    job_id=job.job_id,
-                    owner=self.worker_id,
-                    epoch=int(row["lease_epoch"]),
-                    attempt=int(row["attempts"]),
-                    cancel_requested=bool(row["cancel_requested"]),
-                )
-            )
-        return claimed
+        return await claims.claim_many(
+            self._pool, items, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+        )
 
     async def complete_alone(self, lease: Lease, result: Any) -> None:
         """Records the job complete when its handler wrote nothing through ``ctx.db``.
@@ -318,7 +209,7 @@ class StatusStore:
             # One job's result was refused: complete each alone, so only that one fails.
             return [await outcome_of_one(self._complete_many([item])) for item in items]
         completed = {str(row["job_id"]) for row in done}
-        return [_canonical(lease.job_id) in completed for lease in leases]
+        return [claims.canonical_id(lease.job_id) in completed for lease in leases]
 
     async def complete(self, lease: Lease, result: Any, conn: AnyConnection) -> None:
         """Records the job complete with its result, inside the handler's transaction.
@@ -486,6 +377,7 @@ class StatusStore:
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "HELD",
     "AnyConnection",
     "Lease",
     "LeaseLostError",

@@ -1,6 +1,6 @@
 """``RecordPublisher``: publish one conveyor record from asyncio code and wait for its ack.
 
-Replay (``conveyor.dlq``) publishes job envelopes with it, the DLQ sink
+Replay (``conveyor.dlq_replay``) publishes job envelopes with it, the DLQ sink
 (``conveyor.consumer.dlq_sink``) its JobFailed events. Each record is encoded in
 Confluent wire format and sent through :class:`~conveyor.producer.delivery.DeliveryCore`,
 without batching (``linger.ms=0``): the caller awaits each ack before doing more.

@@ -14,7 +14,9 @@ The in-process mode reuses the worker's own parts and replaces only the services
 - job status lives in :class:`~conveyor.testing.memstatus.MemoryStatus` and reads back as
   the ``JobStatus`` ``JobStore`` gives; dead jobs become ``DlqEntry`` rows;
 - delayed and ``run_at`` jobs are held as the scheduler holds them (``scheduled``, with
-  their due time, cancellable) and released to their priority topic when due;
+  their due time, cancellable) and released to their priority topic when due; that
+  scheduler, the retry relay and the DLQ sink are
+  :class:`~conveyor.testing.memservices.MemoryServices`;
 - a :class:`~conveyor.testing.clock.FakeClock` decides when a retry or a delayed job is
   due, and wakes in-place retries (``ordering="key"``), so backoff costs no real time.
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import logging
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
@@ -33,8 +34,8 @@ from typing import Any, Self, cast
 import asyncpg
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from conveyor import dlq
-from conveyor.consumer import dlq_rows, failures
+from conveyor import dlq_replay
+from conveyor.consumer import failures
 from conveyor.consumer.execution import JobRunner
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.mailbox import Entry, Mailboxes
@@ -46,22 +47,19 @@ from conveyor.errors import ConveyorError, DeserializationError
 from conveyor.jobstatus import JobStatus
 from conveyor.producer.aio import AsyncProducer
 from conveyor.producer.sync import Producer
-from conveyor.schemas.contracts import DLQ_RECORD, JOB_ENVELOPE
+from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.payload import PayloadCodec
 from conveyor.schemas.serde import Serde
 from conveyor.testing.clock import FakeClock
 from conveyor.testing.database import TestPool
 from conveyor.testing.memdlq import MemoryDlq
-from conveyor.testing.memlog import MemoryDelivery, MemoryLog, Record
-from conveyor.testing.memschedule import MemorySchedule
+from conveyor.testing.memlog import MemoryDelivery, MemoryLog
+from conveyor.testing.memservices import MemoryServices
 from conveyor.testing.memstatus import MemoryStatus, canonical
 from conveyor.topology.model import PRIORITIES, PRIORITY_WEIGHTS, Topology
 
-log = logging.getLogger("conveyor.testing")
-
 #: How far :meth:`TestWorker.settle` may skip the clock before it gives up.
 DEFAULT_SETTLE_LIMIT = 366 * 86400.0
-_FALLBACK_PRIORITY = "normal"
 
 
 class TestWorker:
@@ -128,10 +126,16 @@ class TestWorker:
         self._mailboxes: dict[str, Mailboxes[JobMessage]] = {
             p: Mailboxes() for p in worker.priorities
         }
-        self._positions: dict[tuple[str, int], int] = {}
-        self._due: dict[tuple[str, int, int], dt.datetime | None] = {}
         self._dlq = MemoryDlq()
-        self._scheduled: MemorySchedule[Record] = MemorySchedule()
+        self._services = MemoryServices(
+            log=self.log,
+            serde=self._serde,
+            topology=self.topology,
+            clock=self.clock,
+            status=self.status_store,
+            dlq=self._dlq,
+            events=self.events,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: list[BaseException] = []
         self._changed = self.clock.parked
@@ -177,10 +181,10 @@ class TestWorker:
         ran = 0
         while True:
             self._changed.clear()
-            self._schedule()
-            await self._relay()
+            self._services.schedule()
+            await self._services.relay()
             await self._fetch()
-            self._sink()
+            self._services.sink()
             ran += self._dispatch()
             self._raise_failures()
             if not self._tasks or len(self._tasks) <= self.clock.sleepers:
@@ -197,7 +201,7 @@ class TestWorker:
         if remaining < 0:
             raise ValueError(f"the clock only moves forward, got {seconds}")
         await self.drain()
-        while (step := self._next_due()) is not None and step <= remaining:
+        while (step := self._services.next_due()) is not None and step <= remaining:
             await self.clock.skip(step)
             remaining -= step
             await self.drain()
@@ -218,7 +222,7 @@ class TestWorker:
         """
         skipped = 0.0
         await self.drain()
-        while (step := self._next_due()) is not None:
+        while (step := self._services.next_due()) is not None:
             if skipped + step > limit:
                 raise ConveyorError(f"jobs are still pending after skipping {limit:.0f} s")
             await self.clock.skip(step)
@@ -276,11 +280,11 @@ class TestWorker:
                 not failed now.
         """
         entry = await self.dlq_show(entry_id)
-        dlq.check_replayable(entry)
+        dlq_replay.check_replayable(entry)
         job_id = str(entry.original_job_id)
         state = self.status_store.status(job_id).state
-        dlq.check_job_failed(entry, None if state == "unknown" else state)
-        envelope = dlq.replay_envelope(entry, submitted_at=self.clock.now())
+        dlq_replay.check_job_failed(entry, None if state == "unknown" else state)
+        envelope = dlq_replay.replay_envelope(entry, submitted_at=self.clock.now())
         self.status_store.requeue(
             job_id,
             envelope,
@@ -291,7 +295,7 @@ class TestWorker:
             topic,
             (entry.key or job_id).encode(),
             self._serde.encode(JOB_ENVELOPE, topic, envelope),
-            dlq.replay_headers(job_id, envelope["type"], envelope["priority"]),
+            dlq_replay.replay_headers(job_id, envelope["type"], envelope["priority"]),
         )
         self._dlq.mark_replayed(entry, self.clock.now())
         return job_id
@@ -304,110 +308,12 @@ class TestWorker:
         except KeyError:
             return 1
 
-    def _unread(self, topic: str) -> list[Record]:
-        """Unread records of every partition of ``topic``, partition by partition."""
-        return [
-            record
-            for partition in range(self.log.partitions(topic))
-            for record in self.log.read(
-                topic, partition, self._positions.get((topic, partition), 0)
-            )
-        ]
-
-    def _consumed(self, record: Record) -> None:
-        self._positions[record.topic, record.partition] = record.offset + 1
-
-    def _not_before(self, record: Record) -> dt.datetime | None:
-        """When a retry-topic record is due, on the fake clock."""
-        where = (record.topic, record.partition, record.offset)
-        if where not in self._due:
-            try:
-                envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value)
-            except DeserializationError:
-                self._due[where] = None
-            else:
-                not_before = envelope.get("not_before")
-                self._due[where] = (
-                    None
-                    if not_before is None
-                    else not_before + dt.timedelta(seconds=record.skipped)
-                )
-        return self._due[where]
-
-    async def _relay(self) -> None:
-        """The retry relay: moves each due record of a retry topic to its job topic."""
-        now = self.clock.now()
-        held: set[int] = set()
-        for rung in self.topology.retry_topics:
-            held.clear()
-            for record in self._unread(rung.name):
-                if record.partition in held:
-                    continue
-                not_before = self._not_before(record)
-                if not_before is not None and not_before > now:
-                    held.add(record.partition)  # the relay holds a partition behind it
-                    continue
-                self._consumed(record)
-                try:
-                    envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value)
-                except DeserializationError as exc:
-                    log.error("skipping undecodable retry message %s: %s", record.offset, exc)
-                    continue
-                priority = envelope.get("priority")
-                if priority not in PRIORITIES:
-                    priority = _FALLBACK_PRIORITY
-                topic = self.topology.job_topic(str(priority))
-                self.log.append(topic, record.key, record.value, record.headers)
-
-    def _schedule(self) -> None:
-        """The scheduler: stores new delayed jobs, then releases those due, in due order."""
-        topic = self.topology.scheduled_topic
-        for record in self._unread(topic):
-            self._consumed(record)
-            try:
-                envelope = self._serde.decode(JOB_ENVELOPE, topic, record.value)
-            except DeserializationError as exc:
-                log.error("skipping undecodable scheduled message %s: %s", record.offset, exc)
-                continue
-            due = envelope.get("not_before") or self.clock.now()
-            if self.status_store.schedule(envelope, due):
-                self._scheduled.add(due, str(envelope["job_id"]), record)
-        for job_id, record in self._scheduled.pop_due(self.clock.now()):
-            if not self.status_store.release(job_id):
-                continue  # cancelled before its release
-            envelope = self._serde.decode(JOB_ENVELOPE, record.topic, record.value)
-            priority = envelope.get("priority")
-            if priority not in PRIORITIES:
-                priority = _FALLBACK_PRIORITY
-            target = self.topology.job_topic(str(priority))
-            self.log.append(target, record.key, record.value, record.headers)
-
-    def _next_due(self) -> float | None:
-        """Seconds until the next retry, delayed job or in-place retry is due, if any."""
-        now = self.clock.now()
-        waits = []
-        if (scheduled := self._scheduled.next_due()) is not None:
-            waits.append((scheduled - now).total_seconds())
-        for rung in self.topology.retry_topics:
-            for partition in range(self.log.partitions(rung.name)):
-                position = self._positions.get((rung.name, partition), 0)
-                head = self.log.read(rung.name, partition, position)[:1]
-                if head:
-                    not_before = self._not_before(head[0])
-                    waits.append(0.0 if not_before is None else (not_before - now).total_seconds())
-        sleeper = self.clock.next_deadline()
-        if sleeper is not None:
-            waits.append(sleeper)
-        if not waits:
-            return None
-        return max(min(waits), 0.001)
-
     async def _fetch(self) -> None:
         """The consumers: decodes new job records into the key mailboxes."""
         for priority, mailboxes in self._mailboxes.items():
             topic = self.topology.job_topic(priority)
-            for record in self._unread(topic):
-                self._consumed(record)
+            for record in self._services.unread(topic):
+                self._services.consumed(record)
                 try:
                     envelope = self._serde.decode(JOB_ENVELOPE, topic, record.value)
                 except DeserializationError as exc:
@@ -431,21 +337,6 @@ class TestWorker:
                     headers=record.headers,
                 )
                 mailboxes.add((topic, record.partition), job.key, record.offset, job)
-
-    def _sink(self) -> None:
-        """The DLQ sink: one ``DlqEntry`` and one ``JobFailed`` event per dead record."""
-        topic = self.topology.dlq_topic
-        for record in self._unread(topic):
-            self._consumed(record)
-            try:
-                dead = self._serde.decode(DLQ_RECORD, topic, record.value)
-            except DeserializationError as exc:
-                log.error("skipping undecodable DLQ message %s: %s", record.offset, exc)
-                continue
-            entry = self._dlq.add(dead)
-            if dead.get("job_id") is not None:
-                self.status_store.fail_unrecorded(dead, dlq_rows.last_error(dead))
-                self.events.append(dlq_rows.job_failed_event(dead, entry.id))
 
     def _dispatch(self) -> int:
         started = 0

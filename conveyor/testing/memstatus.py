@@ -17,8 +17,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from conveyor.consumer.claims import Lease
 from conveyor.consumer.job import FINAL_STATES, JobMessage
-from conveyor.consumer.status import Lease, LeaseLostError, StatusStore, error_json, result_json
+from conveyor.consumer.status import LeaseLostError, StatusStore, error_json, result_json
 from conveyor.jobstatus import JobStatus, Progress, Transition
 from conveyor.testing.clock import FakeClock
 

@@ -2,7 +2,7 @@
 
 Listing filters by type, reason, tenant and date, pending or replayed, newest first,
 paged by a ``(dlq_at, id)`` keyset cursor. One entry is ``conveyor.dlq.get_entry``;
-replays go through ``conveyor.dlq.replay``, the same once-only replay the CLI uses.
+replays go through ``conveyor.dlq_replay.replay``, the same once-only replay the CLI uses.
 "Replay all matching" runs in the UI process as a :class:`BulkReplay` whose progress the
 page follows over Server-Sent Events.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from conveyor import dlq
+from conveyor import dlq, dlq_replay
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError, DlqEntryNotFound, ReplayRefused
 from conveyor.settings import Settings
@@ -178,9 +178,9 @@ async def matching_ids(pool: asyncpg.Pool[Any], f: DlqFilter) -> list[int]:
 
 
 async def replay_one(pool: asyncpg.Pool[Any], settings: Settings, entry_id: int) -> str:
-    """Replays one entry once (see ``conveyor.dlq.replay``) and returns the job id."""
+    """Replays one entry once (see ``conveyor.dlq_replay.replay``) and returns the job id."""
     async with dlq.RecordPublisher(settings) as publisher:
-        return await dlq.replay(pool, publisher, settings, entry_id)
+        return await dlq_replay.replay(pool, publisher, settings, entry_id)
 
 
 @dataclasses.dataclass
@@ -241,7 +241,7 @@ class BulkReplays:
             async with dlq.RecordPublisher(settings) as publisher:
                 for entry_id in ids:
                     try:
-                        await dlq.replay(pool, publisher, settings, entry_id)
+                        await dlq_replay.replay(pool, publisher, settings, entry_id)
                         run.replayed += 1
                     except (ReplayRefused, DlqEntryNotFound):
                         run.skipped += 1  # replayed by someone else meanwhile

@@ -13,8 +13,9 @@ import time
 import uuid
 
 from conveyor import Settings, db, embedded
+from conveyor.consumer.claims import Lease
 from conveyor.consumer.job import JobMessage
-from conveyor.consumer.status import Lease, StatusStore
+from conveyor.consumer.status import StatusStore
 from tests.conftest import CliResult, run_cli, settings_env
 from tests.e2e.test_dlq_cli import insert_entry
 

@@ -18,8 +18,9 @@ import asyncpg
 import pytest
 
 from conveyor import db
+from conveyor.consumer.claims import Lease
 from conveyor.consumer.job import JobMessage
-from conveyor.consumer.status import Lease, StatusStore
+from conveyor.consumer.status import StatusStore
 from conveyor.jobstore import JobStatus
 from conveyor.settings import Settings
 from tests.conftest import CliResult, run_cli, settings_env

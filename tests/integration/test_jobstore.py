@@ -14,8 +14,9 @@ import asyncpg
 import pytest
 
 from conveyor import db
+from conveyor.consumer.claims import Lease
 from conveyor.consumer.job import JobMessage
-from conveyor.consumer.status import Lease, StatusStore
+from conveyor.consumer.status import StatusStore
 from conveyor.errors import DatabaseUnavailableError, MigrationError
 from conveyor.jobstore import JobStatus, JobStore, Progress, Transition
 from conveyor.schemas.contracts import CONTROL_COMMAND

@@ -17,15 +17,16 @@ from typing import Any
 import pytest
 
 from conveyor import Settings, db
+from conveyor.consumer.claims import HELD, Lease
 from conveyor.consumer.context import JobContext
-from conveyor.consumer.status import HELD, Lease, StatusStore
+from conveyor.consumer.status import StatusStore
 from conveyor.consumer.worker import Worker
 from conveyor.errors import LeaseLostError
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.topology.model import Topology
 from tests.faults import raw
-from tests.integration.test_status_store import make_job
+from tests.status_helpers import make_job
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from conveyor import db, dlq
+from conveyor import db, dlq, dlq_replay
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.status import StatusStore
 from conveyor.errors import DlqEntryNotFound, ReplayRefused
@@ -117,7 +117,7 @@ async def test_replay_publishes_the_job_requeues_it_with_history_and_refuses_a_s
     )
 
     before = dt.datetime.now(dt.UTC)
-    assert await dlq.replay(pool, publisher, live, entry_id) == job_id
+    assert await dlq_replay.replay(pool, publisher, live, entry_id) == job_id
 
     [(key, envelope, headers)] = await asyncio.to_thread(read_jobs, live, "high", 1)
     assert key == b"user-1"
@@ -151,7 +151,7 @@ async def test_replay_publishes_the_job_requeues_it_with_history_and_refuses_a_s
     }
 
     with pytest.raises(ReplayRefused, match=f"DLQ entry {entry_id} was already replayed at"):
-        await dlq.replay(pool, publisher, live, entry_id)
+        await dlq_replay.replay(pool, publisher, live, entry_id)
 
 
 def job_message(job_id: str) -> JobMessage:
@@ -184,7 +184,7 @@ async def test_replay_of_a_purged_job_recreates_its_row_on_the_normal_topic_by_d
 ) -> None:
     entry_id = await insert_entry(pool, priority=None, key=None)
 
-    job_id = await dlq.replay(pool, publisher, live, entry_id)
+    job_id = await dlq_replay.replay(pool, publisher, live, entry_id)
 
     [(key, envelope, _headers)] = await asyncio.to_thread(read_jobs, live, "normal", 1)
     assert (key, str(envelope["job_id"]), envelope["priority"]) == (
@@ -205,8 +205,8 @@ async def test_two_concurrent_replays_of_one_entry_publish_exactly_once(
     other = await db.create_pool(live, max_size=1)
     try:
         outcomes = await asyncio.gather(
-            dlq.replay(pool, publisher, live, entry_id),
-            dlq.replay(other, publisher, live, entry_id),
+            dlq_replay.replay(pool, publisher, live, entry_id),
+            dlq_replay.replay(other, publisher, live, entry_id),
             return_exceptions=True,
         )
     finally:
@@ -228,9 +228,9 @@ async def test_an_undecodable_or_missing_entry_is_refused_and_nothing_changes(
     )
 
     with pytest.raises(ReplayRefused, match=f"DLQ entry {raw} holds an undecodable message"):
-        await dlq.replay(pool, publisher, live, raw)
+        await dlq_replay.replay(pool, publisher, live, raw)
     with pytest.raises(DlqEntryNotFound, match="DLQ entry 999999 does not exist"):
-        await dlq.replay(pool, publisher, live, 999_999)
+        await dlq_replay.replay(pool, publisher, live, 999_999)
     assert (await dlq.get_entry(pool, raw)).replayed_at is None
 
 
@@ -250,13 +250,13 @@ async def test_replay_is_refused_unless_the_job_is_failed_now(
     for state in ("complete", "processing", "queued", "cancelled"):
         await pool.execute("UPDATE jobs SET state = $2 WHERE job_id = $1", uuid.UUID(job_id), state)
         with pytest.raises(ReplayRefused, match=f"job {job_id} is {state}, not failed"):
-            await dlq.replay(pool, publisher, live, entry_id)
+            await dlq_replay.replay(pool, publisher, live, entry_id)
         assert (await dlq.get_entry(pool, entry_id)).replayed_at is None
     messages = await asyncio.to_thread(read_jobs, live, "low", 1, 2.0)
     assert messages == [], "a refused replay published the job"
 
     await pool.execute("UPDATE jobs SET state = 'failed' WHERE job_id = $1", uuid.UUID(job_id))
-    assert await dlq.replay(pool, publisher, live, entry_id) == job_id
+    assert await dlq_replay.replay(pool, publisher, live, entry_id) == job_id
 
 
 async def test_replay_all_replays_the_pending_entries_of_one_type_and_reports_progress(
@@ -268,7 +268,7 @@ async def test_replay_all_replays_the_pending_entries_of_one_type_and_reports_pr
     await insert_entry(pool, type="email.send", priority="critical")
     progress: list[tuple[int, int]] = []
 
-    replayed = await dlq.replay_all(
+    replayed = await dlq_replay.replay_all(
         pool,
         publisher,
         live,

@@ -15,7 +15,7 @@ from conveyor.consumer.status import StatusStore
 from conveyor.consumer.unclaimed import PREFETCH_FRESH, Known, UnclaimedStore
 from conveyor.errors import DatabaseUnavailableError
 from conveyor.settings import Settings
-from tests.integration.test_status_store import ERROR, claimed, history, job_row, make_job
+from tests.status_helpers import ERROR, claimed, history, job_row, make_job
 
 
 @pytest.fixture
