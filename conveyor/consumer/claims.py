@@ -15,7 +15,6 @@ job another worker runs under a live lease is ``HELD``.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +22,7 @@ import asyncpg
 
 from conveyor.consumer import queries
 from conveyor.consumer.batching import outcome_of_one
-from conveyor.consumer.job import JobMessage
+from conveyor.consumer.job import JobMessage, canonical_id
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
 
@@ -49,11 +48,6 @@ class Lease:
     epoch: int
     attempt: int
     cancel_requested: bool = False
-
-
-def canonical_id(job_id: str) -> str:
-    """The job id as Postgres returns a uuid: lower case, with hyphens."""
-    return str(uuid.UUID(job_id))
 
 
 def claim_args(job: JobMessage) -> tuple[Any, ...]:
@@ -153,4 +147,4 @@ async def claim_many(
     return claimed
 
 
-__all__ = ["HELD", "Lease", "canonical_id", "claim_args", "claim_many"]
+__all__ = ["HELD", "Lease", "claim_args", "claim_many"]

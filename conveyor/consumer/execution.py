@@ -23,6 +23,7 @@ import asyncpg
 
 from conveyor.consumer import failures
 from conveyor.consumer.cancels import RunningJob, RunningJobs
+from conveyor.consumer.claims import HELD, Lease
 from conveyor.consumer.context import JobContext, JobTransaction
 from conveyor.consumer.deadlines import Deadlines
 from conveyor.consumer.endings import Endings
@@ -30,7 +31,7 @@ from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec
 from conveyor.consumer.job import FINAL_STATES, JobMessage
 from conveyor.consumer.outcome import Outcome, WorkerStats
 from conveyor.consumer.publisher import FailurePublisher
-from conveyor.consumer.status import HELD, Lease, LeaseLostError, StatusStore, result_json
+from conveyor.consumer.status import LeaseLostError, StatusStore, result_json
 from conveyor.consumer.unclaimed import CLAIM_AFTER, DeferredClaim, UnclaimedStore
 from conveyor.errors import ContractError, Problem, UnknownSchemaError, ValidationError
 from conveyor.observability import logs, tracing

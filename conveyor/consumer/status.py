@@ -15,8 +15,7 @@ transaction, so the handler's database writes commit with the completion or not 
 The SQL these statements run is kept together in ``conveyor.consumer.queries``.
 
 Claims, the lease and the dedupe on consume (a duplicate delivery is skipped, not run
-again) are in ``conveyor.consumer.claims``; ``Lease``, ``HELD``, ``claim_args`` and
-``outcome_of_one`` are re-exported here for the worker modules that import them from here.
+again) are in ``conveyor.consumer.claims``.
 
 Triggers (migration ``0040_notify_per_statement``) notify :func:`progress_channel` with
 the ids of the jobs whose state or progress a statement changed, joined by commas;
@@ -37,8 +36,8 @@ import asyncpg.pool
 
 from conveyor.consumer import claims, fenced_publish, queries
 from conveyor.consumer.batching import Coalescer, outcome_of_one
-from conveyor.consumer.claims import HELD, Lease, claim_args
-from conveyor.consumer.job import JobMessage
+from conveyor.consumer.claims import Lease
+from conveyor.consumer.job import JobMessage, canonical_id
 from conveyor.db import database_errors
 from conveyor.errors import ConfigurationError, LeaseLostError
 
@@ -209,7 +208,7 @@ class StatusStore:
             # One job's result was refused: complete each alone, so only that one fails.
             return [await outcome_of_one(self._complete_many([item])) for item in items]
         completed = {str(row["job_id"]) for row in done}
-        return [claims.canonical_id(lease.job_id) in completed for lease in leases]
+        return [canonical_id(lease.job_id) in completed for lease in leases]
 
     async def complete(self, lease: Lease, result: Any, conn: AnyConnection) -> None:
         """Records the job complete with its result, inside the handler's transaction.
@@ -377,14 +376,10 @@ class StatusStore:
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
-    "HELD",
     "AnyConnection",
-    "Lease",
     "LeaseLostError",
     "StatusStore",
-    "claim_args",
     "error_json",
-    "outcome_of_one",
     "progress_channel",
     "result_json",
 ]

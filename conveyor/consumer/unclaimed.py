@@ -35,9 +35,10 @@ from typing import Any
 import asyncpg
 
 from conveyor.consumer import queries
-from conveyor.consumer.batching import Coalescer
+from conveyor.consumer.batching import Coalescer, outcome_of_one
+from conveyor.consumer.claims import Lease, claim_args
 from conveyor.consumer.job import JobMessage, canonical_id
-from conveyor.consumer.status import Lease, StatusStore, claim_args, outcome_of_one
+from conveyor.consumer.status import StatusStore
 from conveyor.db import database_errors
 from conveyor.errors import ConveyorError
 
