@@ -6,7 +6,7 @@ line per distinct stack, ``frame;frame;...;frame COUNT``, root first, each frame
 
 1. The deepest frame of conveyor's own code (or of the bench's handler) that a
    :data:`PROJECT_RULES` entry names decides, so a library call is charged to the
-   conveyor code that made it: aiokafka under ``ConsumerLoop._commit`` is commit, under
+   conveyor code that made it: aiokafka under ``Committer.commit_now`` is commit, under
    ``ConsumerLoop._fetch`` fetch.
 2. Except that a library of one purpose called below it overrides it
    (:data:`OVERRIDES`): prometheus_client and OpenTelemetry are metrics and tracing,
@@ -47,18 +47,17 @@ PROJECT_RULES: tuple[tuple[str, str, str | None], ...] = (
     (OBSERVABILITY, "/conveyor/observability/", None),
     (DECODE, "/conveyor/schemas/", None),
     (DECODE, "/conveyor/consumer/job.py", None),
-    (DECODE, _RUNTIME, "ConsumerLoop._accept"),
+    (DECODE, "/conveyor/consumer/intake.py", None),
     (HANDLER, "/bench/apps.py", None),
     (HANDLER, "/conveyor/consumer/handlers.py", None),
     (HANDLER, "/conveyor/consumer/context.py", None),
     (STATUS, "/conveyor/consumer/status.py", None),
     (STATUS, "/conveyor/consumer/claims.py", None),
     (STATUS, "/conveyor/consumer/batching.py", None),
+    (STATUS, "/conveyor/consumer/unclaimed.py", None),
     (STATUS, "/conveyor/db.py", None),
     (COMMIT, "/conveyor/consumer/offsets.py", None),
-    (COMMIT, _RUNTIME, "ConsumerLoop.commit"),
-    (COMMIT, _RUNTIME, "ConsumerLoop._commit"),
-    (COMMIT, _RUNTIME, "ConsumerLoop._commit_periodically"),
+    (COMMIT, "/conveyor/consumer/commits.py", None),
     (MAILBOX, "/conveyor/consumer/mailbox.py", None),
     (MAILBOX, "/conveyor/consumer/scheduler.py", None),
     (MAILBOX, _RUNTIME, "ConsumerLoop._dispatch"),
@@ -66,6 +65,8 @@ PROJECT_RULES: tuple[tuple[str, str, str | None], ...] = (
     (FETCH, _RUNTIME, "ConsumerLoop._fetch"),
     (RUNNER, "/conveyor/consumer/execution.py", None),
     (RUNNER, _RUNTIME, "ConsumerLoop._execute"),
+    (RUNNER, "/conveyor/consumer/deadlines.py", None),
+    (RUNNER, "/conveyor/consumer/recording.py", None),
 )
 
 #: Libraries of one purpose: below a project frame they take the stack over.

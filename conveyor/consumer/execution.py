@@ -143,7 +143,10 @@ class JobRunner:
             asyncio.CancelledError: The worker is shutting down; the job was rolled back
                 and stays with its lease, so it is redelivered and taken over later.
         """
-        with self._delivering(job.job_id):
+        unclaimed = self._unclaimed
+        if unclaimed is not None:
+            unclaimed.delivering(job.job_id)
+        try:
             while True:
                 outcome, again, delay = await self._traced_attempt(job)
                 if again is None:
@@ -156,11 +159,9 @@ class JobRunner:
                     )
                     return Outcome.FENCED
                 job = again
-
-    def _delivering(self, job_id: str) -> contextlib.AbstractContextManager[None]:
-        if self._unclaimed is None:
-            return contextlib.nullcontext()
-        return self._unclaimed.delivering(job_id)
+        finally:
+            if unclaimed is not None:
+                unclaimed.delivered(job.job_id)
 
     async def _backoff(self, delay: float, lost: asyncio.Event | None) -> bool:
         """Waits ``delay`` seconds; False as soon as ``lost`` is set (before or during)."""

@@ -1,15 +1,24 @@
-"""aiokafka plumbing shared by the worker's consumers: security options and lag."""
+"""aiokafka plumbing shared by the worker's consumers: security options, the job
+consumers' configuration, and lag."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from conveyor.consumer.offsets import OffsetTracker
+from conveyor.consumer.options import WorkerOptions
 from conveyor.errors import BrokerUnavailableError
+from conveyor.observability.metrics import WorkerMetrics
 from conveyor.settings import Settings
+from conveyor.topology.model import Topology
+
+log = logging.getLogger("conveyor.worker")
 
 
 def aiokafka_security(settings: Settings) -> dict[str, Any]:
@@ -83,6 +92,66 @@ async def start_group_consumer(
             "CONVEYOR_KAFKA_BOOTSTRAP and that `conveyor topology apply` created the topics"
         ) from exc
     return consumer
+
+
+def job_consumer(
+    settings: Settings,
+    topology: Topology,
+    priority: str,
+    options: WorkerOptions,
+    *,
+    listener: ConsumerRebalanceListener,
+) -> AIOKafkaConsumer:
+    """The (not yet started) consumer of one priority's job topic, in its own group.
+
+    Offsets are committed by hand, past finished jobs only; a new group reads from the
+    earliest offset. The group waits for this member's revoke, which waits for running
+    jobs (``effective_rebalance_timeout_ms``). It is a static member when
+    ``Settings.worker_instance_id`` is set.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=topology.consumer_group(priority),
+        client_id=f"conveyor-worker-{priority}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=options.session_timeout_ms,
+        heartbeat_interval_ms=options.heartbeat_interval_ms,
+        rebalance_timeout_ms=options.effective_rebalance_timeout_ms,
+        max_poll_interval_ms=options.max_poll_interval_ms,
+        fetch_max_wait_ms=options.fetch_max_wait_ms,
+        group_instance_id=settings.worker_instance_id,
+        **aiokafka_security(settings),
+    )
+    consumer.subscribe([topology.job_topic(priority)], listener=listener)
+    return consumer
+
+
+async def report_lag(
+    consumers: Mapping[str, AIOKafkaConsumer],
+    *,
+    owned: Callable[[], Collection[TopicPartition]],
+    offsets: OffsetTracker,
+    topology: Topology,
+    metrics: WorkerMetrics,
+    interval: float,
+) -> None:
+    """Sets each priority's queue-depth (Kafka's lag) and backlog (jobs not finished)
+    gauges every ``interval`` seconds, for the partitions ``owned()`` returns then."""
+    while True:
+        for priority, consumer in consumers.items():
+            topic = topology.job_topic(priority)
+            held = [tp for tp in owned() if tp.topic == topic]
+            try:
+                found = await positions(consumer, held)
+            except (KafkaError, KeyError) as exc:  # a rebalance or an outage: next round
+                log.debug("lag of %s not measured: %s", topic, exc)
+                continue
+            lag = sum(max(0, end - committed) for end, committed in found.values())
+            backlog = sum(offsets.backlog(tp, *at) for tp, at in found.items())
+            metrics.queue_depth.labels(priority).set(lag)
+            metrics.backlog.labels(priority).set(backlog)
+        await asyncio.sleep(interval)
 
 
 async def consumer_lag(consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]) -> int:

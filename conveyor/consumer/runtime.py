@@ -15,18 +15,16 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any
+from collections.abc import Hashable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from conveyor.consumer import failures
+from conveyor.consumer.commits import Committer
 from conveyor.consumer.decoding import RegistryWaits
 from conveyor.consumer.execution import HANDLER_DONE, JobRunner
+from conveyor.consumer.intake import Intake
 from conveyor.consumer.job import JobMessage
-from conveyor.consumer.kafka import aiokafka_security, positions
+from conveyor.consumer.kafka import job_consumer, report_lag
 from conveyor.consumer.mailbox import Entry, Mailboxes
 from conveyor.consumer.offsets import OffsetTracker
 from conveyor.consumer.options import WorkerOptions
@@ -34,18 +32,12 @@ from conveyor.consumer.outcome import WorkerStats
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.recording import Recording
 from conveyor.consumer.scheduler import WeightedScheduler
-from conveyor.errors import DeserializationError
 from conveyor.observability.metrics import WorkerMetrics
-from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import PRIORITY_WEIGHTS, Topology
 
 log = logging.getLogger("conveyor.worker")
-
-#: Backoff between tries to dead-letter a message that cannot run, doubling to the maximum.
-DEAD_LETTER_RETRY_INITIAL = 0.5
-DEAD_LETTER_RETRY_MAX = 30.0
 
 _HALTED = "the retry/DLQ publisher is unusable"
 
@@ -123,17 +115,26 @@ class ConsumerLoop:
         # Set when an assignment of a partition ends, so its in-place retries stop.
         self._lost: dict[TopicPartition, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # Periodic commits go one at a time per group, so an older point never lands last.
-        # The revoke callback commits without the lock: the rebalance waits on it, and a
-        # periodic commit may be waiting on the rebalance. A point that regresses there only
-        # re-reads finished jobs, which dedupe on consume skips.
-        self._commit_locks = {p: asyncio.Lock() for p in self._priorities}
+        self._committer = Committer(
+            self._consumers, offsets=self._offsets, topology=self._topology, owned=self.owned_now
+        )
         self._wake = asyncio.Event()
         self._finished = asyncio.Event()
         self._in_flight = 0
         self._stopping = False
         self._recording = Recording(self._consumers, self._paused, stats)
         self._registry_waits = RegistryWaits(serde, unknown_schema_wait=options.unknown_schema_wait)
+        self._intake = Intake(
+            serde=serde,
+            publisher=publisher,
+            offsets=self._offsets,
+            stats=stats,
+            metrics=metrics,
+            topology=self._topology,
+            tasks=self._tasks,
+            holds=lambda tp, generation: tp in self._owned and self._generation[tp] == generation,
+            generation=lambda tp: self._generation[tp],
+        )
         # One fetch never adds more than the pause threshold, so a partition's buffer stays
         # below twice the limit whatever the backlog.
         self._fetch_records = min(500, options.max_buffered_per_partition)
@@ -148,6 +149,10 @@ class ConsumerLoop:
         """The partitions this worker holds now."""
         return frozenset(self._owned)
 
+    def owned_now(self) -> set[TopicPartition]:
+        """The partitions this worker holds now (the live set, not a copy)."""
+        return self._owned
+
     @property
     def joined(self) -> bool:
         """Every priority's consumer has joined its group (its assignment may be empty)."""
@@ -158,24 +163,6 @@ class ConsumerLoop:
         """No fetch, dispatch or commit loop has ended (true before they start)."""
         return not any(task.done() for task in self._loops)
 
-    async def _measure_lag(self) -> None:
-        """Sets the queue-depth (Kafka's lag) and backlog (jobs not finished) gauges of each
-        priority every ``metrics_interval`` seconds."""
-        while True:
-            for priority, consumer in self._consumers.items():
-                topic = self._topology.job_topic(priority)
-                owned = [tp for tp in self._owned if tp.topic == topic]
-                try:
-                    found = await positions(consumer, owned)
-                except (KafkaError, KeyError) as exc:  # a rebalance or an outage: next round
-                    log.debug("lag of %s not measured: %s", topic, exc)
-                    continue
-                lag = sum(max(0, end - committed) for end, committed in found.values())
-                backlog = sum(self._offsets.backlog(tp, *at) for tp, at in found.items())
-                self._metrics.queue_depth.labels(priority).set(lag)
-                self._metrics.backlog.labels(priority).set(backlog)
-            await asyncio.sleep(self._options.metrics_interval)
-
     async def start(self) -> None:
         """Creates one consumer per priority and starts them together.
 
@@ -183,25 +170,13 @@ class ConsumerLoop:
         join's wait (the broker's initial rebalance delay) rather than one per priority.
         """
         for priority in self._priorities:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._settings.kafka_bootstrap,
-                group_id=self._topology.consumer_group(priority),
-                client_id=f"conveyor-worker-{priority}",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=self._options.session_timeout_ms,
-                heartbeat_interval_ms=self._options.heartbeat_interval_ms,
-                # The revoke waits for running jobs; the group must wait for the revoke.
-                rebalance_timeout_ms=self._options.effective_rebalance_timeout_ms,
-                max_poll_interval_ms=self._options.max_poll_interval_ms,
-                fetch_max_wait_ms=self._options.fetch_max_wait_ms,
-                group_instance_id=self._settings.worker_instance_id,  # static membership
-                **aiokafka_security(self._settings),
+            self._consumers[priority] = job_consumer(
+                self._settings,
+                self._topology,
+                priority,
+                self._options,
+                listener=_Revoker(self, priority),
             )
-            consumer.subscribe(
-                [self._topology.job_topic(priority)], listener=_Revoker(self, priority)
-            )
-            self._consumers[priority] = consumer
         await asyncio.gather(*(c.start() for c in self._consumers.values()))
 
     async def close(self) -> None:
@@ -214,9 +189,24 @@ class ConsumerLoop:
         """Fetches and dispatches until ``stop`` is set, then shuts down gracefully."""
         loops = [asyncio.create_task(self._fetch(p, c)) for p, c in self._consumers.items()]
         loops.append(asyncio.create_task(self._dispatch()))
-        loops.append(asyncio.create_task(self._commit_periodically()))
+        loops.append(
+            asyncio.create_task(
+                self._committer.periodically(self._priorities, self._options.commit_interval)
+            )
+        )
         self._loops = loops[:]  # the loops whose death makes the worker unhealthy
-        loops.append(asyncio.create_task(self._measure_lag()))
+        loops.append(
+            asyncio.create_task(
+                report_lag(
+                    self._consumers,
+                    owned=self.owned_now,
+                    offsets=self._offsets,
+                    topology=self._topology,
+                    metrics=self._metrics,
+                    interval=self._options.metrics_interval,
+                )
+            )
+        )
         try:
             await stop.wait()
         finally:
@@ -243,7 +233,7 @@ class ConsumerLoop:
                     continue
                 for record in records:
                     if not self._registry_waits.needs_registry(record.value):
-                        self._accept(mailboxes, tp, record, into=fetched)
+                        self._intake.accept(mailboxes, tp, record, into=fetched)
                         continue
                     # A schema id not read yet: one registry request, in a thread.
                     generation = self._generation[tp]
@@ -255,7 +245,7 @@ class ConsumerLoop:
                     if decoded is None:  # the registry is down or lags: wait, read again
                         self._registry_waits.hold(consumer, tp)
                         break
-                    self._accept(mailboxes, tp, record, decoded, into=fetched)
+                    self._intake.accept(mailboxes, tp, record, decoded, into=fetched)
                 if mailboxes.buffered(tp) >= self._options.max_buffered_per_partition:
                     consumer.pause(tp)
                     self._paused.add(tp)
@@ -279,94 +269,6 @@ class ConsumerLoop:
         if unpaused:
             consumer.pause(*unpaused)
             log.error("%s: stopped fetching %s jobs: %s", _HALTED, priority, problem)
-
-    def _accept(
-        self,
-        mailboxes: Mailboxes[JobMessage],
-        tp: TopicPartition,
-        record: ConsumerRecord[Any, Any],
-        decoded: dict[str, Any] | DeserializationError | None = None,
-        *,
-        into: list[JobMessage],
-    ) -> None:
-        """Buffers a fetched record as a job in its key's mailbox (and in ``into``), or
-        dead-letters it when it is not one."""
-        self._offsets.track(tp, record.offset)
-        headers = {k: v for k, v in record.headers or () if isinstance(v, bytes)}
-        try:
-            if isinstance(decoded, DeserializationError):
-                raise decoded
-            envelope = decoded or self._serde.decode(JOB_ENVELOPE, tp.topic, record.value or b"")
-        except DeserializationError as exc:
-            # Never block a partition on a poison message: it goes to the DLQ as raw bytes,
-            # and its offset is finished once the DLQ has it.
-            self._stats.undecodable += 1
-            log.error(
-                "undecodable message %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc
-            )
-            raw_error = failures.attempt_error(exc, 1)  # exc is unbound after the block
-            self._dead_letter(
-                tp,
-                record.offset,
-                lambda: self._publisher.dead_raw(
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    offset=record.offset,
-                    key=record.key,
-                    value=record.value or b"",
-                    headers=headers,
-                    reason=failures.DESERIALIZATION,
-                    error=raw_error,
-                ),
-            )
-            return
-        job = JobMessage.from_envelope(
-            envelope, topic=tp.topic, partition=tp.partition, offset=record.offset, headers=headers
-        )
-        problem = job.unstorable()
-        if problem is not None:
-            # Its row could never be written, so no claim or outcome could be recorded:
-            # it goes to the DLQ (the sink stores it cleaned) as a validation failure.
-            self._stats.undecodable += 1
-            log.error("job %s cannot be stored: %s", job.job_id, problem)
-            error = failures.attempt_error(ValueError(problem), job.attempt)
-            self._dead_letter(
-                tp, record.offset, lambda: self._publisher.dead(job, [error], failures.VALIDATION)
-            )
-            return
-        mailboxes.add(tp, job.key, record.offset, job)
-        into.append(job)
-
-    def _dead_letter(
-        self, tp: TopicPartition, offset: int, send: Callable[[], Awaitable[None]]
-    ) -> None:
-        """Sends a message that cannot run to the DLQ in a task of its own, trying again
-        with backoff until the DLQ has it; its offset is finished then, so the partition's
-        commit point never stays pinned behind it."""
-
-        async def dead_letter(generation: int) -> None:
-            delay = DEAD_LETTER_RETRY_INITIAL
-            while True:
-                try:
-                    await send()
-                    break
-                except Exception:
-                    log.exception(
-                        "could not dead-letter %s[%d]@%d; trying again in %.1fs",
-                        tp.topic, tp.partition, offset, delay,
-                    )  # fmt: skip
-                if tp not in self._owned or self._generation[tp] != generation:
-                    return  # the partition's next owner reads the message again
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, DEAD_LETTER_RETRY_MAX)
-            self._stats.dead_lettered += 1
-            self._metrics.dead_lettered.labels(self._topology.priority_of(tp.topic) or "").inc()
-            if tp in self._owned and self._generation[tp] == generation:
-                self._offsets.finish(tp, offset)
-
-        task = asyncio.create_task(dead_letter(self._generation[tp]))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- dispatching --------------------------------------------------------------------
 
@@ -458,37 +360,6 @@ class ConsumerLoop:
             if tp in self._owned:
                 self._consumers[priority].resume(tp)
 
-    # -- committing ---------------------------------------------------------------------
-
-    async def _commit_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self._options.commit_interval)
-            for priority in self._priorities:
-                await self.commit(priority)
-
-    async def commit(self, priority: str, only: set[TopicPartition] | None = None) -> None:
-        """Commits, per partition of ``priority``, the offset below which every job finished."""
-        async with self._commit_locks[priority]:
-            await self._commit(priority, only)
-
-    async def _commit(self, priority: str, only: set[TopicPartition] | None) -> None:
-        consumer = self._consumers[priority]
-        topic = self._topology.job_topic(priority)
-        points = {
-            _tp(tp): offset
-            for tp, offset in self._offsets.commit_points().items()
-            if _tp(tp).topic == topic and tp in self._owned and (only is None or tp in only)
-        }
-        if not points:
-            return
-        try:
-            await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in points.items()})
-        except (CommitFailedError, KafkaError) as exc:
-            # A rebalance is in progress; the revoke callback commits what is safe.
-            log.warning("commit of %s deferred: %s", topic, exc)
-            return
-        self._offsets.committed(points)
-
     # -- rebalancing --------------------------------------------------------------------
 
     def assigned(self, priority: str, assigned: set[TopicPartition]) -> None:
@@ -527,7 +398,7 @@ class ConsumerLoop:
             self._finished.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), remaining)
-        await self._commit(priority, only=revoked)
+        await self._committer.commit_now(priority, only=revoked)
         for tp in revoked:
             self._owned.discard(tp)
             self._paused.discard(tp)
@@ -553,7 +424,7 @@ class ConsumerLoop:
             await asyncio.gather(*pending, return_exceptions=True)
         for priority in self._priorities:
             with contextlib.suppress(Exception):
-                await self.commit(priority)
+                await self._committer.commit(priority)
         for consumer in self._consumers.values():
             with contextlib.suppress(Exception):
                 await consumer.stop()

@@ -28,8 +28,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -109,23 +109,24 @@ class UnclaimedStore:
             OrderedDict()
         )
         # Jobs with a delivery running here (``delivering``), by job id.
-        self._delivering: Counter[str] = Counter()
+        self._delivering: dict[str, int] = {}
 
-    @contextlib.contextmanager
-    def delivering(self, job_id: str) -> Iterator[None]:
-        """Marks a delivery of ``job_id`` as running here until its outcome is written.
+    def delivering(self, job_id: str) -> None:
+        """Marks a delivery of ``job_id`` as running here, until :meth:`delivered`.
 
         A duplicate of the job fetched meanwhile is not read ahead: that read would
         show the row as it was before this delivery's outcome, and the duplicate, which
         waits in its key's mailbox for this one, would take it for a job still to run.
         """
-        self._delivering[job_id] += 1
-        try:
-            yield
-        finally:
-            self._delivering[job_id] -= 1
-            if not self._delivering[job_id]:
-                del self._delivering[job_id]
+        self._delivering[job_id] = self._delivering.get(job_id, 0) + 1
+
+    def delivered(self, job_id: str) -> None:
+        """Ends what :meth:`delivering` began: the delivery's outcome is written."""
+        left = self._delivering[job_id] - 1
+        if left:
+            self._delivering[job_id] = left
+        else:
+            del self._delivering[job_id]
 
     def prefetch(self, job_ids: Iterable[str]) -> None:
         """Reads the rows of jobs just fetched, in one statement sent now, for ``known``.

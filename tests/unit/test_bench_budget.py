@@ -25,7 +25,7 @@ def stack(*frames: str) -> str:
         # A library call is charged to the conveyor code that made it.
         (
             (
-                f"ConsumerLoop._commit ({ROOT}/consumer/runtime.py:351)",
+                f"Committer.commit_now ({ROOT}/consumer/commits.py:80)",
                 f"AIOKafkaConsumer.commit ({LIB}/aiokafka/consumer/consumer.py:600)",
             ),
             budget.COMMIT,
@@ -37,18 +37,18 @@ def stack(*frames: str) -> str:
             ),
             budget.FETCH,
         ),
-        # The deepest conveyor frame decides: the mailbox add inside _accept is the mailbox.
+        # The deepest conveyor frame decides: the mailbox add inside accept is the mailbox.
         (
             (
                 f"ConsumerLoop._fetch ({ROOT}/consumer/runtime.py:220)",
-                f"ConsumerLoop._accept ({ROOT}/consumer/runtime.py:240)",
+                f"Intake.accept ({ROOT}/consumer/intake.py:120)",
                 f"Mailboxes.add ({ROOT}/consumer/mailbox.py:90)",
             ),
             budget.MAILBOX,
         ),
         (
             (
-                f"ConsumerLoop._accept ({ROOT}/consumer/runtime.py:230)",
+                f"Intake.accept ({ROOT}/consumer/intake.py:100)",
                 f"Serde.decode ({ROOT}/schemas/serde.py:200)",
             ),
             budget.DECODE,
