@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import zoneinfo
 from typing import Any
 
 import asyncpg
@@ -290,3 +292,74 @@ async def test_replay_all_matching_shows_live_progress_and_marks_every_entry(
     await page.goto(f"{ui_url}/dlq?type=ui.bulk&show=all")
     await expect(page.locator("#dlq-table tr.replayed")).to_have_count(3)
     await expect(page.locator("#dlq-table tr.pending")).to_have_count(0)
+
+
+_SCHEDULE = 'SELECT paused, next_fire_at FROM "{schema}".schedules WHERE name = $1'
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+
+
+def _utc_text(when: dt.datetime) -> str:
+    """A time as the pages print it: UTC, to the second."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def test_a_schedule_declared_by_a_worker_is_paused_and_resumed_from_the_scheduled_page(
+    live: Settings, ui_url: str, browser: Browser, db: asyncpg.Connection[Any]
+) -> None:
+    """The row shows the name, cron, zone and next fire; Pause and Resume are the page's
+    own forms (CSRF field included), and Postgres holds what the page then shows."""
+    name = "nightly report"  # a space: the form's action must be URL-encoded
+    worker = Worker(live, priorities=["normal"], concurrency=2, options=TEST_OPTIONS)
+    worker.schedule(name, cron="30 6 * * *", type="ui.nightly", timezone="Europe/Paris")
+
+    @worker.handler("ui.nightly")
+    async def nightly(ctx: JobContext, payload: Any) -> None:
+        return None
+
+    query = _SCHEDULE.format(schema=live.database_schema)
+    async with running(worker):
+
+        async def stored() -> bool:
+            return await db.fetchrow(query, name) is not None
+
+        await eventually(stored, timeout=60, what="the worker's schedule row")
+        row = await db.fetchrow(query, name)
+        assert row is not None
+        assert row["paused"] is False
+        next_fire: dt.datetime = row["next_fire_at"]
+        # 06:30 in Paris, whatever the UTC offset that day, within the next day.
+        assert next_fire.astimezone(PARIS).time() == dt.time(6, 30)
+        assert dt.timedelta(0) < next_fire - dt.datetime.now(dt.UTC) <= dt.timedelta(days=1)
+
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(f"{ui_url}/scheduled")
+        schedule = page.locator(f'#schedules-table tr[data-schedule="{name}"]')
+        await expect(schedule).to_have_count(1)
+        await expect(schedule.locator('td[data-field="name"]')).to_have_text(name)
+        await expect(schedule.locator('td[data-field="cron"]')).to_have_text("30 6 * * *")
+        await expect(schedule.locator('td[data-field="timezone"]')).to_have_text("Europe/Paris")
+        await expect(schedule.locator('td[data-field="next_fire_at"]')).to_have_text(
+            _utc_text(next_fire)
+        )
+        await expect(schedule.locator('td[data-field="state"]')).to_have_text("active")
+        await page.screenshot(path=screenshot_path("scheduled"), full_page=True)
+
+        await schedule.get_by_role("button", name="Pause").click()
+        await expect(schedule.locator('td[data-field="state"]')).to_have_text("paused")
+        await expect(page).to_have_url(f"{ui_url}/scheduled")
+        await expect(schedule.get_by_role("button", name="Pause")).to_have_count(0)
+        row = await db.fetchrow(query, name)
+        assert row is not None
+        assert row["paused"] is True
+
+        await schedule.get_by_role("button", name="Resume").click()
+        await expect(schedule.locator('td[data-field="state"]')).to_have_text("active")
+        await expect(schedule.get_by_role("button", name="Resume")).to_have_count(0)
+        row = await db.fetchrow(query, name)
+        assert row is not None
+        assert row["paused"] is False
+        # Resuming sets the next fire to the first tick after now, which the page shows.
+        assert row["next_fire_at"].astimezone(PARIS).time() == dt.time(6, 30)
+        await expect(schedule.locator('td[data-field="next_fire_at"]')).to_have_text(
+            _utc_text(row["next_fire_at"])
+        )
