@@ -291,8 +291,8 @@ def routes() -> list[Route]:
         Route("/api/workers", get_workers),
         Route("/api/topology", get_topology),
         Route("/api/scheduled", get_scheduled),
-        Route("/api/schedules/{name}/pause", post_schedule_pause, methods=["POST"]),
-        Route("/api/schedules/{name}/resume", post_schedule_resume, methods=["POST"]),
+        Route("/api/schedules/{name:path}/pause", post_schedule_pause, methods=["POST"]),
+        Route("/api/schedules/{name:path}/resume", post_schedule_resume, methods=["POST"]),
         Route("/api/csrf", get_csrf),
         Route("/api/stream/overview", stream_overview),
         Route("/api/stream/jobs/{job_id}", stream_job),
@@ -300,8 +300,8 @@ def routes() -> list[Route]:
         Route("/jobs/{job_id}/cancel", post_cancel, methods=["POST"]),
         Route("/dlq/replay", post_replay_matching, methods=["POST"]),
         Route("/dlq/{entry_id}/replay", post_replay, methods=["POST"]),
-        Route("/schedules/{name}/pause", post_schedule_pause, methods=["POST"]),
-        Route("/schedules/{name}/resume", post_schedule_resume, methods=["POST"]),
+        Route("/schedules/{name:path}/pause", post_schedule_pause, methods=["POST"]),
+        Route("/schedules/{name:path}/resume", post_schedule_resume, methods=["POST"]),
     ]
 
 

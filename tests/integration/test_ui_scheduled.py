@@ -77,3 +77,30 @@ async def test_scheduled_page_lists_waiting_jobs_and_schedules_and_pauses_with_c
         assert client.get("/api/scheduled").json()["schedules"][0]["paused"] is False
         missing = client.post("/api/schedules/nope/pause", headers={"X-CSRF-Token": token})
         assert missing.status_code == 404
+
+
+async def test_a_schedule_named_with_a_slash_is_paused_from_its_pages_form(
+    migrated: Settings,
+) -> None:
+    """Schedule names may hold ``/``; the page's form posts it unencoded in the path."""
+    pool = await conveyor_db.create_pool(migrated)
+    try:
+        async with pool.acquire() as conn:
+            await recurring.upsert(
+                conn,
+                recurring.ScheduleSpec(name="reports/daily", cron="0 3 * * *", type="t"),
+                source="cli",
+            )
+    finally:
+        await pool.close()
+    with TestClient(create_app(migrated, UiOptions())) as client:
+        page = client.get("/scheduled").text
+        assert 'action="/schedules/reports/daily/pause"' in page
+        token = client.get("/api/csrf").json()["csrf_token"]
+        paused = client.post(
+            "/schedules/reports/daily/pause", data={"csrf_token": token}, follow_redirects=False
+        )
+        assert paused.status_code == 303
+        [schedule] = client.get("/api/scheduled").json()["schedules"]
+        assert (schedule["name"], schedule["paused"]) == ("reports/daily", True)
+        assert '<td data-field="next_fire_at">—</td>' in client.get("/scheduled").text
