@@ -4,6 +4,10 @@ A cancel command (``conveyor cancel`` of a running job, read from the control to
 every worker) interrupts the handler's task where the job runs. A command can arrive
 just before the handler starts here (its claim races the command), so a cancel for a job
 not running is remembered for ``EARLY_CANCEL_TTL`` and applied when the job starts.
+
+A short job's handler runs in its delivery's own task (``inline``), not a task of its
+own: the interrupt then cancels that task while it awaits inside the handler, and a
+handler that ended is never interrupted (its delivery is writing the outcome).
 """
 
 from __future__ import annotations
@@ -27,11 +31,24 @@ class RunningJob:
     cancel_reason: str | None = None
     lease_lost: bool = False  # its lease was taken over: the job is another worker's now
     refused: bool = False  # its deferred claim was refused: the job ended elsewhere
+    ended: bool = False  # the handler returned or raised: nothing left to interrupt
+    interrupts: int = 0  # cancels of ``task`` made here (an inline task uncancels them)
 
     def refuse(self) -> None:
         """Interrupts the handler because its job's claim was refused."""
-        self.refused = True
+        if not self.ended:
+            self.refused = True
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        """Cancels the handler's task (counted, so an inline task can undo it)."""
+        self.interrupts += 1
         self.task.cancel()
+
+    @property
+    def interrupted(self) -> bool:
+        """This worker interrupted the handler: a cancel, or a refused claim."""
+        return self.cancel_requested or self.refused
 
 
 class RunningJobs:
@@ -41,19 +58,30 @@ class RunningJobs:
         self._running: dict[str, RunningJob] = {}
         self._early: dict[str, tuple[float, str | None]] = {}  # job id -> (when, reason)
 
-    def start(self, job_id: str, task: asyncio.Task[Any]) -> RunningJob:
-        """Registers a handler's task; a cancel that came early interrupts it at once."""
+    def start(self, job_id: str, task: asyncio.Task[Any], *, inline: bool = False) -> RunningJob:
+        """Registers a handler's task; a cancel that came early interrupts it at once.
+
+        Args:
+            inline: ``task`` is the delivery's own, about to call the handler: an early
+                cancel only sets ``cancel_requested``, and the caller skips the handler.
+        """
         running = self._running[job_id] = RunningJob(task)
         early = self._early.pop(job_id, None)
         # A stale cancel is dropped, never applied: the same job id may come back days
         # later, replayed from the DLQ.
         if early is not None and time.monotonic() - early[0] < EARLY_CANCEL_TTL:
-            self.cancel(job_id, early[1])
+            if inline:
+                running.cancel_requested = True
+                running.cancel_reason = early[1]
+            else:
+                self.cancel(job_id, early[1])
         return running
 
     def finish(self, job_id: str) -> None:
         """Forgets a handler that ended."""
-        self._running.pop(job_id, None)
+        running = self._running.pop(job_id, None)
+        if running is not None:
+            running.ended = True
 
     def cancel(self, job_id: str, reason: str | None = None) -> bool:
         """Interrupts a running job (a cancel command); True if it runs here.
@@ -77,7 +105,7 @@ class RunningJobs:
             return False
         running.cancel_requested = True
         running.cancel_reason = reason
-        running.task.cancel()
+        running.interrupt()
         return True
 
 

@@ -358,24 +358,31 @@ class JobRunner:
 
         ctx = JobContext(job, transaction=transaction, report=report, logger=log)
         started_at = dt.datetime.now(dt.UTC)
-        task = asyncio.create_task(
-            self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
-            name=f"job-{job.job_id}",
-        )
-        running = self._jobs.start(job.job_id, task)
+        # The handler runs in this task (a task per handler cost a create and a switch per
+        # job): an interrupt cancels this task while it awaits inside the handler.
+        current = asyncio.current_task()
+        assert current is not None
+        running = self._jobs.start(job.job_id, current, inline=True)
         # A claim refused (the job was cancelled while it ran unclaimed, or ended
         # elsewhere) interrupts the handler: its outcome could not be recorded.
         deferred.when_refused(running.refuse)
         self._claims_due.add(deferred, deferred.start)
         try:
-            result = await task
+            try:
+                if running.cancel_requested:  # a cancel came before the start
+                    raise asyncio.CancelledError
+                result = await self._invoke(
+                    spec, ctx, payload, self._metrics.series(job.type, job.priority)
+                )
+            finally:
+                self._claims_due.discard(deferred)
+                self._jobs.finish(job.job_id)
+                for _ in range(running.interrupts):
+                    current.uncancel()  # ours; a shutdown's cancel stays counted
         except asyncio.CancelledError:
             await transaction.finish(commit=False)
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if current.cancelling() or not running.interrupted:
                 raise  # the worker is shutting down
-            if not (running.cancel_requested or running.refused):
-                raise
             lease = await deferred.settled()
             if isinstance(lease, str):
                 return self._skipped(job, lease), None, 0.0
@@ -386,9 +393,6 @@ class JobRunner:
             if isinstance(lease, str):
                 return self._skipped(job, lease), None, 0.0
             return await self._endings.failed(job, lease, spec, exc, None)
-        finally:
-            self._claims_due.discard(deferred)
-            self._jobs.finish(job.job_id)
         if not deferred.started:
             # The handler is done; its concurrency slot can run another while the
             # completion waits for its batch (the key's mailbox stays held until then).
@@ -487,7 +491,7 @@ class JobRunner:
             if not renewed:
                 log.warning("job %s: lease lost while running; interrupting it", lease.job_id)
                 running.lease_lost = True
-                running.task.cancel()
+                running.interrupt()
                 return
 
 

@@ -160,8 +160,13 @@ class UnclaimedStore:
         """
         ahead = self._ahead.pop(job_id, None)
         if ahead is not None and self._clock() - ahead[0] <= PREFETCH_FRESH:
-            with contextlib.suppress(Exception):  # read again below, which reports it
-                return (await asyncio.shield(ahead[1])).get(canonical_id(job_id))
+            read = ahead[1]
+            if read.done():  # the usual case: no shield, no wait
+                if not read.cancelled() and read.exception() is None:
+                    return read.result().get(canonical_id(job_id))
+            else:
+                with contextlib.suppress(Exception):  # read again below, which reports it
+                    return (await asyncio.shield(read)).get(canonical_id(job_id))
         return await self._reads.submit(job_id)
 
     async def _read_many(self, job_ids: Sequence[str]) -> list[Known | Exception | None]:
