@@ -22,6 +22,12 @@ The committed offset of a partition is the one after its last republished (or sk
 record: committed periodically, on revoke and on stop. A revoked partition's pending queue
 is dropped uncommitted, so its next owner reads those records again; delivery is at least
 once, and the worker's dedupe and lease fencing absorb a rare duplicate.
+
+A failed republish is tried again after ``RETRY_BACKOFF``, except when the producer hit a
+fatal error (:class:`~conveyor.errors.ProducerFatalError`: idempotence broken, it sends
+no more). Then no retry can succeed, so the relay stops and :meth:`RetryRelay.run`
+raises that error, having committed only what was acknowledged: ``conveyor relay``
+exits with it, and a worker's ``/healthz`` fails naming the stopped relay.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from conveyor.errors import (
     BrokerUnavailableError,
     ConfigurationError,
     ConveyorError,
+    ProducerFatalError,
 )
 from conveyor.observability import logs, tracing
 from conveyor.schemas.serde import Serde
@@ -99,6 +106,8 @@ class RetryRelay:
         self._consumer: AIOKafkaConsumer | None = None
         self._republisher: Republisher | None = None
         self._commit_lock = asyncio.Lock()
+        self._fatal: ProducerFatalError | None = None  # what made the producer unusable
+        self._broken = asyncio.Event()  # set with it: wakes _until_broken
 
     @property
     def retry_topics(self) -> tuple[str, ...]:
@@ -155,21 +164,33 @@ class RetryRelay:
             ) from exc
         try:
             self._republisher = Republisher(
-                self._settings, delivery_timeout=self._options.delivery_timeout, linger_ms=LINGER_MS
+                self._settings,
+                delivery_timeout=self._options.delivery_timeout,
+                linger_ms=LINGER_MS,
+                name="the retry relay's producer",
             )
         except ConfigurationError:
             await consumer.stop()
             raise
+        self._fatal = None
+        self._broken.clear()
         self._consumer = consumer
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relays until ``stop`` is set, then commits and closes the consumer and producer."""
+        """Relays until ``stop`` is set, then commits and closes the consumer and producer.
+
+        Raises:
+            ProducerFatalError: The producer hit a fatal error, so nothing can be
+                republished again; what was acknowledged is committed, nothing after it.
+            BrokerUnavailableError: The consumer lost Kafka.
+        """
         if self._consumer is None:
             await self.start()
         stopped = asyncio.create_task(stop.wait())
         loops = [
             asyncio.create_task(self._fetch()),
             asyncio.create_task(self._commit_periodically()),
+            asyncio.create_task(self._until_broken()),
         ]
         try:
             # A loop only ends by failing; then the relay stops rather than idle unnoticed.
@@ -210,13 +231,34 @@ class RetryRelay:
         if state.timer is not None:
             state.timer.cancel()
             state.timer = None
-        if state.released or (state.task is not None and not state.task.done()):
+        if state.released or self._broken.is_set():
+            return
+        if state.task is not None and not state.task.done():
             return
         state.task = asyncio.create_task(self._drain_guarded(state))
+
+    async def _until_broken(self) -> None:
+        """Ends the run once the producer is unusable: no republish can succeed again.
+
+        A republish that failed so wakes it at once; the producer's own report of a fatal
+        error while nothing was being republished is seen within ``commit_interval``.
+        """
+        republisher = self._require_republisher()
+        while True:
+            fatal = self._fatal or republisher.fatal_error
+            if fatal is not None:
+                raise fatal
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._broken.wait(), self._options.commit_interval)
 
     async def _drain_guarded(self, state: HeldPartition) -> None:
         try:
             await self._drain(state)
+        except ProducerFatalError as exc:
+            # Not retried: the producer sends no more. The run ends with the error (the
+            # producer has logged it once), and the record stays uncommitted.
+            self._fatal = self._fatal or exc
+            self._broken.set()
         except Exception:
             # A bug or an outage must not leave the partition stalled without a word.
             log.exception(
@@ -323,7 +365,11 @@ class RetryRelay:
     async def _settle(
         self, state: HeldPartition, batch: list[tuple[Item, asyncio.Future[None] | None]]
     ) -> bool:
-        """Awaits the batch's acks; marks the acknowledged prefix done. False on a failure."""
+        """Awaits the batch's acks; marks the acknowledged prefix done. False on a failure.
+
+        Raises:
+            ProducerFatalError: A republish failed because the producer is unusable.
+        """
         futures = [f for _, f in batch if f is not None]
         if futures:
             await asyncio.wait(futures, timeout=self._options.delivery_timeout + REVOKE_SLACK)
@@ -331,10 +377,12 @@ class RetryRelay:
             if future is not None:
                 failure = future.exception() if future.done() else TimeoutError("no ack")
                 if failure is not None:
-                    log.warning("republish of %s failed, retrying: %s", item.topic, failure)
                     for _, rest in batch:
                         if rest is not None and rest.done():
                             rest.exception()  # retrieved, so asyncio does not log them
+                    if isinstance(failure, ProducerFatalError):
+                        raise failure  # retrying cannot help; the run ends with it
+                    log.warning("republish of %s failed, retrying: %s", item.topic, failure)
                     return False
                 if item.destination == item.topic:
                     self.stats.republished += 1

@@ -19,7 +19,9 @@ Failures escalate by kind:
 - a *fatal* error (librdkafka's idempotence guarantees broken, reported through
   ``error_cb`` or a delivery report with ``err.fatal()``) makes the core unusable:
   every pending and later send fails with :class:`~conveyor.errors.ProducerFatalError`,
-  and :attr:`DeliveryCore.fatal_error` says why (the worker fails ``/healthz`` on it);
+  and :attr:`DeliveryCore.fatal_error` says why (the worker fails ``/healthz`` on it).
+  The detection is :mod:`conveyor.producer.fatal`'s, which the retry relay's producer
+  shares;
 - ``_MSG_TIMED_OUT`` on this idempotent producer means *maybe delivered*: the broker may
   have appended the message and its acknowledgement been lost. It raises
   :class:`~conveyor.errors.UncertainDeliveryError`, so a caller knows a resend may
@@ -43,6 +45,7 @@ from confluent_kafka import Producer as KafkaProducer
 
 from conveyor.errors import DeliveryError, ProducerFatalError, UncertainDeliveryError
 from conveyor.observability import librdkafka
+from conveyor.producer.fatal import FatalWatch
 from conveyor.producer.jobs import Outgoing
 from conveyor.settings import Settings
 
@@ -59,39 +62,7 @@ PROBE_AFTER = 2.0
 
 DeliveryErrorCallback = Callable[[str, DeliveryError], None]
 
-#: librdkafka's fatal error code: the producer's guarantees are broken and it sends no more.
-_FATAL = KafkaError._FATAL
 _TIMED_OUT = KafkaError._MSG_TIMED_OUT
-
-
-def _is_fatal(err: KafkaError) -> bool:
-    return bool(err.fatal()) or err.code() == _FATAL
-
-
-class _ErrorWatch:
-    """The producer's ``error_cb``: feeds :class:`librdkafka.ClientErrors` and keeps the
-    first fatal error. It holds no reference to the core or its client."""
-
-    def __init__(self, errors: librdkafka.ClientErrors, bootstrap: str) -> None:
-        self._errors = errors
-        self._bootstrap = bootstrap
-        self.fatal: ProducerFatalError | None = None
-
-    def __call__(self, err: KafkaError) -> None:
-        self._errors(err)
-        if _is_fatal(err):
-            self.note_fatal(err)
-
-    def note_fatal(self, err: KafkaError) -> ProducerFatalError:
-        """Records a fatal error (the first one wins) and returns the error to raise."""
-        if self.fatal is None:
-            self.fatal = ProducerFatalError(
-                f"the Kafka producer for {self._bootstrap} hit a fatal error and sends no "
-                f"more: {err.str()} ({err.name()}); restart the process (a worker reports "
-                "unhealthy on /healthz) or create a new producer"
-            )
-            log.error("%s", self.fatal)
-        return self.fatal
 
 
 @dataclasses.dataclass
@@ -133,7 +104,7 @@ class DeliveryCore:
             ``librdkafka.CONNECT_TIMEOUT`` seconds if none answers.
     """
 
-    _watch: _ErrorWatch | None = None  # class default: test doubles skip __init__
+    _watch: FatalWatch | None = None  # class default: test doubles skip __init__
 
     def __init__(
         self,
@@ -154,7 +125,12 @@ class DeliveryCore:
         self._failures: list[tuple[str, DeliveryError]] = []
         self._lock = threading.Lock()
         quiet, self._errors = librdkafka.client_config()
-        self._watch = _ErrorWatch(self._errors, settings.kafka_bootstrap)
+        self._watch = FatalWatch(
+            self._errors,
+            client=f"the Kafka producer for {settings.kafka_bootstrap}",
+            remedy="restart the process (a worker reports unhealthy on /healthz) "
+            "or create a new producer",
+        )
         self._producer = KafkaProducer(
             {
                 **producer_config(settings, delivery_timeout=delivery_timeout, linger_ms=linger_ms),
@@ -174,14 +150,11 @@ class DeliveryCore:
         return None if self._watch is None else self._watch.fatal
 
     def _poll_loop(self) -> None:
-        purged = False
         while not self._closed.is_set():
             try:
                 self._producer.poll(POLL_INTERVAL)
-                if not purged and self.fatal_error is not None:
-                    # Nothing queued can be delivered now: fail it at once, not at timeout.
-                    purged = True
-                    self._producer.purge()
+                if self._watch is not None:
+                    self._watch.purge_once_broken(self._producer)
             except Exception:  # a callback's bug must not stop every later delivery report
                 log.exception("a delivery report failed; the producer keeps polling")
 
@@ -230,9 +203,9 @@ class DeliveryCore:
                     ) from exc
                 self._producer.flush(POLL_INTERVAL)
             except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if isinstance(error, KafkaError) and _is_fatal(error) and self._watch:
-                    raise self._watch.note_fatal(error) from exc
+                fatal = None if self._watch is None else self._watch.refused(exc)
+                if fatal is not None:
+                    raise fatal from exc
                 raise DeliveryError(f"could not queue job {message.job_id}: {exc}") from exc
 
     def _callback(
@@ -261,10 +234,10 @@ class DeliveryCore:
 
     def _delivery_error(self, job_id: str, topic: str | None, err: KafkaError) -> DeliveryError:
         """The error a failed delivery report stands for."""
-        if _is_fatal(err) and self._watch is not None:
-            return self._watch.note_fatal(err)
-        if self.fatal_error is not None:  # purged because the producer is unusable
-            return self.fatal_error
+        # Fatal, or purged because the producer is unusable.
+        fatal = None if self._watch is None else self._watch.escalate(err)
+        if fatal is not None:
+            return fatal
         if err.code() == _TIMED_OUT:
             return UncertainDeliveryError(
                 f"job {job_id} may or may not have been delivered to {topic}: it timed out "
