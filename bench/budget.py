@@ -64,6 +64,7 @@ PROJECT_RULES: tuple[tuple[str, str, str | None], ...] = (
     (MAILBOX, _RUNTIME, "ConsumerLoop._maybe_resume"),
     (FETCH, _RUNTIME, "ConsumerLoop._fetch"),
     (RUNNER, "/conveyor/consumer/execution.py", None),
+    (RUNNER, "/conveyor/consumer/claimed.py", None),
     (RUNNER, _RUNTIME, "ConsumerLoop._execute"),
     (RUNNER, "/conveyor/consumer/deadlines.py", None),
     (RUNNER, "/conveyor/consumer/recording.py", None),

@@ -4,7 +4,8 @@ Every outcome is durable before the job's offset may be committed: a completion
 commits in the same transaction as the handler's ``ctx.db`` writes, and a lease epoch
 fences a worker that lost the job (``LeaseLostError``), so at most one completion of
 a job ever commits. Failed and cancelled attempts are recorded by ``endings``; the
-handlers running here and the cancels aimed at them are kept by ``cancels``.
+handlers running here and the cancels aimed at them are kept by ``cancels``; a claimed
+job's handler is called and completed by ``claimed``.
 """
 
 from __future__ import annotations
@@ -15,27 +16,27 @@ import contextvars
 import dataclasses
 import datetime as dt
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import asyncpg
 
 from conveyor.consumer import failures
-from conveyor.consumer.cancels import RunningJob, RunningJobs
+from conveyor.consumer.cancels import RunningJobs
+from conveyor.consumer.claimed import ClaimedCalls
 from conveyor.consumer.claims import HELD, Lease
 from conveyor.consumer.context import JobContext, JobTransaction
 from conveyor.consumer.deadlines import Deadlines
 from conveyor.consumer.endings import Endings
-from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec
+from conveyor.consumer.handlers import HandlerRegistry, HandlerSpec, invoke
 from conveyor.consumer.job import FINAL_STATES, JobMessage
 from conveyor.consumer.outcome import Outcome, WorkerStats
 from conveyor.consumer.publisher import FailurePublisher
-from conveyor.consumer.status import LeaseLostError, StatusStore, result_json
+from conveyor.consumer.status import StatusStore, result_json
 from conveyor.consumer.unclaimed import CLAIM_AFTER, DeferredClaim, UnclaimedStore
 from conveyor.errors import ContractError, Problem, UnknownSchemaError, ValidationError
 from conveyor.observability import logs, tracing
-from conveyor.observability.metrics import JobSeries, WorkerMetrics
+from conveyor.observability.metrics import WorkerMetrics
 from conveyor.schemas.contracts import CONTENT_TYPE_JSON
 from conveyor.schemas.payload import PayloadCodec
 
@@ -101,6 +102,15 @@ class JobRunner:
         self._lease_seconds = lease_seconds
         self._jobs = RunningJobs()
         self._endings = Endings(status=status, publisher=publisher, stats=stats, metrics=metrics)
+        self._claimed = ClaimedCalls(
+            status=status,
+            pool=pool,
+            jobs=self._jobs,
+            endings=self._endings,
+            stats=stats,
+            metrics=metrics,
+            lease_seconds=lease_seconds,
+        )
 
     def cancel(self, job_id: str, reason: str | None = None) -> bool:
         """Interrupts a running job (a cancel command); True if it runs here.
@@ -292,7 +302,7 @@ class JobRunner:
             return await self._endings.failed(job, lease, spec, exc, reason)
         if claim is None:
             return await self._call_unclaimed(job, DeferredClaim(self._status, job), spec, payload)
-        return await self._call(job, claim, spec, payload)
+        return await self._claimed.call(job, claim, spec, payload)
 
     async def _decode_payload(self, job: JobMessage) -> Any:
         """Decodes the payload; in a thread when that needs a registry request."""
@@ -301,47 +311,6 @@ class JobRunner:
                 self._codec.decode, job.type, job.payload, job.content_type
             )
         return self._codec.decode(job.type, job.payload, job.content_type)
-
-    async def _call(
-        self, job: JobMessage, lease: Lease, spec: HandlerSpec, payload: Any
-    ) -> tuple[Outcome, JobMessage | None, float]:
-        transaction = JobTransaction(self._pool, job.tenant_id)
-
-        async def report(pct: float, message: str | None) -> None:
-            await self._status.progress(lease, pct, message)
-
-        ctx = JobContext(job, transaction=transaction, report=report, logger=log)
-        task = asyncio.create_task(
-            self._invoke(spec, ctx, payload, self._metrics.series(job.type, job.priority)),
-            name=f"job-{job.job_id}",
-        )
-        running = self._jobs.start(job.job_id, task)
-        heartbeat = (
-            asyncio.create_task(self._heartbeat(lease, running))
-            if spec.duration == "long"
-            else None
-        )
-        try:
-            result = await task
-        except asyncio.CancelledError:
-            await transaction.finish(commit=False)
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the worker is shutting down
-            if running.lease_lost:
-                self._stats.fenced += 1
-                return Outcome.FENCED, None, 0.0
-            if running.cancel_requested:
-                return await self._endings.cancelled(job, lease, running.cancel_reason), None, 0.0
-            raise
-        except Exception as exc:
-            await transaction.finish(commit=False)
-            return await self._endings.failed(job, lease, spec, exc, None)
-        finally:
-            self._jobs.finish(job.job_id)
-            if heartbeat is not None:
-                await _stop(heartbeat)
-        return await self._complete(job, lease, spec, transaction, result)
 
     async def _call_unclaimed(
         self, job: JobMessage, deferred: DeferredClaim, spec: HandlerSpec, payload: Any
@@ -371,7 +340,7 @@ class JobRunner:
             try:
                 if running.cancel_requested:  # a cancel came before the start
                     raise asyncio.CancelledError
-                result = await self._invoke(
+                result = await invoke(
                     spec, ctx, payload, self._metrics.series(job.type, job.priority)
                 )
             finally:
@@ -432,67 +401,7 @@ class JobRunner:
         if isinstance(lease, str):
             await transaction.finish(commit=False)
             return self._skipped(job, lease), None, 0.0
-        return await self._complete(job, lease, spec, transaction, result)
-
-    async def _invoke(
-        self, spec: HandlerSpec, ctx: JobContext, payload: Any, series: JobSeries
-    ) -> Any:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(spec.timeout):
-                if spec.is_async:
-                    return await spec.func(ctx, payload)
-                return await asyncio.to_thread(spec.func, ctx, payload)
-        finally:
-            series.duration.observe(time.perf_counter() - started)
-
-    async def _complete(
-        self,
-        job: JobMessage,
-        lease: Lease,
-        spec: HandlerSpec,
-        transaction: JobTransaction,
-        result: Any,
-    ) -> tuple[Outcome, JobMessage | None, float]:
-        try:
-            if transaction.opened:
-                await self._status.complete(lease, result, await transaction.connection())
-            else:
-                # The handler wrote nothing through ctx.db: its completion needs no
-                # transaction of its own and shares one statement with others finishing now.
-                await self._status.complete_alone(lease, result)
-        except LeaseLostError:
-            await transaction.finish(commit=False)
-            self._stats.fenced += 1
-            log.warning("job %s: lease lost to another worker; completion refused", lease.job_id)
-            return Outcome.FENCED, None, 0.0
-        except TypeError as exc:  # the result is not JSON-serialisable
-            await transaction.finish(commit=False)
-            return await self._endings.failed(job, lease, spec, exc, None)
-        except BaseException:
-            await transaction.finish(commit=False)
-            raise
-        await transaction.finish(commit=True)
-        self._stats.completed += 1
-        self._metrics.series(job.type, job.priority).completed.inc()
-        return Outcome.COMPLETED, None, 0.0
-
-    async def _heartbeat(self, lease: Lease, running: RunningJob) -> None:
-        while True:
-            await asyncio.sleep(self._lease_seconds / 3)
-            try:
-                renewed = await self._status.heartbeat(lease)
-            except Exception as exc:
-                # A database blip must not end the job: the next beat tries again, and if
-                # the lease lapses meanwhile and another worker claims the job, this
-                # worker's completion is fenced.
-                log.warning("job %s: lease not renewed, will retry: %s", lease.job_id, exc)
-                continue
-            if not renewed:
-                log.warning("job %s: lease lost while running; interrupting it", lease.job_id)
-                running.lease_lost = True
-                running.interrupt()
-                return
+        return await self._claimed.complete(job, lease, spec, transaction, result)
 
 
 def _may_run_unclaimed(spec: HandlerSpec | None) -> bool:
@@ -502,15 +411,3 @@ def _may_run_unclaimed(spec: HandlerSpec | None) -> bool:
     (``ordering="key"``) need the claim's attempt count before they run.
     """
     return spec is not None and spec.duration != "long" and spec.ordering != "key"
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancels a helper task and waits for it without taking on its exception.
-
-    ``asyncio.wait`` never raises the task's error, so the caller's own result or
-    exception stands; a cancel of the caller itself still propagates.
-    """
-    task.cancel()
-    await asyncio.wait([task])
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("a job's helper task failed: %r", task.exception())

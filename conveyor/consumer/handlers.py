@@ -1,13 +1,20 @@
-"""Handler registration: which function runs a job type, and with what policy."""
+"""Handler registration: which function runs a job type, and with what policy; and the
+call of a handler under its timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from conveyor.consumer.context import JobContext
+    from conveyor.observability.metrics import JobSeries
 
 DEFAULT_MAX_ATTEMPTS = 5
 ORDERINGS = ("none", "key")
@@ -83,3 +90,16 @@ class HandlerRegistry:
 
     def __len__(self) -> int:
         return len(self._specs)
+
+
+async def invoke(spec: HandlerSpec, ctx: JobContext, payload: Any, series: JobSeries) -> Any:
+    """Calls ``spec``'s handler: an async one under its timeout, a plain one in a thread
+    (where it cannot be interrupted); the run's duration goes to ``series``."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(spec.timeout):
+            if spec.is_async:
+                return await spec.func(ctx, payload)
+            return await asyncio.to_thread(spec.func, ctx, payload)
+    finally:
+        series.duration.observe(time.perf_counter() - started)
