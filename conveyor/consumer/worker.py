@@ -11,10 +11,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import asyncpg
-
-from conveyor import db, dlq
-from conveyor.consumer import preflight, unclaimed
+from conveyor import dlq
+from conveyor.consumer import preflight
+from conveyor.consumer.assembly import job_runner, open_pools
 from conveyor.consumer.companions import (
     Companion,
     build_companions,
@@ -23,7 +22,6 @@ from conveyor.consumer.companions import (
     start_up_frozen,
 )
 from conveyor.consumer.control import ControlListener, run_until_cancelled
-from conveyor.consumer.execution import JobRunner
 from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.handlers import DEFAULT_MAX_ATTEMPTS, Handler, HandlerRegistry, HandlerSpec
 from conveyor.consumer.heartbeat import Heartbeat
@@ -32,23 +30,15 @@ from conveyor.consumer.outcome import WorkerStats
 from conveyor.consumer.probes import WorkerProbes
 from conveyor.consumer.publisher import FailurePublisher
 from conveyor.consumer.runtime import ConsumerLoop
-from conveyor.consumer.status import StatusStore
-from conveyor.consumer.unclaimed import UnclaimedStore
 from conveyor.errors import ConfigurationError
 from conveyor.observability.http import ProbeServer
 from conveyor.observability.metrics import WorkerMetrics
 from conveyor.scheduling import recurring
-from conveyor.schemas.payload import PayloadCodec
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
-from conveyor.topology.model import PRIORITIES, Topology
+from conveyor.topology.model import PRIORITIES
 
 log = logging.getLogger("conveyor.worker")
-
-#: Connections of the status-write pool: two batches in flight for each of claims,
-#: completions, reads and unclaimed completions, and room for the one-job writes
-#: (outcomes, heartbeats, progress).
-STATUS_CONNECTIONS = 10
 
 
 class Worker:
@@ -282,13 +272,28 @@ class Worker:
     async def _run(self) -> None:
         if self.options.check_at_start:
             await preflight.check(self.settings)
-        pool, status_pool = await self._open_pools()
+        pool, status_pool = await open_pools(
+            self.settings,
+            self.options,
+            concurrency=self.concurrency,
+            schedules=self._schedules.values(),
+        )
         serde = Serde(self.settings)
         publisher = FailurePublisher(self.settings, serde=serde)
         server: ProbeServer | None = None
         heartbeat: Heartbeat | None = None
         try:
-            runner = self._job_runner(pool, status_pool, serde, publisher)
+            runner = job_runner(
+                self.settings,
+                self.options,
+                worker_id=self.worker_id,
+                registry=self._registry,
+                stats=self.stats,
+                metrics=self.metrics,
+                pools=(pool, status_pool),
+                serde=serde,
+                publisher=publisher,
+            )
             control = ControlListener(self.settings, serde=serde, runner=runner)
             await control.start()
             control_task = asyncio.create_task(run_until_cancelled(control))
@@ -349,32 +354,6 @@ class Worker:
             self._stop.set()
             await asyncio.gather(*companions, return_exceptions=True)
 
-    async def _open_pools(self) -> tuple[asyncpg.Pool[Any], asyncpg.Pool[Any]]:
-        """The pool of handlers' ``ctx.db`` and the helpers, and the status writes' own,
-        once the schedules declared with :meth:`schedule` are upserted (each start,
-        every worker).
-
-        The status writes' pool plans each statement for its parameters and is never
-        reset on release: no user query runs there.
-        """
-        extra = 5 if self.options.run_scheduler else 2  # the helpers' own transactions
-        pool = await db.create_pool(self.settings, min_size=1, max_size=self.concurrency + extra)
-        try:
-            async with pool.acquire() as conn:
-                for spec in self._schedules.values():
-                    await recurring.upsert(conn, spec, source="code")
-            status_pool = await db.create_pool(
-                self.settings,
-                min_size=1,
-                max_size=STATUS_CONNECTIONS,
-                custom_plans=True,
-                reset_on_release=False,
-            )
-        except BaseException:
-            await pool.close()
-            raise
-        return pool, status_pool
-
     def _run_companions(self, companions: Sequence[Companion]) -> list[asyncio.Task[None]]:
         """Starts each companion's run as a task that liveness watches."""
         runs = [asyncio.create_task(c.run(self._stop)) for c in companions]
@@ -393,37 +372,6 @@ class Worker:
                 error = None if task.cancelled() else task.exception()
                 return f"the {name} stopped" + (f": {error!r}" if error is not None else "")
         return None
-
-    def _job_runner(
-        self,
-        pool: asyncpg.Pool[Any],
-        status_pool: asyncpg.Pool[Any],
-        serde: Serde,
-        publisher: FailurePublisher,
-    ) -> JobRunner:
-        """The runner of this worker's handlers, with their payload schemas registered."""
-        topology = Topology.from_settings(self.settings)
-        codec = PayloadCodec(serde, self.settings.topic_prefix)
-        for spec in self._registry:
-            if spec.schema is not None:
-                codec.register_type(spec.type, spec.schema)
-        self.metrics.know_types(spec.type for spec in self._registry)
-        return JobRunner(
-            status=StatusStore(
-                status_pool, worker_id=self.worker_id, lease_seconds=self.options.lease_seconds
-            ),
-            pool=pool,
-            registry=self._registry,
-            codec=codec,
-            stats=self.stats,
-            metrics=self.metrics,
-            consumer_groups={topology.job_topic(p): topology.consumer_group(p) for p in PRIORITIES},
-            lease_seconds=self.options.lease_seconds,
-            publisher=publisher,
-            # Short jobs run before they are claimed: one status write each.
-            unclaimed=UnclaimedStore(status_pool),
-            claim_after=unclaimed.CLAIM_AFTER,
-        )
 
     def _serve(self, probes: WorkerProbes) -> ProbeServer | None:
         """Starts the /metrics, /healthz and /readyz endpoint, unless the port is 0."""
