@@ -1,13 +1,43 @@
-"""The plugin's real-stack fixtures run on the session's services, not services of their own.
+"""The integration tests' shared fixtures.
 
-``conveyor.testing.plugin`` would start an embedded broker, Postgres and registry when the
-environment names none; the suite already runs one of each, so these overrides (the way
-a user brings their own services) hand those to ``conveyor_settings``.
+The plugin's real-stack fixtures run on the session's services, not services of their
+own: ``conveyor.testing.plugin`` would start an embedded broker, Postgres and registry
+when the environment names none; the suite already runs one of each, so these overrides
+(the way a user brings their own services) hand those to ``conveyor_settings``.
+
+``pool`` and the two status stores are the worker's view of a migrated schema, for the
+tests that claim and complete jobs by hand.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
 import pytest
+
+from conveyor import db
+from conveyor.consumer.status import StatusStore
+from conveyor.settings import Settings
+
+
+@pytest.fixture
+async def pool(migrated: Settings) -> AsyncIterator[asyncpg.Pool[Any]]:
+    """A pool on the migrated test schema, as the worker opens one."""
+    opened = await db.create_pool(migrated, max_size=4)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def worker_a(pool: asyncpg.Pool[Any]) -> StatusStore:
+    return StatusStore(pool, worker_id="worker-a")
+
+
+@pytest.fixture
+def worker_b(pool: asyncpg.Pool[Any]) -> StatusStore:
+    return StatusStore(pool, worker_id="worker-b")
 
 
 @pytest.fixture(scope="session")

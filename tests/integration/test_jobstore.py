@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from conveyor import db
 from conveyor.consumer.claims import Lease
 from conveyor.consumer.job import JobMessage
 from conveyor.consumer.status import StatusStore
@@ -61,13 +60,6 @@ async def claimed(worker: StatusStore, job: JobMessage) -> Lease:
     lease = await worker.claim(job)
     assert isinstance(lease, Lease), f"claim returned {lease!r}"
     return lease
-
-
-@pytest.fixture
-async def pool(migrated: Settings) -> AsyncIterator[asyncpg.Pool[Any]]:
-    opened = await db.create_pool(migrated, max_size=4)
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

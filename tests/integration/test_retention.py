@@ -7,23 +7,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from conveyor import db, retention
-from conveyor.settings import Settings
-
-
-@pytest.fixture
-async def pool(migrated: Settings) -> AsyncIterator[asyncpg.Pool[Any]]:
-    created = await db.create_pool(migrated, max_size=4)
-    try:
-        yield created
-    finally:
-        await created.close()
+from conveyor import retention
 
 
 async def _finished(pool: asyncpg.Pool[Any], days_ago: float, count: int = 1) -> list[uuid.UUID]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,24 +21,6 @@ from conveyor.consumer.status import LeaseLostError, StatusStore
 from conveyor.settings import Settings
 from tests.status_helpers import DEADLINE, ERROR, SUBMITTED, claimed, history, job_row, make_job
 from tests.worker_helpers import eventually
-
-
-@pytest.fixture
-async def pool(migrated: Settings) -> AsyncIterator[asyncpg.Pool[Any]]:
-    """A pool on the migrated test schema, as the worker opens one."""
-    opened = await db.create_pool(migrated, max_size=4)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-def worker_a(pool: asyncpg.Pool[Any]) -> StatusStore:
-    return StatusStore(pool, worker_id="worker-a")
-
-
-@pytest.fixture
-def worker_b(pool: asyncpg.Pool[Any]) -> StatusStore:
-    return StatusStore(pool, worker_id="worker-b")
 
 
 async def run_handler(pool: asyncpg.Pool[Any], store: StatusStore, lease: Lease, note: str) -> None:
