@@ -1,4 +1,4 @@
-"""Reading back what landed on the real broker, for assertions."""
+"""Reading back what landed on the real broker, for assertions; librdkafka errors to inject."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,8 @@ def wait_visible(bootstrap: str, topic: str, partitions: int, *, timeout: float 
             return
         time.sleep(0.05)
     raise AssertionError(f"{topic} with {partitions} partitions not visible after {timeout}s")
+
+
+def fatal_error(reason: str) -> KafkaError:
+    """What librdkafka hands a producer's ``error_cb`` when idempotence breaks."""
+    return KafkaError(KafkaError._FATAL, reason, fatal=True)

@@ -2,41 +2,31 @@
 
 A failed ``ordering="none"`` job is published to a retry topic (``<prefix>.jobs.retry.<delay>``)
 with ``attempt + 1`` and a ``not_before``. The relay is one consumer in group
-``<prefix>.relay`` on every retry topic. Per partition, records are handled in offset order:
-
-- due (``not_before`` is null or past): the ORIGINAL value bytes, key and headers are
-  republished to the job topic of the envelope's priority through an idempotent producer
-  (``acks=all``); only once acknowledged does the offset count as done;
-- not yet due: the record and everything after it from that partition wait in the
-  partition's pending queue, the partition is paused, and a timer (``loop.call_at``) wakes
-  it at the due time. The fetch loop keeps polling the other partitions, so a long wait on
-  one partition never delays another, and the consumer never sits in a sleep past
-  ``max.poll.interval.ms`` (Spring Kafka's back-off by sleeping the poll loop is what makes
-  its delays overshoot by up to the poll interval);
-- not due long after its rung's delay (a 1-hour wait on ``retry.5m``): once it has waited
-  that rung's delay it is written again, unchanged, to the rung that fits what is left, at
-  the tail, so it never holds back the records behind it for longer than the rung's delay;
-- undecodable: logged, counted and skipped (committed past), so it cannot block the queue.
+``<prefix>.relay`` on every retry topic. Its fetch loop puts each partition's records, in
+offset order, into that partition's pending queue and kicks its drain
+(:mod:`conveyor.consumer.relay_drain`: due records are republished to their job topic,
+acknowledged before they count as done; a partition whose head is not due yet is paused
+until it is, while the fetch loop keeps polling the others). This module is the relay's
+lifecycle around it: the consumer and producer, assignment, commits and stop.
 
 The committed offset of a partition is the one after its last republished (or skipped)
 record: committed periodically, on revoke and on stop. A revoked partition's pending queue
 is dropped uncommitted, so its next owner reads those records again; delivery is at least
 once, and the worker's dedupe and lease fencing absorb a rare duplicate.
 
-A failed republish is tried again after ``RETRY_BACKOFF``, except when the producer hit a
-fatal error (:class:`~conveyor.errors.ProducerFatalError`: idempotence broken, it sends
-no more). Then no retry can succeed, so the relay stops and :meth:`RetryRelay.run`
-raises that error, having committed only what was acknowledged: ``conveyor relay``
-exits with it, and a worker's ``/healthz`` fails naming the stopped relay.
+A failed republish is tried again after ``relay_drain.RETRY_BACKOFF``, except when the
+producer hit a fatal error (:class:`~conveyor.errors.ProducerFatalError`: idempotence
+broken, it sends no more). Then no retry can succeed, so the relay stops and
+:meth:`RetryRelay.run` raises that error, having committed only what was acknowledged:
+``conveyor relay`` exits with it, and a worker's ``/healthz`` fails naming the stopped
+relay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -44,30 +34,22 @@ from aiokafka.structs import OffsetAndMetadata
 
 from conveyor.consumer.kafka import aiokafka_security
 from conveyor.consumer.options import rebalance_timeout
+from conveyor.consumer.relay_drain import RelayDrain
 from conveyor.consumer.relay_items import HeldPartition, Item
 from conveyor.consumer.relay_options import REVOKE_SLACK, RelayOptions, RelayStats
 from conveyor.consumer.republish import Republisher
-
-__all__ = ["REVOKE_SLACK", "RelayOptions", "RelayStats", "RetryRelay"]
-from conveyor.errors import (
-    BrokerUnavailableError,
-    ConfigurationError,
-    ConveyorError,
-    ProducerFatalError,
-)
-from conveyor.observability import logs, tracing
+from conveyor.errors import BrokerUnavailableError, ConfigurationError
+from conveyor.observability import logs
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import Topology
+
+__all__ = ["REVOKE_SLACK", "RelayOptions", "RelayStats", "RetryRelay"]
 
 log = logging.getLogger("conveyor.relay")
 
 #: Records one fetch may return; with ``max_held_per_partition`` it bounds memory.
 FETCH_MAX_RECORDS = 500
-#: Republishes awaited together; their acks are awaited as one batch.
-REPUBLISH_BATCH = 100
-#: Seconds before a failed republish or an unanswered registry lookup is tried again.
-RETRY_BACKOFF = 1.0
 #: librdkafka batches for at most this long; small, because every ms is added to the delay.
 LINGER_MS = 1
 
@@ -99,15 +81,13 @@ class RetryRelay:
         self._serde = serde
         self._options = options or RelayOptions()
         self._topology = Topology.from_settings(settings)
-        self._rung_delays = {rung.name: rung.delay_s for rung in self._topology.retry_topics}
         self.group_id = f"{settings.topic_prefix}.relay"
         self.stats = RelayStats()
         self._partitions: dict[TopicPartition, HeldPartition] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._republisher: Republisher | None = None
+        self._drain: RelayDrain | None = None  # republishes what the consumer fetched
         self._commit_lock = asyncio.Lock()
-        self._fatal: ProducerFatalError | None = None  # what made the producer unusable
-        self._broken = asyncio.Event()  # set with it: wakes _until_broken
 
     @property
     def retry_topics(self) -> tuple[str, ...]:
@@ -163,7 +143,7 @@ class RetryRelay:
                 f"{exc}; check CONVEYOR_KAFKA_BOOTSTRAP"
             ) from exc
         try:
-            self._republisher = Republisher(
+            republisher = Republisher(
                 self._settings,
                 delivery_timeout=self._options.delivery_timeout,
                 linger_ms=LINGER_MS,
@@ -172,8 +152,15 @@ class RetryRelay:
         except ConfigurationError:
             await consumer.stop()
             raise
-        self._fatal = None
-        self._broken.clear()
+        self._republisher = republisher
+        self._drain = RelayDrain(
+            consumer,
+            republisher,
+            serde=self._serde,
+            topology=self._topology,
+            options=self._options,
+            stats=self.stats,
+        )
         self._consumer = consumer
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -210,6 +197,7 @@ class RetryRelay:
 
     async def _fetch(self) -> None:
         consumer = self._require_consumer()
+        drain = self._require_drain()
         while True:
             batch = await consumer.getmany(
                 timeout_ms=self._options.fetch_timeout_ms, max_records=FETCH_MAX_RECORDS
@@ -220,22 +208,11 @@ class RetryRelay:
                     continue
                 state.pending.extend(Item(record) for record in records)
                 if len(state.pending) >= self._options.max_held_per_partition:
-                    self._set_paused(state, True)
-                self._kick(state)
+                    drain.set_paused(state, True)
+                drain.kick(state)
             if batch:
                 held = sum(len(s.pending) for s in self._partitions.values())
                 self.stats.held_max = max(self.stats.held_max, held)
-
-    def _kick(self, state: HeldPartition) -> None:
-        """Starts the partition's drain unless one runs (it then sees the new records)."""
-        if state.timer is not None:
-            state.timer.cancel()
-            state.timer = None
-        if state.released or self._broken.is_set():
-            return
-        if state.task is not None and not state.task.done():
-            return
-        state.task = asyncio.create_task(self._drain_guarded(state))
 
     async def _until_broken(self) -> None:
         """Ends the run once the producer is unusable: no republish can succeed again.
@@ -243,164 +220,14 @@ class RetryRelay:
         A republish that failed so wakes it at once; the producer's own report of a fatal
         error while nothing was being republished is seen within ``commit_interval``.
         """
+        drain = self._require_drain()
         republisher = self._require_republisher()
         while True:
-            fatal = self._fatal or republisher.fatal_error
+            fatal = drain.fatal or republisher.fatal_error
             if fatal is not None:
                 raise fatal
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._broken.wait(), self._options.commit_interval)
-
-    async def _drain_guarded(self, state: HeldPartition) -> None:
-        try:
-            await self._drain(state)
-        except ProducerFatalError as exc:
-            # Not retried: the producer sends no more. The run ends with the error (the
-            # producer has logged it once), and the record stays uncommitted.
-            self._fatal = self._fatal or exc
-            self._broken.set()
-        except Exception:
-            # A bug or an outage must not leave the partition stalled without a word.
-            log.exception(
-                "relay of %s[%d] failed; retrying in %.0fs",
-                state.tp.topic,
-                state.tp.partition,
-                RETRY_BACKOFF,
-            )
-            if not state.released:
-                self._hold(state, RETRY_BACKOFF)
-
-    # -- republishing ---------------------------------------------------------------------
-
-    async def _drain(self, state: HeldPartition) -> None:
-        """Republishes the partition's due records in offset order until one is not due."""
-        while state.pending and not state.released:
-            wait = self._seconds_until_sent(state.pending[0])
-            if wait > 0:
-                self._hold(state, wait)
-                return
-            batch: list[tuple[Item, asyncio.Future[None] | None]] = []
-            for item in state.pending:
-                if len(batch) >= REPUBLISH_BATCH or self._seconds_until_sent(item) > 0:
-                    break
-                batch.append((item, None if item.skip else self._republish(item)))
-            if not await self._settle(state, batch):
-                await asyncio.sleep(RETRY_BACKOFF)
-                continue
-            if len(state.pending) < self._options.max_held_per_partition // 2:
-                self._set_paused(state, False)
-        if not state.pending:
-            self._set_paused(state, False)
-
-    def _seconds_until_sent(self, item: Item) -> float:
-        """Seconds until the item leaves: to its job topic when due, or on to the retry
-        ladder (a hop) once it has waited its rung's delay, whichever comes first.
-
-        A record waits at the head of its partition at most its rung's delay, counted from
-        when it was written there; every record behind it was written later, so none
-        waits behind a far-future one for longer than the rung's delay. A 1-hour delay on
-        ``retry.5m`` crosses it in 5-minute hops, each back at the tail.
-        """
-        due = self._seconds_until_due(item)
-        if due <= 0 or item.skip:
-            item.destination = item.topic
-            return due
-        rung_delay = self._rung_delays.get(item.record.topic, 0.0)
-        written = item.record.timestamp / 1000 if item.record.timestamp > 0 else item.seen_at
-        hop = written + rung_delay - time.time()
-        if hop < due:
-            if hop <= 0:
-                item.destination = self._topology.retry_topic_for(due)
-                return 0.0
-            return hop
-        return due
-
-    def _seconds_until_due(self, item: Item) -> float:
-        """Decodes the item on first sight; 0 when it can go now (or be skipped)."""
-        if not item.decoded:
-            try:
-                self._decode(item)
-            except ConveyorError as exc:
-                # The registry did not answer: not the message's fault, so it is not skipped.
-                log.warning("cannot decode retry message yet, trying again: %s", exc)
-                return RETRY_BACKOFF
-        if item.skip or item.not_before is None:
-            return 0.0
-        return (item.not_before - dt.datetime.now(dt.UTC)).total_seconds()
-
-    def _decode(self, item: Item) -> None:
-        if not item.decode(self._serde, self._topology):
-            self.stats.undecodable += 1
-
-    def _hold(self, state: HeldPartition, wait: float) -> None:
-        """Pauses the partition and wakes it when its head record is due."""
-        self._set_paused(state, True)
-        loop = asyncio.get_running_loop()
-        state.timer = loop.call_at(loop.time() + wait, self._kick, state)
-
-    def _republish(self, item: Item) -> asyncio.Future[None]:
-        """Queues the original bytes and key for the item's job topic, in a hop span.
-
-        The headers are the original ones with the hop span's trace context, which ends
-        when the broker answers.
-        """
-        record = item.record
-        span, headers = tracing.start_hop_span(
-            list(record.headers or ()),
-            source=record.topic,
-            destination=item.destination,
-            attributes=item.attributes,
-        )
-        future = self._require_republisher().send(
-            item.destination, value=record.value, key=record.key, headers=headers
-        )
-
-        def end(done: asyncio.Future[None]) -> None:
-            error = asyncio.CancelledError() if done.cancelled() else done.exception()
-            tracing.end_with(span, error)
-
-        future.add_done_callback(end)
-        return future
-
-    async def _settle(
-        self, state: HeldPartition, batch: list[tuple[Item, asyncio.Future[None] | None]]
-    ) -> bool:
-        """Awaits the batch's acks; marks the acknowledged prefix done. False on a failure.
-
-        Raises:
-            ProducerFatalError: A republish failed because the producer is unusable.
-        """
-        futures = [f for _, f in batch if f is not None]
-        if futures:
-            await asyncio.wait(futures, timeout=self._options.delivery_timeout + REVOKE_SLACK)
-        for item, future in batch:
-            if future is not None:
-                failure = future.exception() if future.done() else TimeoutError("no ack")
-                if failure is not None:
-                    for _, rest in batch:
-                        if rest is not None and rest.done():
-                            rest.exception()  # retrieved, so asyncio does not log them
-                    if isinstance(failure, ProducerFatalError):
-                        raise failure  # retrying cannot help; the run ends with it
-                    log.warning("republish of %s failed, retrying: %s", item.topic, failure)
-                    return False
-                if item.destination == item.topic:
-                    self.stats.republished += 1
-                else:
-                    self.stats.hops += 1
-            state.pending.popleft()
-            state.done = item.record.offset + 1
-        return True
-
-    def _set_paused(self, state: HeldPartition, paused: bool) -> None:
-        if paused == state.paused or state.released:
-            return
-        consumer = self._require_consumer()
-        if paused:
-            consumer.pause(state.tp)
-        else:
-            consumer.resume(state.tp)
-        state.paused = paused
+                await asyncio.wait_for(drain.broken.wait(), self._options.commit_interval)
 
     # -- committing -----------------------------------------------------------------------
 
@@ -480,6 +307,7 @@ class RetryRelay:
         if republisher is not None:
             await asyncio.to_thread(republisher.close)
             self._republisher = None
+            self._drain = None
 
     def _require_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -490,3 +318,8 @@ class RetryRelay:
         if self._republisher is None:
             raise RuntimeError("RetryRelay.start() was not called")
         return self._republisher
+
+    def _require_drain(self) -> RelayDrain:
+        if self._drain is None:
+            raise RuntimeError("RetryRelay.start() was not called")
+        return self._drain

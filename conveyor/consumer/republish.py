@@ -9,8 +9,9 @@ delivery report with ``err.fatal()``) makes the republisher unusable, as it does
 producer's ``DeliveryCore`` (the detection is :mod:`conveyor.producer.fatal`): what is
 queued is purged, every pending and later future fails with
 :class:`~conveyor.errors.ProducerFatalError`, and :attr:`Republisher.fatal_error` says
-why. Retrying such a republish can never succeed, so the relay ends its run on it
-instead. Any other failure is a plain :class:`~conveyor.errors.DeliveryError`.
+why. Retrying such a republish can never succeed, so its users (the retry relay, the
+scheduler's dispatcher and intake) end their run on it instead. Any other failure is a
+plain :class:`~conveyor.errors.DeliveryError`, which they retry.
 """
 
 from __future__ import annotations

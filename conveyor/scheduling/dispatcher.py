@@ -12,6 +12,14 @@ published.
 Between rounds the dispatcher sleeps until the earliest pending due time (at most
 ``max_sleep``), and ``LISTEN`` on the schema's channel wakes it early when new rows arrive
 (one may be due sooner than what it sleeps for).
+
+A failed round (Postgres or the broker away, a publish not acknowledged) is rolled back and
+tried again with backoff, except when the producer hit a fatal error
+(:class:`~conveyor.errors.ProducerFatalError`: idempotence broken, it sends no more). Then
+no retry can succeed, so the round is rolled back (its rows stay pending, their jobs
+``scheduled``) and :meth:`Dispatcher.run` ends with that error, as the retry relay does: the
+scheduler stops, ``conveyor scheduler`` exits with it, and a worker's liveness names the
+stopped scheduler. Another dispatcher (a new producer) releases the rows.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import asyncpg
 
 from conveyor import db
 from conveyor.consumer.republish import Republisher
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, ProducerFatalError
 from conveyor.observability.metrics import WorkerMetrics
 from conveyor.scheduling import store
 from conveyor.settings import Settings
@@ -42,6 +50,8 @@ MAX_BACKOFF = 30.0
 GAUGE_INTERVAL = 5.0
 #: Pause when rows are due but other dispatchers hold them all (they release them now).
 LOCKED_PAUSE = 0.05
+#: How a fatal error of the dispatcher's producer names it.
+PRODUCER_NAME = "the scheduler dispatcher's producer"
 
 
 @dataclasses.dataclass
@@ -104,7 +114,7 @@ class Dispatcher:
             ConfigurationError: The producer configuration was refused.
         """
         self._republisher = Republisher(
-            self._settings, delivery_timeout=DELIVERY_TIMEOUT, linger_ms=1
+            self._settings, delivery_timeout=DELIVERY_TIMEOUT, linger_ms=1, name=PRODUCER_NAME
         )
         await self._listen()
 
@@ -117,13 +127,23 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Releases due rows until ``stop`` is set, then closes the producer and listener."""
-        if self._republisher is None:
+        """Releases due rows until ``stop`` is set, then closes the producer and listener.
+
+        Raises:
+            ProducerFatalError: The producer hit a fatal error, so nothing can be published
+                again; the round that saw it released nothing. A fatal error reported while
+                no round publishes is seen before the next round (within ``max_sleep``).
+        """
+        republisher = self._republisher
+        if republisher is None:
             raise RuntimeError("call Dispatcher.start() before run()")
         backoff = MIN_BACKOFF
         try:
             while not stop.is_set():
                 self._wake.clear()
+                fatal = republisher.fatal_error
+                if fatal is not None:
+                    raise fatal
                 try:
                     settled = await self.release_due()
                     if settled >= self._batch:
@@ -134,6 +154,9 @@ class Dispatcher:
                     await self._refresh_gauge()
                     if self._listener is None or self._listener.is_closed():
                         await self._listen()
+                except ProducerFatalError:
+                    # Not retried: the producer sends no more (it has logged the error once).
+                    raise
                 except (ConveyorError, asyncpg.PostgresError, OSError) as exc:
                     self.stats.failures += 1
                     log.warning("releasing scheduled jobs failed (%s); trying again", exc)
@@ -167,6 +190,7 @@ class Dispatcher:
 
         Raises:
             DeliveryError: A publish was not acknowledged; nothing of the batch is marked.
+            ProducerFatalError: The producer is unusable; nothing of the batch is marked.
             DatabaseUnavailableError: Postgres went away; nothing of the batch is marked.
         """
         assert self._republisher is not None

@@ -13,6 +13,11 @@ does not know yet, or holds text Postgres refuses) is passed on unchanged to a j
 the worker then waits out a lagging registry or dead-letters the message with its
 reason, as for any job message, so nothing is lost or skipped. An outage (Postgres, the
 broker) seeks back to the batch and tries again after a pause.
+
+A fatal error of the producer that passes messages on
+(:class:`~conveyor.errors.ProducerFatalError`: idempotence broken, it sends no more) is not
+retried, since no retry can succeed: :meth:`ScheduledIntake.run` ends with it, leaving the
+batch uncommitted for the group's next member, as the retry relay does.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from conveyor.consumer.job import JobMessage
 from conveyor.consumer.kafka import start_group_consumer
 from conveyor.consumer.republish import Republisher
 from conveyor.db import database_errors
-from conveyor.errors import DeserializationError
+from conveyor.errors import DeserializationError, ProducerFatalError
 from conveyor.scheduling import store
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
@@ -53,6 +58,8 @@ MAX_BATCH = 500
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 _FALLBACK_PRIORITY = "normal"
+#: How a fatal error of the intake's producer names it.
+PRODUCER_NAME = "the scheduler intake's producer"
 
 
 @dataclasses.dataclass
@@ -125,7 +132,7 @@ class ScheduledIntake:
             BrokerUnavailableError: The consumer could not start.
         """
         self._republisher = Republisher(
-            self._settings, delivery_timeout=PASS_ON_TIMEOUT, linger_ms=1
+            self._settings, delivery_timeout=PASS_ON_TIMEOUT, linger_ms=1, name=PRODUCER_NAME
         )
         self._consumer = await start_group_consumer(
             self._settings,
@@ -137,12 +144,22 @@ class ScheduledIntake:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stores batches until ``stop`` is set, then closes the consumer."""
-        if self._consumer is None:
+        """Stores batches until ``stop`` is set, then closes the consumer.
+
+        Raises:
+            ProducerFatalError: The producer hit a fatal error, so no message can be passed
+                on again; the batch that saw it is not committed. A fatal error reported
+                while nothing is passed on ends the run before the next fetch.
+        """
+        republisher = self._republisher
+        if self._consumer is None or republisher is None:
             raise RuntimeError("call ScheduledIntake.start() before run()")
         backoff = MIN_BACKOFF
         try:
             while not stop.is_set():
+                fatal = republisher.fatal_error
+                if fatal is not None:
+                    raise fatal
                 batch = await self._consumer.getmany(
                     timeout_ms=DEFAULT_FETCH_TIMEOUT_MS, max_records=MAX_BATCH
                 )
@@ -150,6 +167,10 @@ class ScheduledIntake:
                     continue
                 try:
                     await self._store_batch(batch)
+                except ProducerFatalError:
+                    # Not retried: the producer sends no more (it has logged the error once).
+                    # Nothing of the batch is committed; the group's next member reads it.
+                    raise
                 except Exception:
                     log.exception("scheduled jobs not stored yet; trying again after a pause")
                     self.stats.retries += 1

@@ -29,7 +29,13 @@ from typing import Any
 import asyncpg
 
 from conveyor.db import database_errors
-from conveyor.errors import ConveyorError, ScheduleError, ScheduleNotFound, ValidationError
+from conveyor.errors import (
+    ConveyorError,
+    ProducerFatalError,
+    ScheduleError,
+    ScheduleNotFound,
+    ValidationError,
+)
 from conveyor.producer.aio import AsyncProducer
 from conveyor.producer.jobs import type_problem
 from conveyor.scheduling import cron as cronexpr
@@ -284,7 +290,14 @@ class RecurringLoop:
                 await upsert(conn, spec, source="code", now=self._clock())
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Runs rounds until ``stop`` is set, then closes the producer."""
+        """Runs rounds until ``stop`` is set, then closes the producer.
+
+        A failed round is rolled back and tried again with backoff.
+
+        Raises:
+            ProducerFatalError: The producer hit a fatal error, so no tick can be submitted
+                again; the round that saw it advanced nothing.
+        """
         if self._producer is None:
             raise RuntimeError("call RecurringLoop.start() before run()")
         backoff = MIN_BACKOFF
@@ -294,6 +307,8 @@ class RecurringLoop:
                     await self.run_once()
                     wait = await self._seconds_to_next()
                     backoff = MIN_BACKOFF
+                except ProducerFatalError:
+                    raise  # not retried: the producer sends no more
                 except (ConveyorError, asyncpg.PostgresError, OSError) as exc:
                     log.warning("recurring schedules not advanced (%s); trying again", exc)
                     wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF)

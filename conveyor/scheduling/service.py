@@ -12,6 +12,10 @@ It runs three loops that share one stop event:
 Any number of schedulers may run (every worker has one by default): the intake shares the
 topic's partitions through one consumer group, dispatchers never release one row twice
 (``SKIP LOCKED``), and recurring ticks advance under a row lock.
+
+An outage is retried inside each loop; a loop that ends with an error (its producer's
+fatal error, :class:`~conveyor.errors.ProducerFatalError`, which no retry can mend) stops
+the other two, and :meth:`Scheduler.run` raises it.
 """
 
 from __future__ import annotations
@@ -85,7 +89,12 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs the three loops until ``stop`` is set; if one fails, stops the others and
-        raises its error (liveness then names the scheduler)."""
+        raises its error (liveness then names the scheduler).
+
+        Raises:
+            ProducerFatalError: A loop's producer hit a fatal error; nothing it did not
+                publish was committed or advanced.
+        """
         inner = asyncio.Event()
         tasks = [
             asyncio.create_task(self.intake.run(inner)),

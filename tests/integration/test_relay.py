@@ -12,33 +12,33 @@ Spring-style back-off by up to 10x the delay).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import os
 import signal
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka import KafkaError
-from confluent_kafka import Producer as KafkaProducer
 
-from conveyor.consumer.relay import RelayOptions, RetryRelay
-from conveyor.errors import ProducerFatalError
-from conveyor.producer.delivery import producer_config
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology import admin
 from conveyor.topology.model import Topology
 from tests.conftest import settings_env
+from tests.relay_helpers import (
+    JobTopicReader,
+    Written,
+    envelope,
+    reading,
+    relay_settings,
+    relaying,
+    retry_message,
+    write,
+)
 from tests.worker_helpers import eventually
 
-OPTIONS = RelayOptions(session_timeout_ms=6000, heartbeat_interval_ms=1000, commit_interval=0.2)
 #: How late a republish may be read: the relay's timer, one fetch and the reader's poll
 #: on a shared 2-core machine (0.56 s seen under a parallel test run).
 LATE_TOLERANCE = dt.timedelta(seconds=1.0)
@@ -47,159 +47,13 @@ LATE_TOLERANCE = dt.timedelta(seconds=1.0)
 @pytest.fixture
 async def live(settings: Settings, schema_registry_url: str) -> Settings:
     """One partition unit (2 partitions per retry topic), registry set, topology applied."""
-    live = settings.replace(partition_unit=1, schema_registry_url=schema_registry_url)
-    await asyncio.to_thread(admin.apply, live)
-    return live
+    return await relay_settings(settings, schema_registry_url)
 
 
 @pytest.fixture
 def serde(live: Settings) -> Iterator[Serde]:
     with Serde(live) as serde:
         yield serde
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def in_seconds(delay: float) -> dt.datetime:
-    """An instant ``delay`` from now, cut to the millisecond as Avro timestamp-millis keeps it."""
-    at = now() + dt.timedelta(seconds=delay)
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
-
-
-def envelope(priority: str, not_before: dt.datetime | None) -> dict[str, Any]:
-    return {
-        "job_id": str(uuid.uuid4()),
-        "type": "email.send",
-        "key": "acct-1",
-        "priority": priority,
-        "payload": b'{"to": "a@example.com"}',
-        "content_type": "application/json",
-        "tenant_id": None,
-        "batch_id": None,
-        "dedupe_key": None,
-        "attempt": 2,
-        "max_attempts": None,
-        "submitted_at": now(),
-        "not_before": not_before,
-        "duration": "short",
-        "errors": [],
-    }
-
-
-@dataclasses.dataclass
-class Written:
-    """A message written to a retry topic, as the relay must reproduce it."""
-
-    value: bytes
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-    not_before: dt.datetime | None
-
-
-def write(
-    live: Settings,
-    messages: list[tuple[str, int, bytes, bytes | None, list[tuple[str, bytes]]]],
-) -> None:
-    """Writes (topic, partition, value, key, headers) in order and waits for the acks."""
-    producer = KafkaProducer(producer_config(live, delivery_timeout=10.0, linger_ms=0))
-    for topic, partition, value, key, headers in messages:
-        producer.produce(
-            topic,
-            value=value,
-            key=key,
-            headers=list[tuple[str, str | bytes | None]](headers),
-            partition=partition,
-        )
-    assert producer.flush(15.0) == 0
-
-
-def retry_message(
-    serde: Serde, topic: str, partition: int, priority: str, delay: float | None
-) -> tuple[Written, tuple[str, int, bytes, bytes | None, list[tuple[str, bytes]]]]:
-    not_before = None if delay is None else in_seconds(delay)
-    value = serde.encode(JOB_ENVELOPE, topic, envelope(priority, not_before))
-    headers = [("traceparent", b"00-" + uuid.uuid4().hex.encode() + b"-01")]
-    key = uuid.uuid4().hex.encode()
-    return Written(value, key, headers, not_before), (topic, partition, value, key, headers)
-
-
-class JobTopicReader:
-    """Reads every job topic from the start and notes when each value was read."""
-
-    def __init__(self, live: Settings) -> None:
-        topology = Topology.from_settings(live)
-        self._partitions = [
-            TopicPartition(spec.name, p)
-            for spec in topology.job_topics
-            for p in range(spec.partitions)
-        ]
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=live.kafka_bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=50,
-        )
-        self.read: list[tuple[dt.datetime, Any]] = []
-
-    async def run(self) -> None:
-        await self._consumer.start()
-        try:
-            self._consumer.assign(self._partitions)
-            while True:
-                batch = await self._consumer.getmany(timeout_ms=100)
-                read_at = now()
-                for records in batch.values():
-                    self.read.extend((read_at, record) for record in records)
-        finally:
-            await self._consumer.stop()
-
-    def find(self, written: Written) -> list[tuple[dt.datetime, Any]]:
-        return [(at, r) for at, r in self.read if r.value == written.value]
-
-    def has(self, written: Written) -> bool:
-        return bool(self.find(written))
-
-
-@contextlib.asynccontextmanager
-async def reading(live: Settings) -> AsyncIterator[JobTopicReader]:
-    reader = JobTopicReader(live)
-    task = asyncio.create_task(reader.run())
-    try:
-        yield reader
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def retry_partitions(live: Settings) -> set[TopicPartition]:
-    return {
-        TopicPartition(rung.name, p)
-        for rung in Topology.from_settings(live).retry_topics
-        for p in range(live.partition_unit * 2)
-    }
-
-
-@contextlib.asynccontextmanager
-async def relaying(live: Settings, serde: Serde) -> AsyncIterator[RetryRelay]:
-    """Runs a relay until it owns every retry partition, then for the block; then stops it."""
-    relay = RetryRelay(live, serde=serde, options=OPTIONS)
-    stop = asyncio.Event()
-    await relay.start()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        await eventually(lambda: relay.owned == retry_partitions(live), what="relay assignment")
-        yield relay
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-def fatal_error(reason: str) -> KafkaError:
-    """What librdkafka hands the producer's ``error_cb`` when idempotence breaks."""
-    return KafkaError(KafkaError._FATAL, reason, fatal=True)
 
 
 def assert_on_time(reader: JobTopicReader, written: Written, topic: str) -> None:
@@ -367,112 +221,3 @@ async def test_a_far_future_retry_hops_on_and_blocks_nothing_behind_it(
             await eventually(lambda: relay.stats.hops >= 1, timeout=10, what="the far one's hop")
             # The reader can see a record before the relay has handled its ack.
             await eventually(lambda: relay.stats.republished == 1, what="acks counted")
-
-
-async def test_a_fatal_producer_error_ends_the_relay_instead_of_retrying(
-    live: Settings, serde: Serde, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The relay's producer reports a fatal error, then a due retry arrives: its republish
-    fails for good, so the relay does not retry it with the dead producer but ends its run
-    with ``ProducerFatalError``, committing nothing past the record. A new relay (a new
-    producer) republishes it.
-
-    The commit interval is long, so the run ends on the failed republish, not on the
-    relay's periodic look at its producer."""
-    topic = Topology.from_settings(live).retry_topics[0].name
-    relay = RetryRelay(live, serde=serde, options=dataclasses.replace(OPTIONS, commit_interval=60))
-    await relay.start()
-    run = asyncio.create_task(relay.run(asyncio.Event()))
-    due, m_due = retry_message(serde, topic, 0, "normal", None)
-    async with reading(live) as reader:
-        try:
-            await eventually(lambda: relay.owned == retry_partitions(live), what="assignment")
-            republisher = relay._republisher
-            assert republisher is not None
-            republisher._watch(fatal_error("Idempotent producer: sequence gap (injected)"))
-            await asyncio.to_thread(write, live, [m_due])
-            with pytest.raises(
-                ProducerFatalError, match=r"the retry relay's producer for .* fatal"
-            ):
-                await asyncio.wait_for(run, 30)
-        finally:
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
-        assert relay.stats.republished == 0
-        assert not [r for r in caplog.records if "retrying" in r.getMessage()]
-        assert not reader.has(due)
-        async with relaying(live, serde):
-            await eventually(lambda: reader.has(due), timeout=30, what="the next relay's republish")
-        assert len(reader.find(due)) == 1
-
-
-async def test_a_fatal_producer_error_ends_an_idle_relay(live: Settings, serde: Serde) -> None:
-    """A fatal error while nothing is being republished also ends the run: the relay
-    looks at its producer every commit interval, so liveness does not wait for a retry."""
-    relay = RetryRelay(live, serde=serde, options=OPTIONS)
-    await relay.start()
-    run = asyncio.create_task(relay.run(asyncio.Event()))
-    try:
-        await eventually(lambda: relay.owned == retry_partitions(live), what="assignment")
-        assert not run.done()
-        republisher = relay._republisher
-        assert republisher is not None
-        republisher._watch(fatal_error("Idempotent producer: unknown producer id (injected)"))
-        with pytest.raises(ProducerFatalError, match="unknown producer id"):
-            await asyncio.wait_for(run, 30)
-    finally:
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-
-
-#: `conveyor relay` whose producer reports a fatal error on its first republish.
-BREAK_ON_FIRST_SEND = """
-import sys
-from confluent_kafka import KafkaError
-from conveyor.cli import main
-from conveyor.consumer.republish import Republisher
-
-send = Republisher.send
-
-def broken(self, *args, **kwargs):
-    self._watch(KafkaError(KafkaError._FATAL, "sequence gap (injected)", fatal=True))
-    return send(self, *args, **kwargs)
-
-Republisher.send = broken
-sys.exit(main(["relay"]))
-"""
-
-
-async def test_cli_relay_exits_with_one_error_line_when_its_producer_hits_a_fatal_error(
-    live: Settings, serde: Serde
-) -> None:
-    """`conveyor relay` whose producer breaks exits 1 with one `conveyor: error:` line
-    naming the fatal error: no traceback, no retry loop, no clean-stop line."""
-    topology = Topology.from_settings(live)
-    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}, **settings_env(live)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        BREAK_ON_FIRST_SEND,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        started = await asyncio.wait_for(proc.stdout.readline(), 60)
-        assert started.decode().startswith(f"relay {live.topic_prefix}.relay: retry topics ")
-        _due, m_due = retry_message(serde, topology.retry_topics[0].name, 0, "low", None)
-        await asyncio.to_thread(write, live, [m_due])
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    stderr = err.decode()
-    errors = [line for line in stderr.splitlines() if line.startswith("conveyor: error:")]
-    assert (proc.returncode, out.decode(), len(errors)) == (1, "", 1), stderr
-    assert "the retry relay's producer" in errors[0]
-    assert "hit a fatal error and sends no more: sequence gap (injected)" in errors[0]
-    assert "Traceback" not in stderr
-    assert "retrying" not in stderr

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -16,13 +14,12 @@ import pytest
 from conveyor import AsyncProducer, Settings
 from conveyor.consumer.context import JobContext
 from conveyor.consumer.worker import Worker
-from conveyor.db import create_pool
 from conveyor.jobstore import JobStore
-from conveyor.scheduling.service import Scheduler
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.serde import Serde
 from conveyor.topology.model import Topology
 from tests.kafka_helpers import read_topic
+from tests.scheduling_helpers import count, job_ids_on, scheduler
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
 
@@ -30,48 +27,6 @@ from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 async def live(settings: Settings, schema_registry_url: str) -> Settings:
     """One partition unit, topology applied, migrated."""
     return await prepare(settings.replace(partition_unit=1), schema_registry_url)
-
-
-@contextlib.asynccontextmanager
-async def scheduler(s: Settings) -> AsyncIterator[Scheduler]:
-    """A scheduler (intake, dispatcher, recurring loop) running for the block."""
-    pool = await create_pool(s, min_size=1, max_size=4)
-    serde = Serde(s)
-    service = Scheduler(
-        s,
-        pool=pool,
-        serde=serde,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        record_lateness=True,
-    )
-    stop = asyncio.Event()
-    try:
-        await service.start()
-        task = asyncio.create_task(service.run(stop))
-        try:
-            yield service
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 60)
-    finally:
-        await pool.close()
-        serde.close()
-
-
-def job_ids_on(s: Settings, topic: str, expected: int) -> collections.Counter[str]:
-    """How many times each job id landed on ``topic`` (reads one more than expected, so a
-    duplicate would show; returns after the read's deadline when none comes)."""
-    records = read_topic(s.kafka_bootstrap, topic, expected + 1, timeout=5)
-    with Serde(s) as serde:
-        return collections.Counter(
-            str(serde.decode(JOB_ENVELOPE, r.topic, r.value)["job_id"]) for r in records
-        )
-
-
-async def count(db: asyncpg.Connection, s: Settings, sql: str) -> int:
-    await db.execute(f'SET search_path TO "{s.database_schema}"')
-    return int(await db.fetchval(sql))
 
 
 async def test_a_delayed_job_is_scheduled_with_its_due_time_then_runs_once(live: Settings) -> None:
