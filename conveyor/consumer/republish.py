@@ -1,4 +1,5 @@
-"""The retry relay's producer: republishes records and reports each ack as an asyncio future.
+"""The producer of the retry relay and the scheduler: republishes records and reports
+each ack as an asyncio future.
 
 A confluent-kafka producer (idempotent, ``acks=all``) plus a thread that polls it. Each
 delivery report arrives on that thread and is handed to the event loop with
@@ -75,9 +76,11 @@ class Republisher:
         try:
             self._producer = KafkaProducer(config)
         except KafkaException as exc:
-            raise ConfigurationError("kafka", f"cannot create the relay's producer: {exc}") from exc
+            raise ConfigurationError("kafka", f"cannot create {name}: {exc}") from exc
         self._closed = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="conveyor-relay-poll", daemon=True)
+        self._poller = threading.Thread(
+            target=self._poll, name="conveyor-republish-poll", daemon=True
+        )
         self._poller.start()
 
     @property
@@ -122,10 +125,10 @@ class Republisher:
         except KafkaException as exc:
             fatal = self._watch.refused(exc)
             future.set_exception(
-                fatal or DeliveryError(f"could not queue a retry for {topic}: {exc}")
+                fatal or DeliveryError(f"could not queue a record for {topic}: {exc}")
             )
         except BufferError as exc:
-            future.set_exception(DeliveryError(f"could not queue a retry for {topic}: {exc}"))
+            future.set_exception(DeliveryError(f"could not queue a record for {topic}: {exc}"))
         return future
 
     def _report(
@@ -145,7 +148,7 @@ class Republisher:
         """The error a failed delivery report stands for."""
         # Fatal, or purged because the producer is unusable.
         return self._watch.escalate(err) or DeliveryError(
-            f"retry not delivered to {topic}: {err.str()}"
+            f"record not delivered to {topic}: {err.str()}"
         )
 
     def close(self) -> None:

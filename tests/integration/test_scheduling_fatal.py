@@ -140,7 +140,7 @@ async def test_a_plain_delivery_failure_is_still_retried_with_backoff(
                 return send(topic, **kwargs)
             failed.append(topic)
             future = asyncio.get_running_loop().create_future()
-            future.set_exception(DeliveryError(f"retry not delivered to {topic}: injected"))
+            future.set_exception(DeliveryError(f"record not delivered to {topic}: injected"))
             return future
 
         monkeypatch.setattr(republisher, "send", fail_once)

@@ -93,7 +93,7 @@ async def test_a_non_fatal_error_is_a_plain_delivery_error_and_the_producer_keep
     republisher._report(loop, future, TOPIC)(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)  # type: ignore[arg-type]
     error = await _failure(future)
     assert type(error) is DeliveryError
-    assert str(error).startswith(f"retry not delivered to {TOPIC}: ")
+    assert str(error).startswith(f"record not delivered to {TOPIC}: ")
     assert republisher.fatal_error is None
     later = _send(republisher)
     await asyncio.sleep(0.2)
