@@ -23,7 +23,7 @@ dev: $(STAMP)
 ## Apache Kafka (when Java 17+ and Maven are here; see tests/services.py), then the tests
 ## of the embedded default stack and a worker smoke set on Tansu, the broker of `make dev`.
 test: lint typecheck
-	$(BIN)/pytest -m "not devstack"
+	$(BIN)/pytest -m "not devstack" --durations=25
 	CONVEYOR_TEST_BROKER=tansu $(BIN)/pytest -m "devstack or smoke"
 
 lint: $(STAMP)
