@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime as dt
 import uuid
 from typing import Any
@@ -176,7 +177,10 @@ async def test_a_message_that_cannot_be_scheduled_is_dead_lettered_by_the_worker
     its reason; a good delayed job beside them still runs."""
     from tests.faults import raw
 
-    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
+    # The garbage names schema id 7, which the registry lacks: the worker waits
+    # unknown_schema_wait for it (a lagging registry follower) before dead-lettering.
+    options = dataclasses.replace(TEST_OPTIONS, unknown_schema_wait=2.0)
+    worker = Worker(live, priorities=["normal"], concurrency=4, options=options)
     ran: list[str] = []
 
     @worker.handler("sched.ok")
