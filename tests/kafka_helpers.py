@@ -90,3 +90,23 @@ def wait_visible(bootstrap: str, topic: str, partitions: int, *, timeout: float 
 def fatal_error(reason: str) -> KafkaError:
     """What librdkafka hands a producer's ``error_cb`` when idempotence breaks."""
     return KafkaError(KafkaError._FATAL, reason, fatal=True)
+
+
+def broken_on_first_send(command: str) -> str:
+    """A Python script running ``conveyor <command>`` whose ``Republisher`` reports a
+    fatal error on its first send (for ``python -c``)."""
+    return f"""
+import sys
+from confluent_kafka import KafkaError
+from conveyor.cli import main
+from conveyor.consumer.republish import Republisher
+
+send = Republisher.send
+
+def broken(self, *args, **kwargs):
+    self._watch(KafkaError(KafkaError._FATAL, "sequence gap (injected)", fatal=True))
+    return send(self, *args, **kwargs)
+
+Republisher.send = broken
+sys.exit(main([{command!r}]))
+"""

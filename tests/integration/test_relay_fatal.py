@@ -22,7 +22,7 @@ from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import Topology
 from tests.conftest import settings_env
-from tests.kafka_helpers import fatal_error
+from tests.kafka_helpers import broken_on_first_send, fatal_error
 from tests.relay_helpers import (
     OPTIONS,
     reading,
@@ -104,21 +104,7 @@ async def test_a_fatal_producer_error_ends_an_idle_relay(live: Settings, serde: 
 
 
 #: `conveyor relay` whose producer reports a fatal error on its first republish.
-BREAK_ON_FIRST_SEND = """
-import sys
-from confluent_kafka import KafkaError
-from conveyor.cli import main
-from conveyor.consumer.republish import Republisher
-
-send = Republisher.send
-
-def broken(self, *args, **kwargs):
-    self._watch(KafkaError(KafkaError._FATAL, "sequence gap (injected)", fatal=True))
-    return send(self, *args, **kwargs)
-
-Republisher.send = broken
-sys.exit(main(["relay"]))
-"""
+BREAK_ON_FIRST_SEND = broken_on_first_send("relay")
 
 
 async def test_cli_relay_exits_with_one_error_line_when_its_producer_hits_a_fatal_error(

@@ -37,7 +37,7 @@ from conveyor.schemas.serde import Serde
 from conveyor.topology.model import Topology
 from tests.conftest import settings_env
 from tests.faults import raw
-from tests.kafka_helpers import fatal_error, read_topic
+from tests.kafka_helpers import broken_on_first_send, fatal_error, read_topic
 from tests.scheduling_helpers import count, job_ids_on, scheduler
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
@@ -248,21 +248,7 @@ async def test_a_worker_whose_scheduler_hit_a_fatal_error_fails_liveness(
 
 
 #: `conveyor scheduler` whose producers report a fatal error on their first publish.
-BREAK_ON_FIRST_SEND = """
-import sys
-from confluent_kafka import KafkaError
-from conveyor.cli import main
-from conveyor.consumer.republish import Republisher
-
-send = Republisher.send
-
-def broken(self, *args, **kwargs):
-    self._watch(KafkaError(KafkaError._FATAL, "sequence gap (injected)", fatal=True))
-    return send(self, *args, **kwargs)
-
-Republisher.send = broken
-sys.exit(main(["scheduler"]))
-"""
+BREAK_ON_FIRST_SEND = broken_on_first_send("scheduler")
 
 
 async def test_cli_scheduler_exits_with_one_error_line_when_its_producer_hits_a_fatal_error(
