@@ -137,10 +137,6 @@ class JobMessage:
                 return f"{name} holds a NUL character, which Postgres cannot store"
         for name in ("job_id", "batch_id"):
             value = getattr(self, name)
-            if value is None or _IN_TEXT_FORM(value) is not None:
-                continue
-            try:
-                uuid.UUID(value)
-            except ValueError:
+            if value is not None and _IN_TEXT_FORM(canonical_id(value)) is None:
                 return f"{name} {value[:60]!r} is not a UUID"
         return None
