@@ -27,6 +27,7 @@ CONTENDERS = {
     "raw": ("raw loop (no status)", "#9e9e9e"),
     "raw_durable": ("raw durable loop", "#616161"),
     "conveyor": ("conveyor", "#1565c0"),
+    "conveyor_processes": ("conveyor, N processes", "#0d47a1"),
     "celery": ("Celery / Redis", "#2e7d32"),
     "dramatiq": ("Dramatiq / Redis", "#ef6c00"),
 }
@@ -72,16 +73,20 @@ def throughput(s: dict[str, Any]) -> Figure:
     rates = [float(c[n]["jobs_per_s"]) for n in names]
     figure = Figure(figsize=(8, 0.6 * len(names) + 1.6), layout="constrained")
     ax = figure.subplots()
-    bars = ax.barh(
-        [CONTENDERS[n][0] for n in names], rates, color=[CONTENDERS[n][1] for n in names]
-    )
+    labels = [
+        f"conveyor, {c[n]['processes']} processes"
+        if n == "conveyor_processes"
+        else CONTENDERS[n][0]
+        for n in names
+    ]
+    bars = ax.barh(labels, rates, color=[CONTENDERS[n][1] for n in names])
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlim(min(rates) / 2, max(rates) * 6)
     ax.bar_label(bars, labels=[f" {r:,.0f}/s" for r in rates], padding=2)
     ax.set_xlabel("jobs per second (log scale)")
     p = s["params"]
-    ax.set_title(f"Throughput: {p['jobs']:,} no-op jobs, durable status, one worker process")
+    ax.set_title(f"Throughput: {p['jobs']:,} no-op jobs, durable status")
     ax.grid(axis="x", which="both", alpha=0.3)
     return figure
 

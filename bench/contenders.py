@@ -16,9 +16,13 @@ from conveyor.settings import Settings
 
 @contextlib.contextmanager
 def conveyor_worker(
-    settings: Settings, *, priorities: Sequence[str], concurrency: int
+    settings: Settings, *, priorities: Sequence[str], concurrency: int, processes: int = 1
 ) -> Iterator[Child]:
-    """Runs ``conveyor worker bench.apps:worker`` on a scenario's workspace for the block."""
+    """Runs ``conveyor worker bench.apps:worker`` on a scenario's workspace for the block.
+
+    ``processes`` above 1 runs ``--processes N``: a supervisor and N worker processes
+    (each with its own ledger child), all in the returned child's process tree.
+    """
     argv = python(
         "-m",
         "conveyor",
@@ -31,6 +35,8 @@ def conveyor_worker(
         "--log-level",
         "WARNING",
     )
+    if processes > 1:
+        argv += ["--processes", str(processes)]
     env = {
         **stack.worker_env(settings),
         # The worker serves /metrics and probes; a free port keeps it off other workers'.

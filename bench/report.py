@@ -181,4 +181,16 @@ def _throughput_summary(tp: dict[str, Any]) -> str:
     ]
     if others:
         text += "; " + ", ".join(others)
-    return text + "."
+    text += "."
+    several = c.get("conveyor_processes")
+    if several and "jobs_per_s" in several:
+        text += (
+            f" With `--processes {several['processes']}`: {several['jobs_per_s']:,.0f} jobs/s, "
+            + ", ".join(
+                f"{ratios[key]:.3g}x {label}"
+                for name, label in {"raw_durable": "the raw durable loop", **names}.items()
+                if (key := f"conveyor_processes_to_{name}") in ratios
+            )
+            + "."
+        )
+    return text

@@ -49,6 +49,10 @@ def _throughput(s: dict[str, Any]) -> str:
         "raw": "raw confluent-kafka consume + commit loop (no status)",
         "raw_durable": "raw durable loop: decode, one status statement per fetch, commit",
         "conveyor": f"conveyor worker (concurrency {p['conveyor_concurrency']}, ledger on)",
+        "conveyor_processes": (
+            f"conveyor worker --processes {c.get('conveyor_processes', {}).get('processes')}"
+            f" (concurrency {p['conveyor_concurrency']} each, a ledger each)"
+        ),
         "celery": f"Celery on Redis, acks_late ({c['celery'].get('pool', '')})",
         "dramatiq": f"Dramatiq on Redis ({c.get('dramatiq', {}).get('pool', '')})",
     }
@@ -86,7 +90,9 @@ def _throughput(s: dict[str, Any]) -> str:
         f"## {TITLES['throughput']}\n\n"
         f"{p['jobs']:,} jobs preloaded on one `{p['priority']}` topic ({p['partitions']} "
         f"partitions, {p['keys']:,} distinct keys; submitted at {p['preload_jobs_per_s']:,.0f}"
-        " jobs/s), then one worker process. Jobs/s count from the first job started to the last"
+        " jobs/s), then one worker process; conveyor runs a second time with `--processes`"
+        " over a fresh copy of the backlog (Celery and Dramatiq run two processes too). Jobs/s"
+        " count from the first job started to the last"
         " one complete (conveyor and the raw durable loop: `state = 'complete'` in Postgres;"
         " Celery and Dramatiq: the task's record in Redis; raw loop: first to last commit). CPU"
         " and RSS are of the worker's process tree; machine CPU busy is all CPUs over the same"

@@ -17,6 +17,8 @@ class Sizes:
         throughput_jobs: Jobs preloaded for the throughput scenario.
         throughput_keys: Distinct keys among them.
         throughput_concurrency: The conveyor worker's concurrency there (its default).
+        throughput_processes: conveyor runs there a second time with ``--processes`` this
+            many (1: not at all).
         latency_rates: Fixed submit rates (jobs/s); 50% of conveyor's measured maximum
             is added when the throughput scenario ran first.
         latency_seconds: How long each rate is offered.
@@ -51,6 +53,7 @@ class Sizes:
     throughput_jobs: int
     throughput_keys: int = 10_000
     throughput_concurrency: int = 32
+    throughput_processes: int = 2
     latency_rates: tuple[float, ...] = (1000.0,)
     latency_seconds: float
     lone_jobs: int = 50

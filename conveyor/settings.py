@@ -36,6 +36,8 @@ DEFAULT_RETRY_DELAYS = (5.0, 30.0, 300.0)
 MIN_JOB_RETENTION_DAYS = 7
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+#: The garbage collector's thresholds in conveyor's service processes (``conveyor.gctuning``).
+DEFAULT_GC_THRESHOLD = (50_000, 20, 20)
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -126,6 +128,13 @@ def _parse_delays(text: str) -> tuple[float, ...]:
     return tuple(parse_duration(part) for part in text.split(",") if part.strip())
 
 
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
 _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "partition_unit": _parse_int,
     "replication_factor": _parse_int,
@@ -134,6 +143,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "max_payload_bytes": _parse_int,
     "retry_delays": _parse_delays,
     "log_json": _parse_bool,
+    "gc_threshold": _parse_ints,
     "schema_registry_basic_auth": Secret,
     "sasl_password": Secret,
     "ssl_key_password": Secret,
@@ -174,6 +184,9 @@ class Settings:
             name), used as Kafka's ``group.instance.id``: static membership, so a
             restart within the session timeout rebalances no other worker. Each running
             instance needs its own; unset (the default) means dynamic membership.
+        gc_threshold: The cyclic garbage collector's three thresholds in the processes
+            conveyor's CLI runs as services (``conveyor worker``, its ledger, ``conveyor
+            ledger``); see ``conveyor.gctuning``. CPython's default is ``(700, 10, 10)``.
     """
 
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
@@ -200,6 +213,7 @@ class Settings:
     ui_token: Secret | None = None
     ui_database_url: str | None = None
     worker_instance_id: str | None = None
+    gc_threshold: tuple[int, ...] = DEFAULT_GC_THRESHOLD
 
     def __post_init__(self) -> None:
         for name in ("schema_registry_basic_auth", "sasl_password", "ssl_key_password", "ui_token"):
@@ -207,6 +221,7 @@ class Settings:
             if isinstance(value, str):
                 object.__setattr__(self, name, Secret(value))
         object.__setattr__(self, "retry_delays", tuple(float(d) for d in self.retry_delays))
+        object.__setattr__(self, "gc_threshold", tuple(self.gc_threshold))
         _validate(self)
 
     @classmethod
@@ -391,6 +406,11 @@ def _validate(s: Settings) -> None:
         s.worker_instance_id is None or bool(_TOPIC_PREFIX_RE.match(s.worker_instance_id)),
         "worker_instance_id",
         f"expected letters, digits, '.', '_' or '-' (at most 200), got {s.worker_instance_id!r}",
+    )
+    _require(
+        len(s.gc_threshold) == 3 and all(t >= 1 for t in s.gc_threshold),
+        "gc_threshold",
+        f"expected three positive integers such as 50000,20,20, got {s.gc_threshold!r}",
     )
     _validate_security(s)
 

@@ -7,9 +7,11 @@ conveyor writes into a schema of its own, one statement per fetch: the ceiling w
 durable status; (c) conveyor, done when every job's status is ``complete`` in Postgres,
 with the ledger on as a worker runs it by default (so its figure includes the ledger's
 ``queued`` rows, and claims that update those rows rather than insert them);
-(d) Celery and (e) Dramatiq on Redis with the same no-op task, when Redis answers. Jobs
-per second count from the first job started to the last one finished, so process
-start-up and group joins are left out.
+(d) conveyor again as ``conveyor worker --processes N`` (``sizes.throughput_processes``,
+2 by default: Celery and Dramatiq run two processes here too) on a fresh workspace with
+the same backlog; (e) Celery and (f) Dramatiq on Redis with the same no-op task, when
+Redis answers. Jobs per second count from the first job started to the last one finished,
+so process start-up and group joins are left out.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from conveyor.topology.model import Topology
 PRIORITY = "normal"
 #: Ratios reported: conveyor's jobs/s over each of these contenders'.
 BASELINES = ("raw", "raw_durable", "celery", "dramatiq")
+#: The conveyor contenders the ratios are reported for: one process, and N.
+CONVEYORS = ("conveyor", "conveyor_processes")
 
 
 async def run(ctx: Context) -> dict[str, Any]:
@@ -60,6 +64,8 @@ async def run(ctx: Context) -> dict[str, Any]:
         ) as child:
             results["conveyor"] = await _from_jobs_table(ctx, settings, child, count)
 
+    if sizes.throughput_processes > 1:
+        results["conveyor_processes"] = await _processes(ctx, count, keys)
     results["celery"] = await _redis_baseline(ctx, "Celery", CeleryRun, count)
     results["dramatiq"] = await _redis_baseline(ctx, "Dramatiq", DramatiqRun, count)
     return {
@@ -74,6 +80,25 @@ async def run(ctx: Context) -> dict[str, Any]:
         "contenders": results,
         "ratios": _ratios(results),
     }
+
+
+async def _processes(ctx: Context, count: int, keys: int) -> dict[str, Any]:
+    """conveyor with ``--processes N`` over the same backlog, in a workspace of its own
+    (the first run left every job complete, so a second group there would skip them)."""
+    processes = ctx.sizes.throughput_processes
+    async with stack.workspace(ctx.stack, "tpn") as settings:
+        ctx.log(f"throughput: preloading {count} jobs again for --processes {processes}")
+        await _preload(settings, count, keys)
+        ctx.log(f"throughput: conveyor worker --processes {processes}")
+        with contenders.conveyor_worker(
+            settings,
+            priorities=[PRIORITY],
+            concurrency=ctx.sizes.throughput_concurrency,
+            processes=processes,
+        ) as child:
+            figures = await _from_jobs_table(ctx, settings, child, count)
+    figures["processes"] = processes
+    return figures
 
 
 async def _preload(settings: Settings, count: int, keys: int) -> float:
@@ -132,10 +157,13 @@ async def _redis_baseline(
 
 
 def _ratios(results: dict[str, Any]) -> dict[str, float]:
-    conveyor = results["conveyor"]["jobs_per_s"]
     ratios = {}
-    for name in BASELINES:
-        other = results[name].get("jobs_per_s")
-        if other:
-            ratios[f"conveyor_to_{name}"] = round(conveyor / other, 3)
+    for ours in CONVEYORS:
+        if ours not in results:
+            continue
+        rate = results[ours]["jobs_per_s"]
+        for name in BASELINES:
+            other = results[name].get("jobs_per_s")
+            if other:
+                ratios[f"{ours}_to_{name}"] = round(rate / other, 3)
     return ratios

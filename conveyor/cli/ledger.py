@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from conveyor import gctuning
 from conveyor.cli import common
 from conveyor.consumer import preflight
 from conveyor.ledger import Ledger
@@ -48,7 +49,8 @@ async def _run(settings: Settings) -> int:
             f"ledger: consuming {', '.join(ledger.topics)} in group {ledger.group_id}",
             flush=True,
         )
-        await ledger.run(stop)
+        with gctuning.tuned(settings.gc_threshold):
+            await ledger.run(stop)
     stats = ledger.stats
     print(
         f"ledger: stopped; {stats.read} message(s) read, {stats.inserted} queued row(s) "

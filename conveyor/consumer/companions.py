@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from conveyor.consumer.dlq_sink import DlqSink
@@ -135,21 +134,4 @@ async def start_all(loop: ConsumerLoop, companions: Sequence[Companion]) -> None
     raise failure
 
 
-@contextlib.contextmanager
-def start_up_frozen() -> Iterator[None]:
-    """Takes what start-up made (modules, clients, pools) out of the collector's sight
-    for the block.
-
-    Those objects live as long as the process, yet every full collection scanned them
-    all: a pause of about 100 ms, on the loop every job waits for. Frozen (after one
-    collection, so no garbage is kept), a full collection scans only what jobs made.
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-__all__ = ["Companion", "build_companions", "helper_name", "start_all", "start_up_frozen"]
+__all__ = ["Companion", "build_companions", "helper_name", "start_all"]

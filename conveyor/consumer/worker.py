@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conveyor import dlq
+from conveyor import dlq, gctuning
 from conveyor.consumer import preflight
 from conveyor.consumer.assembly import job_runner, open_pools
 from conveyor.consumer.companions import (
@@ -19,7 +19,6 @@ from conveyor.consumer.companions import (
     build_companions,
     helper_name,
     start_all,
-    start_up_frozen,
 )
 from conveyor.consumer.control import ControlListener, run_until_cancelled
 from conveyor.consumer.failures import RetryPolicy
@@ -348,7 +347,7 @@ class Worker:
     async def _run_jobs(self, loop: ConsumerLoop, companions: list[asyncio.Task[None]]) -> None:
         """Runs the started consumers until the stop, then waits for the companions."""
         try:
-            with start_up_frozen():
+            with gctuning.tuned(self.settings.gc_threshold):
                 await loop.run(self._stop)
         finally:
             self._stop.set()

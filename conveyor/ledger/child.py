@@ -30,6 +30,7 @@ import signal
 import sys
 from typing import Any
 
+from conveyor import gctuning
 from conveyor.errors import ConveyorError
 from conveyor.ledger.service import Ledger
 from conveyor.observability import logs
@@ -178,6 +179,7 @@ async def _serve(settings: Settings, options: dict[str, Any]) -> int:
         # Nobody reads this pipe from now on: anything printed goes to the log instead
         # of filling it and blocking the child.
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-        await ledger.run(stop)
+        with gctuning.tuned(settings.gc_threshold):
+            await ledger.run(stop)
     watch.cancel()
     return 0

@@ -92,8 +92,9 @@ def test_quick_run_reports_every_scenario_and_contender(
     assert errors == {}
 
     throughput = result["scenarios"]["throughput"]["contenders"]
-    ran = ["raw", "raw_durable", "conveyor"]
+    ran = ["raw", "raw_durable", "conveyor", "conveyor_processes"]
     ran += [n for n in ("celery", "dramatiq") if _assert_redis_baseline(throughput[n], redis_down)]
+    assert throughput["conveyor_processes"]["processes"] == 2
     for name in ran:
         figures = throughput[name]
         assert figures["jobs_per_s"] > 0, (name, figures)
@@ -102,8 +103,11 @@ def test_quick_run_reports_every_scenario_and_contender(
     # The raw durable loop writes the rows conveyor writes: queued, processing, complete.
     assert throughput["raw_durable"]["transitions_per_job"] == 3
     assert throughput["conveyor"]["transitions_per_job"] == 3
+    assert throughput["conveyor_processes"]["transitions_per_job"] == 3
     ratios = result["scenarios"]["throughput"]["ratios"]
-    assert {f"conveyor_to_{name}" for name in ran if name != "conveyor"} == set(ratios)
+    ours = ("conveyor", "conveyor_processes")
+    expected = {f"{one}_to_{name}" for one in ours for name in ran if name not in ours}
+    assert expected == set(ratios)
     assert all(ratio > 0 for ratio in ratios.values()), ratios
 
     latency = result["scenarios"]["latency"]["contenders"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -78,7 +79,11 @@ async def test_processes_share_the_group_restart_a_killed_one_and_stop_together(
 ) -> None:
     live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
     port = _two_free_ports()
-    env = {**settings_env(live), "CONVEYOR_METRICS_PORT": str(port)}
+    env = {
+        **settings_env(live),
+        "CONVEYOR_METRICS_PORT": str(port),
+        "CONVEYOR_GC_THRESHOLD": "4321,7,8",
+    }
     log_file = (tmp_path / "worker.log").open("w")
     proc = _start(env, log_file)
     schema = f'"{live.database_schema}"'
@@ -97,6 +102,12 @@ async def test_processes_share_the_group_restart_a_killed_one_and_stop_together(
         with Producer(live) as producer:
             producer.submit("echo.back", [{"n": i} for i in range(100)], wait=True)
         await eventually(lambda: _at_least(complete, 100), what="100 jobs complete")
+        # Each worker process runs with the collector settings conveyor/gctuning.py sets.
+        with Producer(live) as producer:
+            producer.submit("echo.gc", {}, wait=True)
+        await eventually(lambda: _at_least(complete, 101), what="the gc job complete")
+        result = await db.fetchval(f"SELECT result FROM {schema}.jobs WHERE type = 'echo.gc'")
+        assert json.loads(result) == {"threshold": [4321, 7, 8], "frozen": True}
 
         # A child killed with -9 is started again; jobs keep running.
         victim = min(first)

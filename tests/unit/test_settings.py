@@ -151,3 +151,15 @@ def test_the_worker_instance_id_is_read_from_the_environment_and_checked() -> No
     assert Settings().worker_instance_id is None
     with pytest.raises(ConfigurationError, match="worker_instance_id"):
         Settings(worker_instance_id="has spaces")
+
+
+def test_the_gc_threshold_is_read_from_the_environment_and_checked() -> None:
+    assert Settings().gc_threshold == (50_000, 20, 20)
+    settings = Settings.from_env({"CONVEYOR_GC_THRESHOLD": "700,10,10"})
+    assert settings.gc_threshold == (700, 10, 10)
+    with pytest.raises(ConfigurationError, match="CONVEYOR_GC_THRESHOLD: expected comma-sep"):
+        Settings.from_env({"CONVEYOR_GC_THRESHOLD": "700,ten,10"})
+    with pytest.raises(ConfigurationError, match="three positive integers"):
+        Settings.from_env({"CONVEYOR_GC_THRESHOLD": "700,10"})
+    with pytest.raises(ConfigurationError, match="gc_threshold"):
+        Settings(gc_threshold=(0, 10, 10))

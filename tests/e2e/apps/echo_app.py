@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from conveyor import JobContext, Settings, Worker
@@ -18,3 +19,9 @@ async def echo(ctx: JobContext, payload: Any) -> Any:
 @worker.handler("echo.hang")
 async def hang(ctx: JobContext, payload: Any) -> None:
     await asyncio.Event().wait()  # runs until cancelled
+
+
+@worker.handler("echo.gc")
+async def collector(ctx: JobContext, payload: Any) -> Any:
+    """The collector's settings in the process that runs the job."""
+    return {"threshold": list(gc.get_threshold()), "frozen": gc.get_freeze_count() > 0}
