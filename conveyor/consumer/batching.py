@@ -66,19 +66,30 @@ class Coalescer(Generic[T, R]):
             asyncio.get_running_loop().create_task(self._run(batch))
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        """The next batch, in arrival order; requests it cannot carry keep their places.
+
+        Only as many requests are looked at as it takes to fill the batch: under load
+        thousands may wait, and a walk over all of them per batch cost more than the
+        batch's statement.
+        """
         batch: list[tuple[T, asyncio.Future[R]]] = []
         keys: set[Hashable] = set()
-        rest: list[tuple[T, asyncio.Future[R]]] = []
-        for request, future in self._waiting:
-            if future.cancelled():
+        skipped: list[tuple[T, asyncio.Future[R]]] = []
+        waiting = self._waiting
+        taken = 0
+        for entry in waiting:
+            if len(batch) >= self._max_batch:
+                break
+            taken += 1
+            if entry[1].cancelled():
                 continue
-            key = self._key(request)
-            if len(batch) < self._max_batch and key not in keys:
-                batch.append((request, future))
-                keys.add(key)
+            key = self._key(entry[0])
+            if key in keys:
+                skipped.append(entry)
             else:
-                rest.append((request, future))
-        self._waiting = rest
+                batch.append(entry)
+                keys.add(key)
+        self._waiting = skipped + waiting[taken:] if skipped else waiting[taken:]
         return batch
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:

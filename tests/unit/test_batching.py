@@ -99,3 +99,21 @@ async def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_stil
     with pytest.raises(ConnectionError):
         await coalescer.submit("a")
     assert await coalescer.submit("b") == "b"
+
+
+async def test_a_full_batch_leaves_the_rest_waiting_in_order_and_drops_cancelled_ones() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    coalescer: Coalescer[str, str] = Coalescer(
+        recorder.send, key=lambda r: r[0], max_batch=3, max_in_flight=1
+    )
+    blocker = asyncio.create_task(coalescer.submit("z"))
+    await asyncio.sleep(0)
+    names = ("a1", "x1", "b1", "a2", "c1", "d1", "a3", "e1")
+    tasks = {r: asyncio.create_task(coalescer.submit(r)) for r in names}
+    await asyncio.sleep(0)
+    tasks["x1"].cancel()
+    recorder.gate.set()
+    await asyncio.gather(blocker, *tasks.values(), return_exceptions=True)
+    assert recorder.batches == [["z"], ["a1", "b1", "c1"], ["a2", "d1", "e1"], ["a3"]]
+    assert tasks["a3"].result() == "A3"
