@@ -14,7 +14,7 @@ from conveyor.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from conveyor.consumer.context import JobContext
-    from conveyor.observability.metrics import JobSeries
+    from conveyor.observability.hotseries import JobSeries
 
 DEFAULT_MAX_ATTEMPTS = 5
 ORDERINGS = ("none", "key")

@@ -11,12 +11,13 @@ Labels are bounded: the job type (a type no handler is registered for is counted
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+
+from conveyor.observability.hotseries import Count, HotSeries, JobSeries
 
 #: The type label of jobs whose type has no handler here.
 OTHER_TYPE = "other"
@@ -37,16 +38,6 @@ SUBMITTED = Counter(
 )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class JobSeries:
-    """The labelled series one job of a (type, priority) updates on its way."""
-
-    started: Counter
-    completed: Counter
-    duration: Histogram
-    wait: Histogram
-
-
 class WorkerMetrics:
     """The metrics one worker records.
 
@@ -57,11 +48,11 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._known_types: frozenset[str] = frozenset()
-        self._series: dict[tuple[str, str], JobSeries] = {}
-        self._in_flight: dict[str, Gauge] = {}
         r = self.registry
-        self.started = Counter("conveyor_jobs_started", "Job attempts started.", _JOB, registry=r)
-        self.completed = Counter("conveyor_jobs_completed", "Jobs completed.", _JOB, registry=r)
+        # Started, completed, run time, wait and in flight: every job updates them, so
+        # they are plain numbers exposed by a collector (see hotseries).
+        self._hot = HotSeries(duration_buckets=DURATION_BUCKETS, wait_buckets=WAIT_BUCKETS)
+        r.register(self._hot)
         self.failed = Counter(
             "conveyor_jobs_failed",
             "Jobs that ended failed (dead-lettered), by reason.",
@@ -83,23 +74,6 @@ class WorkerMetrics:
             "Deliveries of jobs that were already final.",
             _JOB,
             registry=r,
-        )
-        self.duration = Histogram(
-            "conveyor_job_duration_seconds",
-            "Handler run time of one attempt.",
-            _JOB,
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.wait = Histogram(
-            "conveyor_job_wait_seconds",
-            "From submit (or the requested start time) to the first attempt's start.",
-            _JOB,
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "conveyor_jobs_in_flight", "Jobs running now.", ("priority",), registry=r
         )
         self.queue_depth = Gauge(
             "conveyor_queue_depth",
@@ -145,30 +119,17 @@ class WorkerMetrics:
     def know_types(self, job_types: Iterable[str]) -> None:
         """Sets the job types counted under their own name; others count as ``other``."""
         self._known_types = frozenset(job_types)
-        self._series.clear()
 
     def series(self, job_type: str, priority: str) -> JobSeries:
-        """The hot-path series of a (type, priority), looked up once and then cached.
+        """The per-job series of a (type, priority): started, completed, run time, wait.
 
-        ``Counter.labels`` validates and locks on every call; a job touches four series.
+        Update them only from the worker's event loop (see ``hotseries``).
         """
-        labels = self.labels(job_type, priority)  # bounded, so the cache is too
-        found = self._series.get(labels)
-        if found is None:
-            found = self._series[labels] = JobSeries(
-                started=self.started.labels(*labels),
-                completed=self.completed.labels(*labels),
-                duration=self.duration.labels(*labels),
-                wait=self.wait.labels(*labels),
-            )
-        return found
+        return self._hot.job(self.labels(job_type, priority))  # bounded labels
 
-    def in_flight_of(self, priority: str) -> Gauge:
-        """The in-flight gauge of ``priority``, cached like :meth:`series`."""
-        found = self._in_flight.get(priority)
-        if found is None:
-            found = self._in_flight[priority] = self.in_flight.labels(priority)
-        return found
+    def in_flight_of(self, priority: str) -> Count:
+        """The in-flight gauge of ``priority``; updated only from the event loop."""
+        return self._hot.in_flight(priority)
 
     def labels(self, job_type: str, priority: str) -> tuple[str, str]:
         """The bounded (type, priority) label values of a job."""
