@@ -166,10 +166,10 @@ async def test_unknown_schema_ids_are_dead_lettered_without_stalling_a_slow_regi
     lookup, and no lookup may stall the worker's event loop (``/healthz`` stays 200).
 
     The worker waits 0.2 s, not the app's 2 s, before it takes an id as truly unknown:
-    each message is still looked up twice (the wait counts from the first answer, and the
-    retry comes 0.5 s later), but holds its partition ~1.2 s instead of ~2.7 s. (The
-    lookups of one priority's fetch loop run one at a time, 0.5 s each here, so more
-    partitions would not shorten the run.)"""
+    each message is still looked up twice (the wait counts from the first answer), but
+    holds its partition about 1 s instead of 2.7 s. The lookups of one priority's fetch
+    loop run one at a time, 0.5 s each here, so the 80 of them take 40 s whatever the
+    partition count."""
     url = urllib.parse.urlsplit(schema_registry_url)
     slow = TcpProxy(url.hostname or "127.0.0.1", url.port or 80, delay=0.5)
     await slow.start()
