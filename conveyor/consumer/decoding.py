@@ -16,7 +16,8 @@ What the registry answers decides what happens to the message:
 - the registry does not know the id (HTTP 404, ``UnknownSchemaError``): a follower that
   lags its leader says so for an id registered a moment ago, so the partition waits the
   same way, but only for ``unknown_schema_wait`` seconds from the first try on that
-  message; then the id is taken as truly unknown and the message is dead-lettered.
+  message (its last try comes when they are over, not a whole backoff later); then the
+  id is taken as truly unknown and the message is dead-lettered.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class RegistryWaits:
             if self._waited_out(tp, offset):
                 self._waiting.pop(tp, None)
                 return exc
-            self._note(tp, offset, str(exc))
+            self._note(tp, offset, str(exc), give_up_after=self._unknown_wait)
             return None
         except RegistryUnavailableError as exc:
             self._note(tp, offset, str(exc))
@@ -121,7 +122,9 @@ class RegistryWaits:
             and self._clock() - waiting.since >= self._unknown_wait
         )
 
-    def _note(self, tp: TopicPartition, offset: int, reason: str) -> None:
+    def _note(
+        self, tp: TopicPartition, offset: int, reason: str, *, give_up_after: float | None = None
+    ) -> None:
         now = self._clock()
         waiting = self._waiting.get(tp)
         if waiting is None or waiting.offset != offset:
@@ -132,6 +135,9 @@ class RegistryWaits:
             )  # fmt: skip
         waiting.delay = min(waiting.delay * 2, WAIT_MAX)
         waiting.retry_at = now + waiting.delay
+        if give_up_after is not None:
+            # No try past the deadline: the doubled backoff overshot it by up to WAIT_MAX.
+            waiting.retry_at = min(waiting.retry_at, waiting.since + give_up_after)
         waiting.reason = reason
         waiting.resumed = False
 

@@ -63,7 +63,15 @@ def produce(
         AssertionError: A message was not acknowledged.
     """
     producer = KafkaProducer(
-        {**settings.kafka_config(), "acks": "all", "enable.idempotence": True, "log_level": 0}
+        {
+            **settings.kafka_config(),
+            "acks": "all",
+            "enable.idempotence": True,
+            "log_level": 0,
+            # Each keyless message to a random partition, not runs of them to one: the
+            # fuzz scenarios' bad messages (keyless) spread over the partitions.
+            "sticky.partitioning.linger.ms": 0,
+        }
     )
     placed: list[tuple[int, int] | None] = [None] * len(messages)
     failures: list[str] = []

@@ -1,11 +1,16 @@
 """Scenario 2: a rebalance storm. Workers join and leave every few seconds: ten rebalances
-during 5,000 jobs.
+during 2,500 jobs.
 
 The issue asks for jobs of 0-3 s; they are scaled down tenfold here (0-0.3 s, uniformly
 drawn from a fixed seed) so the scenario stays within a few minutes on two cores, and each
 worker runs 4 jobs at once so every revoke finds jobs running. The max recovery time
 is the longest stretch without a completion during the run. Each join and each graceful
 leave of the extra worker is one rebalance, while two steady workers keep going.
+
+The storm is over after some 800 completions (five joins and leaves of a few seconds
+each); the jobs left then only drain, about 50 a second on the steady workers' 8 slots.
+2,500 jobs (not 5,000) are still three times what the storm gets through, so it hits a
+busy group throughout, without 80 s of draining after it.
 
 Asserted: every job complete with its ``ctx.db`` effect exactly once, and the broker's
 group coordinator removed no member (a revoke slower than the rebalance timeout, or a
@@ -35,7 +40,7 @@ from tests.faults.harness import (
 )
 from tests.worker_helpers import prepare
 
-JOBS = 5000
+JOBS = 2500
 REBALANCES = 10
 MAX_JOB_SECONDS = 0.3  # the issue's 3 s, scaled by 1/10
 CONCURRENCY = 4
@@ -53,7 +58,7 @@ async def test_ten_rebalances_lose_nothing_run_nothing_twice_and_remove_no_membe
     live = await prepare(settings.replace(partition_unit=3), schema_registry_url)
     effects = Effects(db, live.database_schema, tmp_path / "effects.log")
     await effects.create()
-    rng = random.Random(5000)
+    rng = random.Random(5000)  # the seed, not the job count
     with Producer(live) as producer:
         ids = producer.submit(
             "fault.effect",

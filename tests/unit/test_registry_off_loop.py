@@ -170,3 +170,25 @@ async def test_an_unknown_id_waits_then_is_permanent_and_bad_bytes_are_at_once()
     assert waits.problem is None
     assert await waits.decode(tp, 4, FRAMED) is corrupt  # never waits
     assert waits.problem is None
+
+
+async def test_an_unknown_id_is_tried_again_when_its_wait_is_over_not_a_backoff_later() -> None:
+    """Tries at 0, 0.5 and 1.5 s; the next backoff (2 s) would end at 3.5 s, past the
+    3 s wait: the partition is resumed at 3 s for its last try instead."""
+    now = [0.0]
+    unknown = UnknownSchemaError("schema id 41 is unknown to the registry", 41)
+    serde = _ScriptedSerde([unknown] * 4)
+    waits = RegistryWaits(serde, unknown_schema_wait=3.0, clock=lambda: now[0])
+    tp = TopicPartition("acme.jobs.normal", 0)
+    consumer = _Consumer(tp)
+    for at in (0.0, 0.5, 1.5):
+        now[0] = at
+        assert await waits.decode(tp, 3, FRAMED) is None
+        waits.hold(consumer, tp)
+    now[0] = 2.9
+    waits.resume_due(consumer, set())
+    assert consumer.paused == {tp}
+    now[0] = 3.0
+    waits.resume_due(consumer, set())
+    assert consumer.paused == set()
+    assert await waits.decode(tp, 3, FRAMED) is unknown
