@@ -13,7 +13,9 @@ collector").
 So for the run, :func:`tuned` freezes what start-up made (after one collection, so no
 garbage is kept) and sets ``Settings.gc_threshold`` (``CONVEYOR_GC_THRESHOLD``, default
 50,000, 20, 20; CPython's is 700, 10, 10). Reference counting still frees almost
-everything at once; only cyclic garbage waits longer for a collection. Both are
+everything at once; only cyclic garbage waits longer for a collection. The price is
+memory: the worker's peak RSS over 100,000 jobs was 165 MB against 130 MB at CPython's
+thresholds (``10000,20,20`` gave 126-130 MB for 1.5 s of collector time). Both are
 process-wide, so an app that runs a ``Worker`` inside a process of its own gets them for
 the worker's run, and its own settings back at the stop.
 """

@@ -36,7 +36,7 @@ DEFAULT_RETRY_DELAYS = (5.0, 30.0, 300.0)
 MIN_JOB_RETENTION_DAYS = 7
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
-#: The garbage collector's thresholds in conveyor's service processes (``conveyor.gctuning``).
+#: The garbage collector's thresholds while a worker or a ledger runs (``conveyor.gctuning``).
 DEFAULT_GC_THRESHOLD = (50_000, 20, 20)
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -184,9 +184,9 @@ class Settings:
             name), used as Kafka's ``group.instance.id``: static membership, so a
             restart within the session timeout rebalances no other worker. Each running
             instance needs its own; unset (the default) means dynamic membership.
-        gc_threshold: The cyclic garbage collector's three thresholds in the processes
-            conveyor's CLI runs as services (``conveyor worker``, its ledger, ``conveyor
-            ledger``); see ``conveyor.gctuning``. CPython's default is ``(700, 10, 10)``.
+        gc_threshold: The cyclic garbage collector's three thresholds while a worker,
+            its ledger child or ``conveyor ledger`` runs, put back at their stop (see
+            ``conveyor.gctuning``). CPython's default is ``(700, 10, 10)``.
     """
 
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
