@@ -34,11 +34,14 @@ class Usage:
         cpu_s: CPU seconds (user + system) used so far by the tree.
         rss_bytes: Resident memory now, summed over the tree.
         peak_rss_bytes: Peak resident memory, summed over the tree's processes.
+        root_peak_rss_bytes: Peak resident memory of the top process alone (the worker,
+            without its ledger child).
     """
 
     cpu_s: float
     rss_bytes: int
     peak_rss_bytes: int
+    root_peak_rss_bytes: int = 0
 
 
 def _parents() -> dict[int, list[int]]:
@@ -88,13 +91,15 @@ def _memory(pid: int) -> tuple[int, int]:
 def usage(pid: int) -> Usage:
     """Reads CPU and memory of ``pid``'s process tree."""
     cpu = 0.0
-    rss = peak = 0
+    rss = peak = root_peak = 0
     for member in tree(pid):
         cpu += _cpu_seconds(member)
         member_rss, member_peak = _memory(member)
         rss += member_rss
         peak += member_peak
-    return Usage(cpu_s=cpu, rss_bytes=rss, peak_rss_bytes=peak)
+        if member == pid:
+            root_peak = member_peak
+    return Usage(cpu_s=cpu, rss_bytes=rss, peak_rss_bytes=peak, root_peak_rss_bytes=root_peak)
 
 
 def machine_jiffies() -> tuple[int, int]:

@@ -199,14 +199,17 @@ def _memory(s: dict[str, Any]) -> str:
         c["rss_mb_mean_first_half"],
         c["rss_mb_mean_second_half"],
         c["peak_rss_mb"],
+        c.get("worker_peak_rss_mb", ""),
     ]
     header = ["backlog", "seconds run", "jobs done", "RSS MB at first job", "RSS MB at end"]
     header += ["mean RSS MB, first half", "mean RSS MB, second half", "peak RSS MB"]
+    header += ["peak RSS MB, worker process alone"]
     return (
         f"## {TITLES['memory']}\n\n"
         f"{p['backlog']:,} jobs preloaded (at {p['preload_jobs_per_s']:,.0f} jobs/s), then one"
         f" worker (concurrency {p['concurrency']}) runs for {p['seconds']:.0f} s while its RSS"
-        " is read every second.\n\n" + _table(header, [row])
+        " is read every second. RSS is of the process tree (the worker and its ledger child)"
+        " except in the last column.\n\n" + _table(header, [row])
     )
 
 

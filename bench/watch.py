@@ -22,6 +22,7 @@ class Watched:
         cpu_s: CPU seconds the process tree spent from the last reading before the first
             job was done to the end.
         peak_rss_mb: Peak resident memory of the process tree (sum of each process's peak).
+        root_peak_rss_mb: Peak resident memory of the top process alone.
         machine_busy_pct: How busy all the machine's CPUs were over the same time (the
             database, the broker and anything else running count too).
         samples: ``(seconds since start, RSS in MB, jobs done)`` for each reading.
@@ -31,6 +32,7 @@ class Watched:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
+    root_peak_rss_mb: float = 0.0
     machine_busy_pct: float = 0.0
     samples: list[tuple[float, float, int]] = field(default_factory=list)
 
@@ -74,6 +76,7 @@ async def watch(
         seen.wall_s = elapsed
         seen.cpu_s = usage.cpu_s - cpu_before
         seen.peak_rss_mb = round(usage.peak_rss_bytes / MB, 1)
+        seen.root_peak_rss_mb = round(usage.root_peak_rss_bytes / MB, 1)
         busy, total = (
             now - before for now, before in zip(machine_now, machine_before, strict=True)
         )

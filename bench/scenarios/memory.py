@@ -58,6 +58,8 @@ async def run(ctx: Context) -> dict[str, Any]:
                 "rss_mb_first_job": working[0][1] if working else 0.0,
                 "rss_mb_end": watched.samples[-1][1],
                 "peak_rss_mb": watched.peak_rss_mb,
+                # The worker process alone, without its ledger child.
+                "worker_peak_rss_mb": watched.root_peak_rss_mb,
                 "rss_mb_mean_first_half": _mean_rss(working[:middle]),
                 "rss_mb_mean_second_half": _mean_rss(working[middle:]),
                 "samples": [list(s) for s in watched.samples],

@@ -140,6 +140,8 @@ def test_quick_run_reports_every_scenario_and_contender(
     memory = result["scenarios"]["memory"]["contenders"]["conveyor"]
     assert memory["jobs_done"] > 0
     assert memory["peak_rss_mb"] > 0
+    # The worker alone is part of the tree, which holds its ledger child too.
+    assert 0 < memory["worker_peak_rss_mb"] < memory["peak_rss_mb"]
 
     scaling = result["scenarios"]["scaling"]["contenders"]["conveyor"]["series"]
     assert [s["processes"] for s in scaling] == [1, 2, 4]
