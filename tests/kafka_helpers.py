@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -92,7 +97,7 @@ def fatal_error(reason: str) -> KafkaError:
     return KafkaError(KafkaError._FATAL, reason, fatal=True)
 
 
-def broken_on_first_send(command: str) -> str:
+def _broken_on_first_send(command: str) -> str:
     """A Python script running ``conveyor <command>`` whose ``Republisher`` reports a
     fatal error on its first send (for ``python -c``)."""
     return f"""
@@ -110,3 +115,36 @@ def broken(self, *args, **kwargs):
 Republisher.send = broken
 sys.exit(main([{command!r}]))
 """
+
+
+@contextlib.asynccontextmanager
+async def broken_on_first_send(
+    command: str, env: Mapping[str, str]
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Runs ``conveyor <command>`` (its ``Republisher`` fatally broken on the first send)
+    with ``env`` on top of ``PATH`` and ``HOME``; kills it if still running at the end."""
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _broken_on_first_send(command),
+        env={**base, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def one_error_line(returncode: int | None, out: bytes, err: bytes) -> str:
+    """The single ``conveyor: error:`` line of a CLI that exited 1, printed nothing on
+    stdout and no traceback."""
+    stderr = err.decode()
+    errors = [line for line in stderr.splitlines() if line.startswith("conveyor: error:")]
+    assert (returncode, out.decode(), len(errors)) == (1, "", 1), stderr
+    assert "Traceback" not in stderr
+    return errors[0]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -22,7 +20,7 @@ from conveyor.schemas.serde import Serde
 from conveyor.settings import Settings
 from conveyor.topology.model import Topology
 from tests.conftest import settings_env
-from tests.kafka_helpers import broken_on_first_send, fatal_error
+from tests.kafka_helpers import broken_on_first_send, fatal_error, one_error_line
 from tests.relay_helpers import (
     OPTIONS,
     reading,
@@ -103,40 +101,20 @@ async def test_a_fatal_producer_error_ends_an_idle_relay(live: Settings, serde: 
         await asyncio.gather(run, return_exceptions=True)
 
 
-#: `conveyor relay` whose producer reports a fatal error on its first republish.
-BREAK_ON_FIRST_SEND = broken_on_first_send("relay")
-
-
 async def test_cli_relay_exits_with_one_error_line_when_its_producer_hits_a_fatal_error(
     live: Settings, serde: Serde
 ) -> None:
     """`conveyor relay` whose producer breaks exits 1 with one `conveyor: error:` line
     naming the fatal error: no traceback, no retry loop, no clean-stop line."""
     topology = Topology.from_settings(live)
-    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}, **settings_env(live)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        BREAK_ON_FIRST_SEND,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with broken_on_first_send("relay", settings_env(live)) as proc:
         assert proc.stdout is not None
         started = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert started.decode().startswith(f"relay {live.topic_prefix}.relay: retry topics ")
         _due, m_due = retry_message(serde, topology.retry_topics[0].name, 0, "low", None)
         await asyncio.to_thread(write, live, [m_due])
         out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    stderr = err.decode()
-    errors = [line for line in stderr.splitlines() if line.startswith("conveyor: error:")]
-    assert (proc.returncode, out.decode(), len(errors)) == (1, "", 1), stderr
-    assert "the retry relay's producer" in errors[0]
-    assert "hit a fatal error and sends no more: sequence gap (injected)" in errors[0]
-    assert "Traceback" not in stderr
-    assert "retrying" not in stderr
+    error = one_error_line(proc.returncode, out, err)
+    assert "the retry relay's producer" in error
+    assert "hit a fatal error and sends no more: sequence gap (injected)" in error
+    assert "retrying" not in err.decode()

@@ -16,8 +16,6 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
-import os
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,7 +35,7 @@ from conveyor.schemas.serde import Serde
 from conveyor.topology.model import Topology
 from tests.conftest import settings_env
 from tests.faults import raw
-from tests.kafka_helpers import broken_on_first_send, fatal_error, read_topic
+from tests.kafka_helpers import broken_on_first_send, fatal_error, one_error_line, read_topic
 from tests.scheduling_helpers import count, job_ids_on, scheduler
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
@@ -247,40 +245,20 @@ async def test_a_worker_whose_scheduler_hit_a_fatal_error_fails_liveness(
     assert "the scheduler dispatcher's producer" in problem
 
 
-#: `conveyor scheduler` whose producers report a fatal error on their first publish.
-BREAK_ON_FIRST_SEND = broken_on_first_send("scheduler")
-
-
 async def test_cli_scheduler_exits_with_one_error_line_when_its_producer_hits_a_fatal_error(
     live: Settings,
 ) -> None:
     """`conveyor scheduler` whose producer breaks on a release exits 1 with one
     `conveyor: error:` line naming the fatal error: no traceback, no retry loop, no
     clean-stop line."""
-    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}, **settings_env(live)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        BREAK_ON_FIRST_SEND,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with broken_on_first_send("scheduler", settings_env(live)) as proc:
         assert proc.stdout is not None
         started_line = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert started_line.decode().startswith("scheduler: consuming ")
         async with AsyncProducer(live) as producer:
             await producer.submit("later.job", {}, delay=0.5)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    stderr = err.decode()
-    errors = [line for line in stderr.splitlines() if line.startswith("conveyor: error:")]
-    assert (proc.returncode, out.decode(), len(errors)) == (1, "", 1), stderr
-    assert "the scheduler dispatcher's producer" in errors[0]
-    assert "hit a fatal error and sends no more: sequence gap (injected)" in errors[0]
-    assert "Traceback" not in stderr
-    assert "trying again" not in stderr
+    error = one_error_line(proc.returncode, out, err)
+    assert "the scheduler dispatcher's producer" in error
+    assert "hit a fatal error and sends no more: sequence gap (injected)" in error
+    assert "trying again" not in err.decode()
