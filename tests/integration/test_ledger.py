@@ -215,7 +215,7 @@ async def test_a_new_ledger_group_starts_at_the_workers_committed_offset(live: S
         partition = await conn.fetchval(
             "SELECT source_partition FROM jobs WHERE job_id = $1", ids[0]
         )
-        await conn.execute("TRUNCATE jobs CASCADE")
+        await conn.execute("TRUNCATE jobs, job_transitions")
         # Workers finished the first 8 (and the purge may have removed their rows).
         await asyncio.to_thread(commit_worker_offset, live, partition, 8)
         async with ledger_running(live) as ledger:

@@ -334,3 +334,21 @@ async def test_purge_replayed_dlq_deletes_only_rows_replayed_over_30_days_ago(
     assert deleted == 1
     rows = await db.fetch(f"SELECT id FROM {quote_ident(schema)}.job_dlq")
     assert {row["id"] for row in rows} == kept
+
+
+async def test_deleting_jobs_deletes_their_transitions_and_no_others(
+    migrated: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """0060 replaced the foreign key's cascade by a statement trigger."""
+    schema = migrated.database_schema
+    s = quote_ident(schema)
+    doomed = [
+        await _insert_job(db, schema, state="complete", finished_days_ago=1) for _ in range(3)
+    ]
+    kept = await _insert_job(db, schema, state="queued", finished_days_ago=None)
+
+    status = await db.execute(f"DELETE FROM {s}.jobs WHERE job_id = ANY($1::uuid[])", doomed)
+
+    assert status == "DELETE 3"
+    rows = await db.fetch(f"SELECT job_id, count(*) AS n FROM {s}.job_transitions GROUP BY 1")
+    assert {row["job_id"]: row["n"] for row in rows} == {kept: 2}

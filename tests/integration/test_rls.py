@@ -178,3 +178,26 @@ async def test_owner_that_ran_the_migrations_sees_every_tenant(
 
     assert seen == _everywhere(job_a, job_b)
     assert sorted(tuple(row) for row in flags) == sorted((t, True, False, False) for t in TABLES)
+
+
+async def test_tenant_role_deleting_its_job_deletes_that_jobs_history_only(
+    migrated: Settings,
+    db: asyncpg.Connection[Any],
+    tenant_role: str,
+    as_tenant_role: asyncpg.Connection[Any],
+) -> None:
+    """The history goes with its job although the tenant's policy hides it once the job
+    is gone (0060: a SECURITY DEFINER trigger, where a foreign key's cascade was)."""
+    schema = migrated.database_schema
+    s = quote_ident(schema)
+    await db.execute(f"GRANT DELETE ON {s}.jobs TO {tenant_role}")
+    doomed = await _insert_tenant_rows(db, schema, "a")
+    kept_a = await _insert_tenant_rows(db, schema, "a")
+    kept_b = await _insert_tenant_rows(db, schema, "b")
+    await as_tenant_role.execute("SET conveyor.tenant_id = 'a'")
+
+    status = await as_tenant_role.execute(f"DELETE FROM {s}.jobs WHERE job_id = $1", doomed)
+
+    assert status == "DELETE 1"
+    rows = await db.fetch(f"SELECT job_id, count(*) AS n FROM {s}.job_transitions GROUP BY 1")
+    assert {row["job_id"]: row["n"] for row in rows} == {kept_a: 2, kept_b: 2}
