@@ -26,6 +26,10 @@ BEGIN
 END;
 $$;
 
+-- Only as this trigger: a role that could attach it to a table of its own would delete
+-- any history as the owner.
+REVOKE EXECUTE ON FUNCTION delete_job_transitions() FROM PUBLIC;
+
 CREATE TRIGGER jobs_delete_transitions
     AFTER DELETE ON jobs
     REFERENCING OLD TABLE AS old_rows

@@ -201,3 +201,17 @@ async def test_tenant_role_deleting_its_job_deletes_that_jobs_history_only(
     assert status == "DELETE 1"
     rows = await db.fetch(f"SELECT job_id, count(*) AS n FROM {s}.job_transitions GROUP BY 1")
     assert {row["job_id"]: row["n"] for row in rows} == {kept_a: 2, kept_b: 2}
+
+
+async def test_tenant_role_cannot_execute_the_owners_history_trigger_function(
+    migrated: Settings, as_tenant_role: asyncpg.Connection[Any]
+) -> None:
+    """The trigger runs as the owner; a role that could attach it elsewhere would delete
+    any job's history as the owner."""
+    function = f"{quote_ident(migrated.database_schema)}.delete_job_transitions()"
+
+    allowed = await as_tenant_role.fetchval(
+        "SELECT has_function_privilege(current_user, $1, 'EXECUTE')", function
+    )
+
+    assert allowed is False
