@@ -42,8 +42,9 @@ from conveyor.schemas.payload import PayloadCodec
 
 log = logging.getLogger("conveyor.worker")
 
-#: Set by the dispatcher for the job it runs: frees the job's concurrency slot once its
-#: handler is done, before its outcome is written (unclaimed completions only).
+#: Set by the dispatcher for the job it runs: frees the job's concurrency slot and hands
+#: its key to the key's next job once its handler is done, before its outcome is written
+#: (unclaimed completions only).
 HANDLER_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
     "conveyor_handler_done", default=None
 )
@@ -155,7 +156,7 @@ class JobRunner:
         """
         unclaimed = self._unclaimed
         if unclaimed is not None:
-            unclaimed.delivering(job.job_id)
+            await unclaimed.take_turn(job.job_id)
         try:
             while True:
                 outcome, again, delay = await self._traced_attempt(job)
@@ -363,8 +364,8 @@ class JobRunner:
                 return self._skipped(job, lease), None, 0.0
             return await self._endings.failed(job, lease, spec, exc, None)
         if not deferred.started:
-            # The handler is done; its concurrency slot can run another while the
-            # completion waits for its batch (the key's mailbox stays held until then).
+            # The handler is done; its concurrency slot and its key can run other jobs
+            # while the completion waits for its batch.
             release = HANDLER_DONE.get()
             if release is not None:
                 release()

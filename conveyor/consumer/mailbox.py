@@ -6,8 +6,15 @@ one becomes ready. Ready items of all mailboxes are served first in, first out, 
 progress fairly and concurrency is bounded by the number of keys with work, not by the
 number of partitions.
 
+A running item whose handler is done may *hand off* its key before it is released: the
+key's next item becomes ready while the first one's outcome is still being written. It
+stays counted in its partition's buffer until released, so handed-off items that wait for
+their writes still bound what is fetched. If its outcome cannot be written, ``requeue``
+puts it back at the front of its key, to run again once the key is free.
+
 On revoke, ``drop`` takes back everything of the partition that has not started; running
-items stay until released, because a job cannot be taken back from a handler mid-way.
+(and handed-off) items stay until released, because a job cannot be taken back from a
+handler mid-way.
 ``release`` then tells the caller that the entry's partition was dropped meanwhile: whether
 its offset may still be finished and committed depends on whether the revoke has completed,
 which only the caller knows.
@@ -68,7 +75,16 @@ class Mailboxes(Generic[T]):
     key are served in the order they were added; keys and partitions are independent.
     """
 
-    __slots__ = ("_boxes", "_buffered", "_keys", "_ready", "_ready_count", "_stale", "_total")
+    __slots__ = (
+        "_boxes",
+        "_buffered",
+        "_handed",
+        "_keys",
+        "_ready",
+        "_ready_count",
+        "_stale",
+        "_total",
+    )
 
     def __init__(self) -> None:
         """Starts empty."""
@@ -82,6 +98,8 @@ class Mailboxes(Generic[T]):
         self._ready_count = 0
         # Running entries whose partition was dropped after they started.
         self._stale: set[Entry[T]] = set()
+        # Entries that handed their key off and are not released yet, per partition.
+        self._handed: dict[Hashable, set[Entry[T]]] = {}
 
     def add(self, tp: Hashable, key: str, offset: int, item: T) -> None:
         """Appends an item to the mailbox of (``tp``, ``key``).
@@ -122,11 +140,55 @@ class Mailboxes(Generic[T]):
                 return entry
         return None
 
+    def hand_off(self, entry: Entry[T]) -> None:
+        """Ends the running entry's turn on its key, keeping it counted until released.
+
+        The key's next item, if any, becomes ready; ``entry`` still counts in its
+        partition's buffer until ``release`` (or goes back with ``requeue``).
+
+        Args:
+            entry: The running entry, as ``pop_ready`` returned it.
+
+        Raises:
+            ValueError: If ``entry`` is not the running entry of its key.
+        """
+        self._end_turn(entry)
+        self._handed.setdefault(entry.tp, set()).add(entry)
+
+    def requeue(self, entry: Entry[T]) -> bool:
+        """Puts a handed-off entry back at the front of its key's waiting items.
+
+        It runs again after the key's ready or running item, if there is one.
+
+        Args:
+            entry: An entry passed to ``hand_off`` and not released since.
+
+        Returns:
+            True if it was put back; False if its partition was dropped meanwhile, in
+            which case it is released instead (the partition's next owner reads it).
+
+        Raises:
+            ValueError: If ``entry`` was not handed off.
+        """
+        if entry in self._stale:
+            self.release(entry)
+            return False
+        self._take_handed(entry)
+        box = self._boxes.get((entry.tp, entry.key))
+        if box is None:
+            self._boxes[entry.tp, entry.key] = _Box(entry)
+            self._keys.setdefault(entry.tp, set()).add(entry.key)
+            self._push_ready(entry)
+        else:
+            box.pending.appendleft(entry)
+        return True
+
     def release(self, entry: Entry[T]) -> bool:
         """Ends the running entry of its key; the key's next item, if any, becomes ready.
 
         Args:
-            entry: The running entry, as ``pop_ready`` returned it.
+            entry: The running entry, as ``pop_ready`` returned it, or one that handed its
+                key off (then only its count is released).
 
         Returns:
             True if the entry's partition was not dropped while the entry ran; False if it
@@ -135,20 +197,12 @@ class Mailboxes(Generic[T]):
             running jobs), finishing and committing it is still right.
 
         Raises:
-            ValueError: If ``entry`` is not the running entry of its key.
+            ValueError: If ``entry`` is neither running nor handed off.
         """
-        box = self._boxes.get((entry.tp, entry.key))
-        if box is None or box.head is not entry or not box.running:
-            raise ValueError(
-                f"entry at offset {entry.offset} of key {entry.key!r} in {entry.tp!r} "
-                "is not running"
-            )
-        box.running = False
-        if box.pending:
-            box.head = box.pending.popleft()
-            self._push_ready(box.head)
+        if entry in self._handed.get(entry.tp, ()):
+            self._take_handed(entry)
         else:
-            self._discard_box(entry.tp, entry.key)
+            self._end_turn(entry)
         self._count_out(entry.tp, 1)
         if entry in self._stale:
             self._stale.remove(entry)
@@ -179,6 +233,7 @@ class Mailboxes(Generic[T]):
                 dropped.append(box.head)
                 self._ready_count -= 1
                 self._discard_box(tp, key)
+        self._stale.update(self._handed.get(tp, ()))
         self._count_out(tp, len(dropped))
         dropped.sort(key=lambda entry: entry.offset)
         return dropped
@@ -199,6 +254,31 @@ class Mailboxes(Generic[T]):
     def total_buffered(self) -> int:
         """How many items of all partitions are held: pending, ready and running."""
         return self._total
+
+    def _end_turn(self, entry: Entry[T]) -> None:
+        box = self._boxes.get((entry.tp, entry.key))
+        if box is None or box.head is not entry or not box.running:
+            raise ValueError(
+                f"entry at offset {entry.offset} of key {entry.key!r} in {entry.tp!r} "
+                "is not running"
+            )
+        box.running = False
+        if box.pending:
+            box.head = box.pending.popleft()
+            self._push_ready(box.head)
+        else:
+            self._discard_box(entry.tp, entry.key)
+
+    def _take_handed(self, entry: Entry[T]) -> None:
+        handed = self._handed.get(entry.tp)
+        if handed is None or entry not in handed:
+            raise ValueError(
+                f"entry at offset {entry.offset} of key {entry.key!r} in {entry.tp!r} "
+                "was not handed off"
+            )
+        handed.remove(entry)
+        if not handed:
+            del self._handed[entry.tp]
 
     def _push_ready(self, entry: Entry[T]) -> None:
         self._ready.append(entry)

@@ -2,9 +2,13 @@
 
 A job's offset may be committed only once its outcome is durable. When recording fails
 (Postgres down, a write refused, a publish not acknowledged) the job is run again with
-backoff, holding its key's mailbox and its concurrency slot, until its outcome is
-recorded or its partition goes to another worker (who reads it again). Dropping it, as
-the worker once did, pinned the partition's commit point for good and grew the lag.
+backoff until its outcome is recorded or its partition goes to another worker (who reads
+it again). Dropping it, as the worker once did, pinned the partition's commit point for
+good and grew the lag. A job that still holds its key's mailbox is run again in place,
+holding it. A job that handed its key off when its handler returned (a short job that ran
+unclaimed: the key's next job may be running already) waits out the backoff and goes
+back to the front of its key's mailbox instead (``Recorded.AGAIN``), so two jobs of one
+key never run at once.
 
 While Postgres itself is unreachable the worker stops fetching, since every job it read
 would only wait, and readiness says why; the first outcome recorded afterwards resumes
@@ -16,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -33,6 +38,17 @@ log = logging.getLogger("conveyor.worker")
 #: Backoff between tries to record an outcome, doubling up to the maximum.
 RECORD_RETRY_INITIAL = 0.5
 RECORD_RETRY_MAX = 30.0
+
+
+class Recorded(enum.Enum):
+    """How ``Recording.run`` ended."""
+
+    DONE = "done"
+    """The outcome is durable: the offset may be finished."""
+    LOST = "lost"
+    """The partition went to another worker first, who reads the job again."""
+    AGAIN = "again"
+    """Not recorded, and the key was handed off: run the job again once its key is free."""
 
 
 def store_outage(exc: BaseException) -> bool:
@@ -70,15 +86,27 @@ class Recording:
         """Why outcomes are not being recorded now, or None."""
         self.store_down = False
         """Postgres is unreachable: fetching is paused."""
+        # The next backoff of jobs that went back to their mailboxes, by job id.
+        self._delays: dict[str, float] = {}
 
-    async def run(self, runner: JobRunner, entry: Entry[JobMessage], lost: asyncio.Event) -> bool:
+    async def run(
+        self,
+        runner: JobRunner,
+        entry: Entry[JobMessage],
+        lost: asyncio.Event,
+        handed_off: Callable[[], bool],
+    ) -> Recorded:
         """Runs the job until its outcome is durable.
 
-        Returns:
-            True once recorded; False if the partition was lost first.
+        Args:
+            runner: Runs the job.
+            entry: The job's mailbox entry.
+            lost: Set when the job's partition is revoked.
+            handed_off: Whether the job has handed its key off (then a failed recording
+                returns ``Recorded.AGAIN`` after the backoff instead of running it again).
         """
         job = entry.item
-        delay = RECORD_RETRY_INITIAL
+        delay = self._delays.pop(job.job_id, RECORD_RETRY_INITIAL)
         while True:
             try:
                 await runner.run(job, lost=lost)
@@ -94,13 +122,23 @@ class Recording:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), delay)
                 if lost.is_set():
-                    self._failing.discard(job.job_id)
-                    self.problem = self.problem if self._failing else None
-                    return False  # the partition's next owner reads the job again
+                    self.forget((job.job_id,))
+                    return Recorded.LOST  # the partition's next owner reads the job again
                 delay = min(delay * 2, RECORD_RETRY_MAX)
+                if handed_off():
+                    self._delays[job.job_id] = delay
+                    return Recorded.AGAIN
                 continue
             self._succeeded(job.job_id)
-            return True
+            return Recorded.DONE
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """Stops counting jobs as unrecorded: their partition went to another worker."""
+        for job_id in job_ids:
+            self._failing.discard(job_id)
+            self._delays.pop(job_id, None)
+        if not self._failing:
+            self.problem = None
 
     def _failed(self, job_id: str, exc: Exception) -> None:
         self._stats.unrecorded += 1

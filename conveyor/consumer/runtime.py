@@ -30,7 +30,7 @@ from conveyor.consumer.offsets import OffsetTracker
 from conveyor.consumer.options import WorkerOptions
 from conveyor.consumer.outcome import WorkerStats
 from conveyor.consumer.publisher import FailurePublisher
-from conveyor.consumer.recording import Recording
+from conveyor.consumer.recording import Recorded, Recording
 from conveyor.consumer.scheduler import WeightedScheduler
 from conveyor.observability.metrics import WorkerMetrics
 from conveyor.schemas.serde import Serde
@@ -295,31 +295,47 @@ class ConsumerLoop:
 
     async def _execute(self, priority: str, entry: Entry[JobMessage], generation: int) -> None:
         tp = _tp(entry.tp)
+        mailboxes = self._mailboxes[priority]
         lost = self._lost_event(tp)
-        finished = False
-        slot = [True]  # still holds its concurrency slot
+        held = [True, True]  # still holds its concurrency slot; still holds its key
 
-        def free_slot() -> None:
-            if slot[0]:
-                slot[0] = False
+        def handler_done() -> None:
+            # A short job's slot and key are freed when its handler returns: completions
+            # then batch while other handlers run (the key's next job among them),
+            # instead of every slot and key waiting for its own write.
+            if held[0]:
+                held[0] = False
                 self._in_flight -= 1
                 self._metrics.in_flight_of(priority).dec()
-                self._wake.set()
+            if held[1]:
+                held[1] = False
+                mailboxes.hand_off(entry)
+            self._wake.set()
 
-        # A short job's slot is freed when its handler returns: completions then batch
-        # while other handlers run, instead of every slot waiting for its own write.
-        HANDLER_DONE.set(free_slot)
+        HANDLER_DONE.set(handler_done)
+        recorded = Recorded.LOST
         try:
             # Every outcome (fenced included: the new owner handles its own delivery) means
             # this delivery never needs to be read again. An outcome that could not be
-            # recorded (an outage, a refused write) is retried here with backoff, holding
-            # its key's mailbox and its slot, until it is recorded or the partition is lost.
-            finished = await self._recording.run(self._runner, entry, lost)
+            # recorded (an outage, a refused write) is tried again with backoff
+            # (``Recording``) until it is recorded or the partition is lost.
+            recorded = await self._recording.run(
+                self._runner, entry, lost, handed_off=lambda: not held[1]
+            )
         finally:
-            self._mailboxes[priority].release(entry)
-            free_slot()
+            if recorded is not Recorded.AGAIN:
+                mailboxes.release(entry)
+            elif not mailboxes.requeue(entry):  # released: the partition was dropped
+                self._recording.forget((entry.item.job_id,))
+            if held[0]:
+                self._in_flight -= 1
+                self._metrics.in_flight_of(priority).dec()
             self._running_per_tp[tp] -= 1
-            if finished and tp in self._owned and self._generation[tp] == generation:
+            if (
+                recorded is Recorded.DONE
+                and tp in self._owned
+                and self._generation[tp] == generation
+            ):
                 self._offsets.finish(tp, entry.offset)
             self._maybe_resume(priority, tp)
             self._finished.set()
@@ -382,7 +398,8 @@ class ConsumerLoop:
             return
         self._stats.rebalances += 1
         for tp in revoked:
-            self._mailboxes[priority].drop(tp)
+            dropped = self._mailboxes[priority].drop(tp)
+            self._recording.forget(entry.item.job_id for entry in dropped)
             self._lost_event(tp).set()  # in-place retries stop instead of waiting out backoff
         deadline = asyncio.get_running_loop().time() + self._options.revoke_timeout
         while any(self._running_per_tp[tp] for tp in revoked):

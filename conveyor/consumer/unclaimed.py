@@ -110,6 +110,8 @@ class UnclaimedStore:
         )
         # Jobs with a delivery running here (``delivering``), by job id.
         self._delivering: dict[str, int] = {}
+        # Deliveries waiting for another delivery of their job to end (``take_turn``).
+        self._turns: dict[str, list[asyncio.Future[None]]] = {}
 
     def delivering(self, job_id: str) -> None:
         """Marks a delivery of ``job_id`` as running here, until :meth:`delivered`.
@@ -120,13 +122,32 @@ class UnclaimedStore:
         """
         self._delivering[job_id] = self._delivering.get(job_id, 0) + 1
 
+    async def take_turn(self, job_id: str) -> None:
+        """Waits until no other delivery of ``job_id`` runs here, then marks this one's.
+
+        A key is handed on when its job's handler returns, before the job's outcome is
+        written (``Mailboxes.hand_off``). A duplicate of the job waiting in that key's
+        mailbox (a second submit of one dedupe key) would then start, read the row as it
+        was before the outcome, and run the handler a second time. So it waits here for
+        that outcome first; then its read shows it. Without another delivery of the job
+        running here, this takes no loop turn.
+        """
+        while job_id in self._delivering:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._turns.setdefault(job_id, []).append(waiter)
+            await waiter
+        self.delivering(job_id)
+
     def delivered(self, job_id: str) -> None:
         """Ends what :meth:`delivering` began: the delivery's outcome is written."""
         left = self._delivering[job_id] - 1
         if left:
             self._delivering[job_id] = left
-        else:
-            del self._delivering[job_id]
+            return
+        del self._delivering[job_id]
+        for waiter in self._turns.pop(job_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def prefetch(self, job_ids: Iterable[str]) -> None:
         """Reads the rows of jobs just fetched, in one statement sent now, for ``known``.

@@ -179,6 +179,83 @@ def test_dropping_twice_or_an_unknown_partition_returns_nothing() -> None:
     assert (boxes.ready_count, boxes.total_buffered) == (0, 0)
 
 
+def test_hand_off_readies_the_keys_next_item_and_keeps_counting_the_entry() -> None:
+    boxes: Mailboxes[str] = Mailboxes()
+    for offset in range(3):
+        boxes.add(0, "k", offset, f"k{offset}")
+    first = boxes.pop_ready()
+    assert first is not None
+    boxes.hand_off(first)
+    second = boxes.pop_ready()
+    assert second is not None
+    assert second.item == "k1"
+    assert boxes.pop_ready() is None  # k1 runs now: k2 waits behind it
+    assert boxes.buffered(0) == 3  # the handed-off entry counts until released
+    assert boxes.release(first) is True
+    assert boxes.buffered(0) == 2
+    assert boxes.pop_ready() is None  # releasing a handed-off entry readies nothing
+    with pytest.raises(ValueError, match=r"was not handed off|is not running"):
+        boxes.release(first)
+
+
+def test_hand_off_of_an_entry_not_running_is_rejected() -> None:
+    boxes: Mailboxes[str] = Mailboxes()
+    boxes.add(0, "k", 0, "k0")
+    entry = boxes.pop_ready()
+    assert entry is not None
+    boxes.hand_off(entry)
+    with pytest.raises(ValueError, match="is not running"):
+        boxes.hand_off(entry)
+    with pytest.raises(ValueError, match="was not handed off"):
+        boxes.requeue(Entry(0, "k", 0, "k0"))
+
+
+def test_requeue_runs_the_entry_again_after_the_keys_running_item_and_before_the_rest() -> None:
+    boxes: Mailboxes[str] = Mailboxes()
+    for offset in range(3):
+        boxes.add(0, "k", offset, f"k{offset}")
+    first = boxes.pop_ready()
+    assert first is not None
+    boxes.hand_off(first)
+    second = boxes.pop_ready()
+    assert second is not None
+    assert boxes.requeue(first) is True
+    assert boxes.pop_ready() is None  # k1 still runs: one item of a key at a time
+    assert boxes.buffered(0) == 3
+    boxes.release(second)
+    assert items(drain(boxes)) == ["k0"]  # the requeued entry comes before k2
+    boxes.release(first)
+    assert items(drain(boxes)) == ["k2"]
+
+
+def test_requeue_of_a_keys_only_entry_makes_it_ready_at_once() -> None:
+    boxes: Mailboxes[str] = Mailboxes()
+    boxes.add(0, "k", 0, "k0")
+    entry = boxes.pop_ready()
+    assert entry is not None
+    boxes.hand_off(entry)
+    assert boxes.requeue(entry) is True
+    assert boxes.ready_count == 1
+    assert boxes.pop_ready() is entry
+
+
+def test_a_handed_off_entry_of_a_dropped_partition_is_released_not_requeued() -> None:
+    boxes: Mailboxes[str] = Mailboxes()
+    boxes.add(0, "k", 0, "k0")
+    boxes.add(0, "k", 1, "k1")
+    handed, requeued = boxes.pop_ready(), None
+    assert handed is not None
+    boxes.hand_off(handed)
+    requeued = boxes.pop_ready()
+    assert requeued is not None
+    boxes.hand_off(requeued)
+    assert boxes.drop(0) == []  # nothing of partition 0 waits; both are handed off
+    assert boxes.release(handed) is False  # the partition was dropped while it ran
+    assert boxes.requeue(requeued) is False  # released instead: the next owner reads it
+    assert boxes.total_buffered == 0
+    assert boxes.pop_ready() is None
+
+
 class Model:
     """A naive reference: per-key lists, a ready list, linear scans everywhere."""
 
@@ -187,6 +264,9 @@ class Model:
         self.ready: list[tuple[Hashable, str]] = []  # (tp, key) in ready order
         self.running: set[tuple[Hashable, str]] = set()
         self.stale: set[tuple[Hashable, str]] = set()
+        # Handed-off entries by item (items are unique here): (tp, offset), and whether
+        # their partition was dropped since.
+        self.handed: dict[str, tuple[Hashable, str, int, bool]] = {}
 
     def add(self, tp: int, key: str, offset: int, item: str) -> None:
         queue = self.queues[tp, key]
@@ -202,7 +282,7 @@ class Model:
         offset, item = self.queues[tp, key][0]
         return tp, key, offset, item
 
-    def release(self, tp: Hashable, key: str) -> bool:
+    def _end_turn(self, tp: Hashable, key: str) -> bool:
         self.running.remove((tp, key))
         queue = self.queues[tp, key]
         queue.pop(0)
@@ -211,6 +291,25 @@ class Model:
         held = (tp, key) not in self.stale
         self.stale.discard((tp, key))
         return held
+
+    def release(self, tp: Hashable, key: str, item: str) -> bool:
+        if item in self.handed:
+            return not self.handed.pop(item)[3]
+        return self._end_turn(tp, key)
+
+    def hand_off(self, tp: Hashable, key: str, offset: int, item: str) -> None:
+        held = self._end_turn(tp, key)
+        self.handed[item] = (tp, key, offset, not held)
+
+    def requeue(self, item: str) -> bool:
+        tp, key, offset, stale = self.handed.pop(item)
+        if stale:
+            return False
+        queue = self.queues[tp, key]
+        queue.insert(1, (offset, item))
+        if len(queue) == 1:
+            self.ready.append((tp, key))
+        return True
 
     def drop(self, tp: int) -> list[tuple[int, str]]:
         dropped = []
@@ -223,50 +322,71 @@ class Model:
             if keep:
                 self.stale.add((tp, key))
         self.ready = [ready for ready in self.ready if ready[0] != tp]
+        for item, (handed_tp, key, offset, _) in list(self.handed.items()):
+            if handed_tp == tp:
+                self.handed[item] = (handed_tp, key, offset, True)
         return sorted(dropped)
 
     def buffered(self, tp: int) -> int:
-        return sum(len(queue) for (queue_tp, _), queue in self.queues.items() if queue_tp == tp)
+        queued = sum(len(queue) for (queue_tp, _), queue in self.queues.items() if queue_tp == tp)
+        return queued + sum(1 for handed in self.handed.values() if handed[0] == tp)
 
 
 @pytest.mark.parametrize("seed", [11, 22, 33, 44, 55])
 def test_random_operations_match_the_reference_model(seed: int) -> None:
-    """Interleaved add, pop_ready, release and drop keep every invariant of the model.
+    """Interleaved add, pop_ready, release, hand_off, requeue and drop keep every
+    invariant of the model.
 
     Checked after each step: what is served and in which order, what drop returns, what
-    release reports, the counts; and that no key ever has two entries running and each
-    key's items run in the order they were added.
+    release and requeue report, the counts; and that no key ever has two entries running
+    and each key's items first run in the order they were added.
     """
     rng = random.Random(seed)
     boxes: Mailboxes[str] = Mailboxes()
     model = Model()
     running: list[Entry[str]] = []
+    handed: list[Entry[str]] = []
+    requeued: set[str] = set()
     next_offset: dict[int, int] = defaultdict(int)
     served: dict[tuple[Hashable, str], list[int]] = defaultdict(list)
     for step in range(3000):
         action = rng.random()
-        if action < 0.45:
+        if action < 0.4:
             tp, key = rng.randrange(3), rng.choice("abcde")
             offset = next_offset[tp]
             next_offset[tp] += rng.choice([1, 1, 2])
             item = f"{tp}/{offset}#{step}"
             boxes.add(tp, key, offset, item)
             model.add(tp, key, offset, item)
-        elif action < 0.75:
+        elif action < 0.67:
             entry = boxes.pop_ready()
             expected = model.pop_ready()
             actual = None if entry is None else (entry.tp, entry.key, entry.offset, entry.item)
             assert actual == expected
             if entry is not None:
                 assert all((r.tp, r.key) != (entry.tp, entry.key) for r in running)
-                # Offsets only grow in this test, so a key's offsets must run increasing.
-                assert served[entry.tp, entry.key][-1:] < [entry.offset]
-                served[entry.tp, entry.key].append(entry.offset)
+                if entry.item not in requeued:
+                    # Offsets only grow in this test, so a key's first runs go increasing.
+                    assert served[entry.tp, entry.key][-1:] < [entry.offset]
+                    served[entry.tp, entry.key].append(entry.offset)
                 running.append(entry)
-        elif action < 0.97:
+        elif action < 0.8:
             if running:
                 entry = running.pop(rng.randrange(len(running)))
-                assert boxes.release(entry) == model.release(entry.tp, entry.key)
+                assert boxes.release(entry) == model.release(entry.tp, entry.key, entry.item)
+        elif action < 0.88:
+            if running:
+                entry = running.pop(rng.randrange(len(running)))
+                boxes.hand_off(entry)
+                model.hand_off(entry.tp, entry.key, entry.offset, entry.item)
+                handed.append(entry)
+        elif action < 0.97:
+            if handed:
+                entry = handed.pop(rng.randrange(len(handed)))
+                requeue = rng.random() < 0.5
+                _release_or_requeue(boxes, model, entry, requeue=requeue)
+                if requeue:
+                    requeued.add(entry.item)
         else:
             tp = rng.randrange(3)
             dropped = boxes.drop(tp)
@@ -274,3 +394,13 @@ def test_random_operations_match_the_reference_model(seed: int) -> None:
         assert boxes.ready_count == len(model.ready)
         assert [boxes.buffered(tp) for tp in range(3)] == [model.buffered(tp) for tp in range(3)]
         assert boxes.total_buffered == sum(model.buffered(tp) for tp in range(3))
+
+
+def _release_or_requeue(
+    boxes: Mailboxes[str], model: Model, entry: Entry[str], *, requeue: bool
+) -> None:
+    """Ends a handed-off entry both ways the runtime does, checking what each reports."""
+    if requeue:
+        assert boxes.requeue(entry) == model.requeue(entry.item)
+    else:
+        assert boxes.release(entry) == model.release(entry.tp, entry.key, entry.item)
