@@ -227,25 +227,13 @@ class ConsumerLoop:
             batch = await consumer.getmany(
                 timeout_ms=self._options.fetch_timeout_ms, max_records=self._fetch_records
             )
+            prepared = await self._intake.prepare_fetch(consumer, batch, self._registry_waits)
             fetched: list[JobMessage] = []
-            for tp, records in batch.items():
-                if tp not in self._owned:
-                    continue
-                for record in records:
-                    if not self._registry_waits.needs_registry(record.value):
-                        self._intake.accept(mailboxes, tp, record, into=fetched)
-                        continue
-                    # A schema id not read yet: one registry request, in a thread.
-                    generation = self._generation[tp]
-                    decoded = await self._registry_waits.decode(
-                        tp, record.offset, record.value or b""
-                    )
-                    if tp not in self._owned or self._generation[tp] != generation:
-                        break  # revoked meanwhile: its owner now reads it again
-                    if decoded is None:  # the registry is down or lags: wait, read again
-                        self._registry_waits.hold(consumer, tp)
-                        break
-                    self._intake.accept(mailboxes, tp, record, decoded, into=fetched)
+            for tp, (generation, items) in prepared.items():
+                if tp not in self._owned or self._generation[tp] != generation:
+                    continue  # revoked while the fetch was decoded: its owner reads it again
+                for record, item in items:
+                    self._intake.accept(mailboxes, tp, record, item, into=fetched)
                 if mailboxes.buffered(tp) >= self._options.max_buffered_per_partition:
                     consumer.pause(tp)
                     self._paused.add(tp)
