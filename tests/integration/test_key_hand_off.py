@@ -39,40 +39,53 @@ class KeyWatch:
             self.now -= 1
 
 
+class HeldWrite:
+    """Holds back the first unclaimed completion written until ``let_write`` is set."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.held = asyncio.Event()
+        self.let_write = asyncio.Event()
+        complete = UnclaimedStore.complete
+
+        async def held_complete(
+            store: UnclaimedStore, job: JobMessage, result: str, started_at: dt.datetime
+        ) -> str | None:
+            if not self.held.is_set():
+                self.held.set()
+                await self.let_write.wait()
+            return await complete(store, job, result, started_at)
+
+        monkeypatch.setattr(UnclaimedStore, "complete", held_complete)
+
+
+def key_worker(live: Settings, watch: KeyWatch, concurrency: int = 4) -> Worker:
+    """A worker whose ``key.step`` handler runs through ``watch``."""
+    worker = Worker(live, priorities=["normal"], concurrency=concurrency, options=TEST_OPTIONS)
+
+    @worker.handler("key.step")
+    async def step(ctx: JobContext, payload: dict[str, Any]) -> None:
+        await watch.run(int(payload["n"]))
+
+    return worker
+
+
 async def test_the_keys_next_job_starts_while_the_first_ones_completion_is_written(
     settings: Settings, schema_registry_url: str, monkeypatch: Any
 ) -> None:
     """The first job's completion is held back; the key's second job runs meanwhile, and
     both complete once the write goes through."""
     live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
-    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
     watch = KeyWatch(0.01)
-    write_held = asyncio.Event()
-    let_write = asyncio.Event()
-    ids: list[str] = []
-    complete = UnclaimedStore.complete
-
-    async def held_complete(
-        self: UnclaimedStore, job: JobMessage, result: str, started_at: dt.datetime
-    ) -> str | None:
-        if job.job_id == ids[0]:
-            write_held.set()
-            await let_write.wait()
-        return await complete(self, job, result, started_at)
-
-    monkeypatch.setattr(UnclaimedStore, "complete", held_complete)
-
-    @worker.handler("key.step")
-    async def step(ctx: JobContext, payload: dict[str, Any]) -> None:
-        await watch.run(int(payload["n"]))
+    worker = key_worker(live, watch)
+    write = HeldWrite(monkeypatch)
 
     with Producer(live) as producer:
-        ids.extend(producer.submit("key.step", {"n": n}, key="entity-1") for n in range(2))
+        ids = [producer.submit("key.step", {"n": n}, key="entity-1") for n in range(2)]
     async with JobStore(live) as store, running(worker):
-        await asyncio.wait_for(write_held.wait(), 60)
+        await asyncio.wait_for(write.held.wait(), 60)
         await eventually(lambda: watch.runs == [0, 1], timeout=30, what="the second job run")
         assert (await store.status(ids[0])).state != "complete"  # its write is still held
-        let_write.set()
+        write.let_write.set()
 
         async def both_complete() -> bool:
             return [(await store.status(i)).state for i in ids] == ["complete"] * 2
@@ -88,11 +101,11 @@ async def test_a_completion_that_fails_after_the_hand_off_runs_again_when_the_ke
     backoff, go back to the key's mailbox and run again; every job completes, readiness
     recovers, and the key never runs two handlers at once."""
     live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
-    worker = Worker(live, priorities=["normal"], concurrency=8, options=TEST_OPTIONS)
     # Each run stays under CLAIM_AFTER (50 ms), so it completes unclaimed; the 30 runs
     # keep the key busy past the backoffs (0.5 s, 1 s), so a job run again in place,
     # not from its key's mailbox, would overlap the key's later jobs.
     watch = KeyWatch(0.04)
+    worker = key_worker(live, watch, concurrency=8)
     failures = [0]
     complete = UnclaimedStore.complete
 
@@ -105,11 +118,6 @@ async def test_a_completion_that_fails_after_the_hand_off_runs_again_when_the_ke
         return await complete(self, job, result, started_at)
 
     monkeypatch.setattr(UnclaimedStore, "complete", failing_complete)
-
-    @worker.handler("key.step")
-    async def step(ctx: JobContext, payload: dict[str, Any]) -> None:
-        await watch.run(int(payload["n"]))
-
     with Producer(live) as producer:
         ids = [producer.submit("key.step", {"n": n}, key="entity-1") for n in range(30)]
     async with JobStore(live) as store, running(worker):
@@ -135,37 +143,21 @@ async def test_a_duplicate_waits_for_the_first_deliverys_outcome_and_is_skipped(
     delivery hands the key on with its completion held back; the duplicate must not read
     the row before that completion, or it would run the handler a second time."""
     live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
-    worker = Worker(live, priorities=["normal"], concurrency=4, options=TEST_OPTIONS)
     watch = KeyWatch(0.01)
-    write_held = asyncio.Event()
-    let_write = asyncio.Event()
-    complete = UnclaimedStore.complete
-
-    async def held_complete(
-        self: UnclaimedStore, job: JobMessage, result: str, started_at: dt.datetime
-    ) -> str | None:
-        if not write_held.is_set():
-            write_held.set()
-            await let_write.wait()
-        return await complete(self, job, result, started_at)
-
-    monkeypatch.setattr(UnclaimedStore, "complete", held_complete)
-
-    @worker.handler("key.step")
-    async def step(ctx: JobContext, payload: dict[str, Any]) -> None:
-        await watch.run(int(payload["n"]))
+    worker = key_worker(live, watch)
+    write = HeldWrite(monkeypatch)
 
     with Producer(live) as producer:
         first = producer.submit("key.step", {"n": 0}, key="entity-1", dedupe_key="once")
         second = producer.submit("key.step", {"n": 0}, key="entity-1", dedupe_key="once")
     assert first == second
     async with JobStore(live) as store, running(worker):
-        await asyncio.wait_for(write_held.wait(), 60)
+        await asyncio.wait_for(write.held.wait(), 60)
         # The duplicate was fetched with the first (one batch) and its key is free now:
         # without the wait it would start within milliseconds.
         await asyncio.sleep(0.5)
         assert watch.runs == [0]
-        let_write.set()
+        write.let_write.set()
         await eventually(
             lambda: worker.stats.duplicates_skipped == 1, timeout=30, what="the duplicate"
         )

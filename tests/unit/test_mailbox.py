@@ -179,8 +179,8 @@ def test_dropping_twice_or_an_unknown_partition_returns_nothing() -> None:
     assert (boxes.ready_count, boxes.total_buffered) == (0, 0)
 
 
-def test_hand_off_readies_the_keys_next_item_and_keeps_counting_the_entry() -> None:
-    boxes: Mailboxes[str] = Mailboxes()
+def handed_on(boxes: Mailboxes[str]) -> tuple[Entry[str], Entry[str]]:
+    """Adds k0, k1 and k2 of one key; k0 runs and hands the key on; k1 runs."""
     for offset in range(3):
         boxes.add(0, "k", offset, f"k{offset}")
     first = boxes.pop_ready()
@@ -188,6 +188,12 @@ def test_hand_off_readies_the_keys_next_item_and_keeps_counting_the_entry() -> N
     boxes.hand_off(first)
     second = boxes.pop_ready()
     assert second is not None
+    return first, second
+
+
+def test_hand_off_readies_the_keys_next_item_and_keeps_counting_the_entry() -> None:
+    boxes: Mailboxes[str] = Mailboxes()
+    first, second = handed_on(boxes)
     assert second.item == "k1"
     assert boxes.pop_ready() is None  # k1 runs now: k2 waits behind it
     assert boxes.buffered(0) == 3  # the handed-off entry counts until released
@@ -212,13 +218,7 @@ def test_hand_off_of_an_entry_not_running_is_rejected() -> None:
 
 def test_requeue_runs_the_entry_again_after_the_keys_running_item_and_before_the_rest() -> None:
     boxes: Mailboxes[str] = Mailboxes()
-    for offset in range(3):
-        boxes.add(0, "k", offset, f"k{offset}")
-    first = boxes.pop_ready()
-    assert first is not None
-    boxes.hand_off(first)
-    second = boxes.pop_ready()
-    assert second is not None
+    first, second = handed_on(boxes)
     assert boxes.requeue(first) is True
     assert boxes.pop_ready() is None  # k1 still runs: one item of a key at a time
     assert boxes.buffered(0) == 3
@@ -383,10 +383,7 @@ def test_random_operations_match_the_reference_model(seed: int) -> None:
         elif action < 0.97:
             if handed:
                 entry = handed.pop(rng.randrange(len(handed)))
-                requeue = rng.random() < 0.5
-                _release_or_requeue(boxes, model, entry, requeue=requeue)
-                if requeue:
-                    requeued.add(entry.item)
+                _release_or_requeue(boxes, model, entry, requeued if rng.random() < 0.5 else None)
         else:
             tp = rng.randrange(3)
             dropped = boxes.drop(tp)
@@ -397,10 +394,12 @@ def test_random_operations_match_the_reference_model(seed: int) -> None:
 
 
 def _release_or_requeue(
-    boxes: Mailboxes[str], model: Model, entry: Entry[str], *, requeue: bool
+    boxes: Mailboxes[str], model: Model, entry: Entry[str], requeued: set[str] | None
 ) -> None:
-    """Ends a handed-off entry both ways the runtime does, checking what each reports."""
-    if requeue:
+    """Ends a handed-off entry either way the runtime does, checking what each reports:
+    requeues it (noting it in ``requeued``) if ``requeued`` is given, else releases it."""
+    if requeued is not None:
         assert boxes.requeue(entry) == model.requeue(entry.item)
+        requeued.add(entry.item)
     else:
         assert boxes.release(entry) == model.release(entry.tp, entry.key, entry.item)
