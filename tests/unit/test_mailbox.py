@@ -191,6 +191,15 @@ def handed_on(boxes: Mailboxes[str]) -> tuple[Entry[str], Entry[str]]:
     return first, second
 
 
+def lone_handed_off(boxes: Mailboxes[str]) -> Entry[str]:
+    """Adds k0, the only item of its key; it runs and hands the key on."""
+    boxes.add(0, "k", 0, "k0")
+    entry = boxes.pop_ready()
+    assert entry is not None
+    boxes.hand_off(entry)
+    return entry
+
+
 def test_hand_off_readies_the_keys_next_item_and_keeps_counting_the_entry() -> None:
     boxes: Mailboxes[str] = Mailboxes()
     first, second = handed_on(boxes)
@@ -206,10 +215,7 @@ def test_hand_off_readies_the_keys_next_item_and_keeps_counting_the_entry() -> N
 
 def test_hand_off_of_an_entry_not_running_is_rejected() -> None:
     boxes: Mailboxes[str] = Mailboxes()
-    boxes.add(0, "k", 0, "k0")
-    entry = boxes.pop_ready()
-    assert entry is not None
-    boxes.hand_off(entry)
+    entry = lone_handed_off(boxes)
     with pytest.raises(ValueError, match="is not running"):
         boxes.hand_off(entry)
     with pytest.raises(ValueError, match="was not handed off"):
@@ -230,10 +236,7 @@ def test_requeue_runs_the_entry_again_after_the_keys_running_item_and_before_the
 
 def test_requeue_of_a_keys_only_entry_makes_it_ready_at_once() -> None:
     boxes: Mailboxes[str] = Mailboxes()
-    boxes.add(0, "k", 0, "k0")
-    entry = boxes.pop_ready()
-    assert entry is not None
-    boxes.hand_off(entry)
+    entry = lone_handed_off(boxes)
     assert boxes.requeue(entry) is True
     assert boxes.ready_count == 1
     assert boxes.pop_ready() is entry
