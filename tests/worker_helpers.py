@@ -63,3 +63,22 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)  # the poll interval of a deadline-bounded wait
+
+
+class KeyWatch:
+    """Records the handler runs of one key and the most that ever overlapped."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.runs: list[int] = []
+        self.now = 0
+        self.most = 0
+
+    async def run(self, n: int) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        self.runs.append(n)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.now -= 1

@@ -11,6 +11,7 @@ tests that claim and complete jobs by hand.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,8 @@ import pytest
 from conveyor import db
 from conveyor.consumer.status import StatusStore
 from conveyor.settings import Settings
+from tests.tcp_proxy import TcpProxy
+from tests.worker_helpers import prepare
 
 
 @pytest.fixture
@@ -56,3 +59,18 @@ def conveyor_database_url(database_url: str) -> str:
 def conveyor_schema_registry_url(schema_registry_url: str) -> str:
     """The session's schema registry."""
     return schema_registry_url
+
+
+@pytest.fixture
+async def through_proxy(settings: Settings, schema_registry_url: str) -> AsyncIterator[Any]:
+    """Prepared settings whose Postgres is reached through a proxy the test can cut."""
+    live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
+    url = urllib.parse.urlsplit(live.database_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    user, _, _ = url.netloc.rpartition("@")
+    netloc = f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+    try:
+        yield live, live.replace(database_url=url._replace(netloc=netloc).geturl()), proxy
+    finally:
+        await proxy.stop()

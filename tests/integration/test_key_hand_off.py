@@ -17,26 +17,7 @@ from conveyor.consumer.job import JobMessage
 from conveyor.consumer.unclaimed import UnclaimedStore
 from conveyor.consumer.worker import Worker
 from conveyor.jobstore import JobStore
-from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
-
-
-class KeyWatch:
-    """Records the handler runs of one key and the most that ever overlapped."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.runs: list[int] = []
-        self.now = 0
-        self.most = 0
-
-    async def run(self, n: int) -> None:
-        self.now += 1
-        self.most = max(self.most, self.now)
-        self.runs.append(n)
-        try:
-            await asyncio.sleep(self.seconds)
-        finally:
-            self.now -= 1
+from tests.worker_helpers import TEST_OPTIONS, KeyWatch, eventually, prepare, running
 
 
 class HeldWrite:
@@ -163,3 +144,33 @@ async def test_a_duplicate_waits_for_the_first_deliverys_outcome_and_is_skipped(
         )
         assert (await store.status(first)).state == "complete"
     assert watch.runs == [0]
+
+
+async def test_a_postgres_outage_after_the_hand_off_loses_no_job_and_never_overlaps_a_key(
+    through_proxy: Any,
+) -> None:
+    """Postgres is cut while one key's short jobs hand the key on and their completions
+    are on the way. Those writes fail, their jobs go back to the key's mailbox and wait out
+    their backoffs; once Postgres is back every job completes, readiness recovers, and the
+    key never ran two handlers at once."""
+    live, proxied, proxy = through_proxy
+    watch = KeyWatch(0.04)  # under CLAIM_AFTER: every run completes unclaimed
+    worker = key_worker(proxied, watch, concurrency=8)
+    with Producer(live) as producer:
+        ids = [producer.submit("key.step", {"n": n}, key="entity-1") for n in range(60)]
+    async with JobStore(live) as store, running(worker):
+        await eventually(lambda: len(watch.runs) >= 10, timeout=60, what="the first runs")
+        await proxy.stop()
+        await eventually(lambda: worker.stats.unrecorded > 0, timeout=30, what="a failed write")
+        loop = worker._loop
+        assert loop is not None
+        assert loop.record_problem is not None
+        await proxy.start()
+
+        async def all_complete() -> bool:
+            return [(await store.status(i)).state for i in ids] == ["complete"] * 60
+
+        await eventually(all_complete, timeout=120, what="every job complete")
+        await eventually(lambda: loop.record_problem is None, timeout=30, what="readiness")
+    assert watch.most == 1, "two jobs of one key ran at once"
+    assert sorted(set(watch.runs)) == list(range(60))

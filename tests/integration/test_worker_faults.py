@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import urllib.parse
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 
 from conveyor import PermanentError, Producer, Settings
 from conveyor.consumer.context import JobContext
@@ -18,7 +15,6 @@ from conveyor.consumer.failures import RetryPolicy
 from conveyor.consumer.status import StatusStore
 from conveyor.consumer.worker import Worker
 from conveyor.jobstore import JobStore
-from tests.tcp_proxy import TcpProxy
 from tests.worker_helpers import TEST_OPTIONS, eventually, prepare, running
 
 #: A lease short enough that a half-second job heartbeats (every third of it) twice.
@@ -101,21 +97,6 @@ async def test_an_in_place_retry_stops_when_its_partition_is_revoked(
             await asyncio.wait_for(again.wait(), timeout=6.0)  # past the 5 s backoff
     assert attempts == [1], "the job ran again on a worker that lost its partition"
     assert worker.stats.fenced == 1
-
-
-@pytest.fixture
-async def through_proxy(settings: Settings, schema_registry_url: str) -> AsyncIterator[Any]:
-    """Prepared settings whose Postgres is reached through a proxy the test can cut."""
-    live = await prepare(settings.replace(partition_unit=1), schema_registry_url)
-    url = urllib.parse.urlsplit(live.database_url)
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    user, _, _ = url.netloc.rpartition("@")
-    netloc = f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
-    try:
-        yield live, live.replace(database_url=url._replace(netloc=netloc).geturl()), proxy
-    finally:
-        await proxy.stop()
 
 
 async def test_a_postgres_outage_strands_no_job_and_readiness_says_why(
