@@ -301,7 +301,7 @@ class ConsumerLoop:
             self._wake.set()
 
         HANDLER_DONE.set(handler_done)
-        recorded = Recorded.LOST
+        recorded: Recorded | None = None  # None: cancelled at shutdown, read again later
         try:
             # Every outcome (fenced included: the new owner handles its own delivery) means
             # this delivery never needs to be read again. An outcome that could not be

@@ -108,19 +108,18 @@ class UnclaimedStore:
         self._ahead: OrderedDict[str, tuple[float, asyncio.Future[dict[str, Known]]]] = (
             OrderedDict()
         )
-        # Jobs with a delivery running here (``delivering``), by job id.
-        self._delivering: dict[str, int] = {}
-        # Deliveries waiting for another delivery of their job to end (``take_turn``).
-        self._turns: dict[str, list[asyncio.Future[None]]] = {}
+        # Jobs with a delivery running here (``delivering``), by job id: the deliveries
+        # of the same job waiting for it to end (``take_turn``).
+        self._delivering: dict[str, list[asyncio.Future[None]]] = {}
 
     def delivering(self, job_id: str) -> None:
         """Marks a delivery of ``job_id`` as running here, until :meth:`delivered`.
 
         A duplicate of the job fetched meanwhile is not read ahead: that read would
         show the row as it was before this delivery's outcome, and the duplicate, which
-        waits in its key's mailbox for this one, would take it for a job still to run.
+        waits for this one (:meth:`take_turn`), would take it for a job still to run.
         """
-        self._delivering[job_id] = self._delivering.get(job_id, 0) + 1
+        self._delivering.setdefault(job_id, [])
 
     async def take_turn(self, job_id: str) -> None:
         """Waits until no other delivery of ``job_id`` runs here, then marks this one's.
@@ -132,20 +131,16 @@ class UnclaimedStore:
         that outcome first; then its read shows it. Without another delivery of the job
         running here, this takes no loop turn.
         """
-        while job_id in self._delivering:
+        while (waiting := self._delivering.get(job_id)) is not None:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._turns.setdefault(job_id, []).append(waiter)
+            waiting.append(waiter)
             await waiter
         self.delivering(job_id)
 
     def delivered(self, job_id: str) -> None:
-        """Ends what :meth:`delivering` began: the delivery's outcome is written."""
-        left = self._delivering[job_id] - 1
-        if left:
-            self._delivering[job_id] = left
-            return
-        del self._delivering[job_id]
-        for waiter in self._turns.pop(job_id, ()):
+        """Ends what :meth:`delivering` began: the delivery's outcome is written; the
+        deliveries of the same job waiting for it go on."""
+        for waiter in self._delivering.pop(job_id):
             if not waiter.done():
                 waiter.set_result(None)
 
