@@ -352,3 +352,45 @@ async def test_deleting_jobs_deletes_their_transitions_and_no_others(
     assert status == "DELETE 3"
     rows = await db.fetch(f"SELECT job_id, count(*) AS n FROM {s}.job_transitions GROUP BY 1")
     assert {row["job_id"]: row["n"] for row in rows} == {kept: 2}
+
+
+async def test_a_tenant_search_reads_the_partial_tenant_index(
+    migrated: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """0070 keeps only rows with a tenant in jobs_tenant_idx; the UI's search by tenant
+    (a parameter, as the page sends it) and a tenant role's policy still read it."""
+    schema = migrated.database_schema
+    s = quote_ident(schema)
+    await db.execute(
+        f"INSERT INTO {s}.jobs (job_id, type, state, tenant_id)"
+        " SELECT gen_random_uuid(), 'email.send', 'complete',"
+        " CASE WHEN i % 10 = 0 THEN 't' || (i % 7) END FROM generate_series(1, 2000) AS i"
+    )
+    await db.execute(f"ANALYZE {s}.jobs")
+    entries = await db.fetchval(
+        "SELECT reltuples FROM pg_class WHERE oid = $1::regclass",
+        f"{s}.jobs_tenant_idx",
+    )
+    assert entries == 200  # the 1,800 rows without a tenant are not in it
+
+    await db.execute(f"SET search_path TO {s}")
+    await db.execute("SET enable_seqscan = off")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        async with db.transaction():
+            await db.execute("SET LOCAL conveyor.tenant_id = 't3'")
+            for sql, args in [
+                (
+                    "SELECT job_id FROM jobs WHERE tenant_id = $1"
+                    " ORDER BY created_at DESC, job_id DESC LIMIT 51",
+                    ["t3"],
+                ),
+                (
+                    "SELECT job_id FROM jobs WHERE tenant_id = current_setting($1, true)",
+                    ["conveyor.tenant_id"],
+                ),
+            ]:
+                plan = "\n".join(row[0] for row in await db.fetch(f"EXPLAIN {sql}", *args))
+                assert "jobs_tenant_idx" in plan, plan
+    finally:
+        await db.execute("RESET ALL")
