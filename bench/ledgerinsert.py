@@ -67,7 +67,7 @@ def _batch(first_offset: int) -> list[QueuedRow]:
     now = dt.datetime.now(dt.UTC)
     return [
         QueuedRow(
-            uuid.uuid4(),
+            str(uuid.uuid4()),
             "bench.noop",
             f"k{i}",
             None,

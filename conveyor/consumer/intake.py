@@ -143,7 +143,9 @@ class Intake:
         if isinstance(decoded, DeserializationError):
             return decoded
         try:
-            envelope = decoded or self._serde.decode(JOB_ENVELOPE, tp.topic, record.value or b"")
+            envelope = decoded or self._serde.decode(
+                JOB_ENVELOPE, tp.topic, record.value or b"", text_uuids=True
+            )
         except DeserializationError as exc:
             return exc
         headers = {k: v for k, v in record.headers or () if isinstance(v, bytes)}

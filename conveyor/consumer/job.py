@@ -33,6 +33,12 @@ def canonical_id(value: str) -> str:
         return value  # JobMessage.unstorable() names it
 
 
+def is_uuid_text(value: str) -> bool:
+    """Whether ``value`` is a UUID in Postgres' text form (what :func:`canonical_id`
+    makes of any UUID)."""
+    return _IN_TEXT_FORM(value) is not None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobMessage:
     """One job read from a job topic.

@@ -4,7 +4,8 @@ The ledger reads every job message, so it decodes with fastavro's schemaless rea
 straight after the 5-byte Confluent header, with the writer schema parsed once per
 schema id (``Serde.decode`` goes through confluent-kafka's deserializer, which costs
 more per record). When the writer schema is the contract itself, no resolution runs;
-an older or newer writer is resolved into ``JOB_ENVELOPE``.
+an older or newer writer is resolved into ``JOB_ENVELOPE``. Ids are read as the text on
+the wire (``conveyor.schemas.uuidtext``), checked, and kept in their canonical form.
 
 A record that cannot be a ``queued`` row (bad framing, a body that does not decode, a
 job id or batch id that is not a UUID, an unknown priority, text Postgres refuses) raises
@@ -19,15 +20,16 @@ import datetime as dt
 import io
 import json
 import threading
-import uuid
 from typing import Any, NamedTuple
 
 import fastavro
 from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 
+from conveyor.consumer.job import canonical_id, is_uuid_text
 from conveyor.errors import DeserializationError, RegistryUnavailableError
 from conveyor.schemas.contracts import JOB_ENVELOPE, PRIORITIES
 from conveyor.schemas.serde import HEADER_SIZE, schema_id
+from conveyor.schemas.uuidtext import text_uuid_schema
 
 # 40403 is "schema not found" on Confluent's registry; its mock client answers 40400.
 _SCHEMA_NOT_FOUND = (40400, 40403)
@@ -37,12 +39,12 @@ class QueuedRow(NamedTuple):
     """What the ledger stores for one job message: the ``jobs`` columns of a queued job,
     the attempt of its ``queued`` transition, and where the message sits."""
 
-    job_id: uuid.UUID
+    job_id: str
     type: str
     key: str
     tenant_id: str | None
     priority: str
-    batch_id: uuid.UUID | None
+    batch_id: str | None
     dedupe_key: str | None
     max_attempts: int | None
     submitted_at: dt.datetime
@@ -65,6 +67,7 @@ class EnvelopeDecoder:
         # Schema id -> (writer schema, reader schema or None when they are the same).
         self._schemas: dict[int, tuple[Any, Any]] = {}
         self._reader_canonical = _canonical(JOB_ENVELOPE.schema_str)
+        self._reader = fastavro.parse_schema(text_uuid_schema(json.loads(JOB_ENVELOPE.schema_str)))
 
     def needs_registry(self, value: bytes | None) -> bool:
         """Whether decoding ``value`` may ask the registry: its schema id is well formed
@@ -117,13 +120,13 @@ class EnvelopeDecoder:
                 ) from exc
             text = schema.schema_str or ""
             try:
-                writer = fastavro.parse_schema(json.loads(text))
+                writer = fastavro.parse_schema(text_uuid_schema(json.loads(text)))
             except Exception as exc:
                 raise DeserializationError(
                     f"schema id {writer_id} is not an Avro schema: {str(exc)[:200]}"
                 ) from exc
             same = _canonical(text) == self._reader_canonical
-            found = (writer, None if same else JOB_ENVELOPE.parsed)
+            found = (writer, None if same else self._reader)
             self._schemas[writer_id] = found
             return found
 
@@ -141,13 +144,17 @@ def _text(record: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def _uuid(value: Any, name: str) -> uuid.UUID | None:
-    if value is None or isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise DeserializationError(f"{name} {str(value)[:60]!r} is not a UUID") from None
+def _uuid(value: Any, name: str) -> str | None:
+    """The id in Postgres' text form of a UUID, as the worker stores it."""
+    if value is None:
+        return None
+    text = str(value)
+    if is_uuid_text(text):  # as conveyor's producer writes it
+        return text
+    text = canonical_id(text)
+    if not is_uuid_text(text):
+        raise DeserializationError(f"{name} {str(value)[:60]!r} is not a UUID")
+    return text
 
 
 def _row(record: Any, *, topic: str, partition: int, offset: int) -> QueuedRow:
@@ -171,7 +178,7 @@ def _row(record: Any, *, topic: str, partition: int, offset: int) -> QueuedRow:
         job_id=job_id,
         type=job_type,
         # The worker stores a job without a key under its job id (JobMessage.from_envelope).
-        key=_text(record, "key") or str(job_id),
+        key=_text(record, "key") or job_id,
         tenant_id=_text(record, "tenant_id"),
         priority=priority,
         batch_id=_uuid(record.get("batch_id"), "batch_id"),

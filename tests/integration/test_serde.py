@@ -118,6 +118,24 @@ def test_every_contract_round_trips_through_the_real_registry(
     assert serde.decode_any(data) == serde.decode_any(data) == record
 
 
+def test_uuids_read_as_text_on_the_first_decode_and_the_fast_path_alike(
+    serde: Serde, registry_settings: Settings
+) -> None:
+    """The worker's intake reads ids as text: the first decode of a schema id (the
+    registry's deserializer) and every later one (fastavro after the header) agree."""
+    topic = f"{registry_settings.topic_prefix}.jobs.normal"
+    record = RECORDS[JOB_ENVELOPE.name]
+    data = serde.encode(JOB_ENVELOPE, topic, record)
+    as_text = {**record, "job_id": str(JOB_ID)}
+
+    first = serde.decode(JOB_ENVELOPE, topic, data, text_uuids=True)
+    again = serde.decode(JOB_ENVELOPE, topic, data, text_uuids=True)
+
+    assert first == again == as_text
+    assert type(again["job_id"]) is str
+    assert serde.decode(JOB_ENVELOPE, topic, data) == record  # the default is unchanged
+
+
 def test_a_corrupt_body_of_a_known_schema_is_still_a_deserialization_error(
     serde: Serde, registry_settings: Settings
 ) -> None:

@@ -28,7 +28,9 @@ OTHER = TopicPartition("jobs.normal", 1)
 class EnvelopeSerde:
     """Decodes a record's value, a job id, into the envelope of a no-op job."""
 
-    def decode(self, name: str, topic: str, value: bytes) -> dict[str, Any]:
+    def decode(
+        self, name: str, topic: str, value: bytes, *, text_uuids: bool = False
+    ) -> dict[str, Any]:
         return {
             "job_id": value.decode(),
             "type": "noop",

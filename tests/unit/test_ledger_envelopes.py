@@ -54,12 +54,12 @@ def decode(serde: Serde, value: bytes | None) -> QueuedRow:
 def test_an_envelope_becomes_the_queued_row_the_worker_would_write(serde: Serde) -> None:
     row = decode(serde, serde.encode(JOB_ENVELOPE, TOPIC, envelope()))
     assert row == QueuedRow(
-        job_id=uuid.UUID(JOB_ID),
+        job_id=JOB_ID,
         type="email.send",
         key="user-1",
         tenant_id="acme",
         priority="high",
-        batch_id=uuid.UUID("7d3f4b1e-9a41-4bde-8f6e-0a1b2c3d4e5f"),
+        batch_id="7d3f4b1e-9a41-4bde-8f6e-0a1b2c3d4e5f",
         dedupe_key="d-1",
         max_attempts=3,
         submitted_at=SUBMITTED,
@@ -73,6 +73,16 @@ def test_an_envelope_becomes_the_queued_row_the_worker_would_write(serde: Serde)
 def test_a_job_without_a_key_is_stored_under_its_id_as_the_worker_does(serde: Serde) -> None:
     row = decode(serde, serde.encode(JOB_ENVELOPE, TOPIC, envelope(key=None, batch_id=None)))
     assert (row.key, row.batch_id) == (JOB_ID, None)
+
+
+def test_ids_are_kept_as_text_in_the_form_the_worker_stores(serde: Serde) -> None:
+    """fastavro reads the uuid field as text; another writer's spelling of the same
+    UUID (upper case) is stored in Postgres' form, as the worker's canonical_id makes it."""
+    upper = JOB_ID.upper()
+    value = serde.encode(JOB_ENVELOPE, TOPIC, envelope(job_id=upper, batch_id=upper))
+    row = decode(serde, value)
+    assert (row.job_id, row.batch_id, row.key) == (JOB_ID, JOB_ID, "user-1")
+    assert type(row.job_id) is str
 
 
 @pytest.mark.parametrize(

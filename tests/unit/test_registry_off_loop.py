@@ -97,7 +97,9 @@ class _ScriptedSerde(Serde):
         super().__init__(Settings())
         self.outcomes = list(outcomes)
 
-    def decode(self, contract: Contract, topic: str, data: bytes) -> dict[str, Any]:
+    def decode(
+        self, contract: Contract, topic: str, data: bytes, *, text_uuids: bool = False
+    ) -> dict[str, Any]:
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
