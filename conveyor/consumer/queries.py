@@ -217,12 +217,13 @@ CANCEL_REQUESTED = "SELECT cancel_requested_at IS NOT NULL FROM jobs WHERE job_i
 
 
 KNOWN_MANY = """
-SELECT job_id, state, attempts, lease_owner IS NOT NULL AS leased,
+SELECT job_id::text, state, attempts, lease_owner IS NOT NULL AS leased,
     cancel_requested_at IS NOT NULL AS cancel_requested
 FROM jobs WHERE job_id = ANY($1::uuid[])
 """
 """What the rows of jobs about to run say, read before running them unclaimed.
-$1 job ids (uuid[]); one row per job that has one."""
+$1 job ids (uuid[]); one row per job that has one, its id as text (the worker's form:
+no ``uuid.UUID`` to make and print per row)."""
 
 COMPLETE_UNCLAIMED_MANY = """
 WITH input AS (
@@ -282,7 +283,7 @@ WITH input AS (
     WHERE d.inserted OR t.ord > 1
     ORDER BY d.job_id, t.ord
 )
-SELECT job_id FROM done
+SELECT job_id::text FROM done
 """
 """Records jobs that ran unclaimed complete, with their queued (when the row is new),
 processing and complete transitions, in one statement; distinct job ids only.
@@ -291,7 +292,7 @@ Written only where no worker ended the job or holds its lease, and no later atte
 was counted. $1..$10 as ``CLAIM_MANY``'s; $11 when each handler started (the worker's
 clock: the write may wait for its batch, so Postgres' clock would tell when the job was
 recorded, not when it started), $12 the results (JSON text). Returns the
-job ids it completed; read the others' states with ``STATES``.
+job ids it completed, as text; read the others' states with ``STATES``.
 """
 
 __all__ = [

@@ -194,15 +194,8 @@ class UnclaimedStore:
         with database_errors(f"reading {len(job_ids)} job(s)"):
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(queries.KNOWN_MANY, list(job_ids))
-        return {
-            str(row["job_id"]): Known(
-                state=str(row["state"]),
-                attempts=int(row["attempts"]),
-                leased=bool(row["leased"]),
-                cancel_requested=bool(row["cancel_requested"]),
-            )
-            for row in rows
-        }
+        # Columns in Known's order: text, int and bools as asyncpg decodes them.
+        return {row[0]: Known(row[1], row[2], row[3], row[4]) for row in rows}
 
     async def complete(self, job: JobMessage, result: str, started_at: dt.datetime) -> str | None:
         """Records a job that ran unclaimed complete, unless something else moved it.
@@ -234,8 +227,9 @@ class UnclaimedStore:
                         [item.started_at for item in items],
                         [item.result for item in items],
                     )
-                    written = {str(row["job_id"]) for row in done}
-                    missed = [job.job_id for job in jobs if canonical_id(job.job_id) not in written]
+                    written = {row[0] for row in done}
+                    ids = [canonical_id(job.job_id) for job in jobs]
+                    missed = [job_id for job_id in ids if job_id not in written]
                     rows = await conn.fetch(queries.STATES, missed, None) if missed else []
         except asyncpg.PostgresError:
             if len(items) == 1:
@@ -243,7 +237,6 @@ class UnclaimedStore:
             # One job's result was refused: complete each alone, so only that one fails.
             return [await outcome_of_one(self._complete_many([item])) for item in items]
         states = {str(row["job_id"]): str(row["state"]) for row in rows}
-        ids = [canonical_id(job.job_id) for job in jobs]
         return [None if job_id in written else states.get(job_id, "") for job_id in ids]
 
 
