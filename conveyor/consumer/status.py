@@ -65,6 +65,10 @@ def progress_channel(schema: str) -> str:
     return channel
 
 
+#: One encoder for every result: ``json.dumps`` with an argument builds one per call.
+_RESULT_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
 def result_json(result: Any) -> str:
     """Encodes a handler's result for the ``jobs.result`` column.
 
@@ -72,8 +76,10 @@ def result_json(result: Any) -> str:
         TypeError: The result is not JSON-serialisable (or holds NaN or infinity, which
             Postgres' jsonb refuses).
     """
+    if result is None:  # most handlers return nothing
+        return "null"
     try:
-        return json.dumps(result, allow_nan=False)
+        return _RESULT_ENCODER.encode(result)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the handler's result must be JSON-serialisable (dict, list, str, number, bool "
