@@ -270,7 +270,7 @@ class Serde:
             source: What is being decoded, for error messages: text, or a contract and
                 the topic it was read from (named only if there is an error).
             text_uuids: Return uuid fields as the text the writer wrote, not as
-                ``uuid.UUID``. Reading them as text costs a third less per job envelope
+                ``uuid.UUID``. Reading them as text costs a fifth less per job envelope
                 (fastavro makes each ``uuid.UUID`` in Python); a caller that wants one
                 form checks or converts the text itself.
 

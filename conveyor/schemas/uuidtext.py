@@ -1,7 +1,7 @@
 """Avro uuid fields read as the text on the wire, not as ``uuid.UUID``.
 
 fastavro turns every uuid field it reads into a ``uuid.UUID`` in Python: for a job
-envelope, a third of its decoding time. The worker's intake and the ledger read each
+envelope, a fifth of its decoding time. The worker's intake and the ledger read each
 envelope's ids as text instead (``Serde.decode(..., text_uuids=True)``, the ledger's
 ``EnvelopeDecoder``) and check the text themselves, which is what they store and
 compare anyway.
