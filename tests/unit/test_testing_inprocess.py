@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -48,6 +49,35 @@ async def test_five_attempts_with_five_minute_backoff_dead_letter_without_waitin
     assert (entry.original_job_id, entry.error_reason, entry.attempts) == (job_id, "MaxRetries", 5)
     assert [e["attempt"] for e in entry.error_history] == [1, 2, 3, 4, 5]
     assert [e["error_reason"] for e in tw.events] == ["MaxRetries"]
+
+
+async def test_settle_runs_an_in_place_retry_whose_backoff_ended_in_real_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retry parked on the clock whose backoff runs out by real time after the drain
+    returned, and before settle looks at what is due, still runs before settle returns
+    (a loaded machine once ended settle with the retry still parked)."""
+    worker = new_worker()
+    attempts: list[int] = []
+    backoff = RetryPolicy(max_attempts=2, initial=0.05, maximum=0.05, jitter=0)
+
+    @worker.handler("keyed.once", ordering="key", retry=backoff)
+    async def keyed(ctx: JobContext, payload: dict[str, Any]) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("the first attempt fails")
+
+    async with TestWorker(worker) as tw:
+        looked = tw.clock.next_deadline
+
+        def late_look() -> float | None:
+            time.sleep(0.06)  # real time passes the parked retry's deadline
+            return looked()
+
+        monkeypatch.setattr(tw.clock, "next_deadline", late_look)
+        tw.producer().submit("keyed.once", {}, key="k")
+        await tw.settle()
+        assert attempts == [1, 2]
 
 
 async def test_a_delayed_job_runs_only_once_the_clock_reaches_it() -> None:
