@@ -143,6 +143,6 @@ class JobMessage:
                 return f"{name} holds a NUL character, which Postgres cannot store"
         for name in ("job_id", "batch_id"):
             value = getattr(self, name)
-            if value is not None and _IN_TEXT_FORM(canonical_id(value)) is None:
+            if value is not None and not is_uuid_text(canonical_id(value)):
                 return f"{name} {value[:60]!r} is not a UUID"
         return None

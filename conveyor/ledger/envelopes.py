@@ -29,7 +29,7 @@ from conveyor.consumer.job import canonical_id, is_uuid_text
 from conveyor.errors import DeserializationError, RegistryUnavailableError
 from conveyor.schemas.contracts import JOB_ENVELOPE, PRIORITIES
 from conveyor.schemas.serde import HEADER_SIZE, schema_id
-from conveyor.schemas.uuidtext import text_uuid_schema
+from conveyor.schemas.uuidtext import parsed_pair
 
 # 40403 is "schema not found" on Confluent's registry; its mock client answers 40400.
 _SCHEMA_NOT_FOUND = (40400, 40403)
@@ -66,8 +66,7 @@ class EnvelopeDecoder:
         self._lock = threading.Lock()
         # Schema id -> (writer schema, reader schema or None when they are the same).
         self._schemas: dict[int, tuple[Any, Any]] = {}
-        self._reader_canonical = _canonical(JOB_ENVELOPE.schema_str)
-        self._reader = fastavro.parse_schema(text_uuid_schema(json.loads(JOB_ENVELOPE.schema_str)))
+        self._reader_json = json.loads(JOB_ENVELOPE.schema_str)
 
     def needs_registry(self, value: bytes | None) -> bool:
         """Whether decoding ``value`` may ask the registry: its schema id is well formed
@@ -118,21 +117,16 @@ class EnvelopeDecoder:
                 raise RegistryUnavailableError(
                     f"schema registry did not answer for schema id {writer_id}: {exc}"
                 ) from exc
-            text = schema.schema_str or ""
             try:
-                writer = fastavro.parse_schema(text_uuid_schema(json.loads(text)))
+                found = parsed_pair(
+                    json.loads(schema.schema_str or ""), self._reader_json, text_uuids=True
+                )
             except Exception as exc:
                 raise DeserializationError(
                     f"schema id {writer_id} is not an Avro schema: {str(exc)[:200]}"
                 ) from exc
-            same = _canonical(text) == self._reader_canonical
-            found = (writer, None if same else self._reader)
             self._schemas[writer_id] = found
             return found
-
-
-def _canonical(schema_str: str) -> str:
-    return json.dumps(json.loads(schema_str), sort_keys=True, separators=(",", ":"))
 
 
 def _text(record: dict[str, Any], name: str) -> str | None:

@@ -46,7 +46,7 @@ from conveyor.errors import (
     UnknownSchemaError,
 )
 from conveyor.schemas.contracts import Contract
-from conveyor.schemas.uuidtext import text_uuid_schema, uuids_as_text
+from conveyor.schemas.uuidtext import parsed_pair, uuids_as_text
 from conveyor.settings import Settings
 
 MAGIC_BYTE = 0
@@ -397,7 +397,7 @@ class Serde:
             writer_json = json.loads(writer.schema_str)
             reader_json = None if reader is None else json.loads(reader.schema_str)
             pairs = {
-                text: _parsed_pair(writer_json, reader_json, text_uuids=text)
+                text: parsed_pair(writer_json, reader_json, text_uuids=text)
                 for text in (False, True)
             }
         except Exception:  # a lookup or parse that fails here only leaves the slow path
@@ -421,17 +421,6 @@ class Serde:
                     )
                     self._deserializers[key] = deserializer
         return deserializer
-
-
-def _parsed_pair(writer: Any, reader: Any, *, text_uuids: bool) -> tuple[Any, Any]:
-    """The parsed (writer, reader) pair for fastavro; the reader None when it is the
-    writer (nothing to resolve: a third cheaper)."""
-    if text_uuids:
-        writer = text_uuid_schema(writer)
-        reader = None if reader is None else text_uuid_schema(reader)
-    parsed_writer = fastavro.parse_schema(writer)
-    parsed_reader = None if reader is None else fastavro.parse_schema(reader)
-    return parsed_writer, None if parsed_reader == parsed_writer else parsed_reader
 
 
 def _label(source: str | tuple[Contract, str]) -> str:
