@@ -16,6 +16,7 @@ from typing import Any
 from opentelemetry import propagate
 
 from conveyor.errors import ContractError, Problem, ValidationError
+from conveyor.producer.jobids import new_job_id
 from conveyor.schemas.contracts import JOB_ENVELOPE
 from conveyor.schemas.payload import PayloadCodec
 from conveyor.schemas.serde import Serde
@@ -269,7 +270,7 @@ class MessageBuilder:
             raise ValidationError(problems, batch=batch)
         now = dt.datetime.now(dt.UTC)
         not_before = due_time(options, now)
-        batch_id = str(uuid.uuid4()) if batch else None
+        batch_id = new_job_id() if batch else None
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         trace_headers: list[tuple[str, str | bytes | None]] = [
@@ -281,7 +282,7 @@ class MessageBuilder:
             job_id = (
                 dedupe_job_id(job_type, dedupe_key, options.tenant_id)
                 if dedupe_key is not None
-                else str(uuid.uuid4())
+                else new_job_id()
             )
             envelope = {
                 "job_id": job_id,

@@ -108,6 +108,8 @@ def test_dedupe_key_gives_the_same_id_twice_and_differs_by_tenant(psettings: Set
     assert first == second
     assert other_tenant != first
     assert plain != first
+    assert uuid.UUID(first).version == 5  # deterministic, whenever it is submitted
+    assert uuid.UUID(plain).version == 7
 
 
 def test_a_batch_of_1000_shares_one_batch_id_and_returns_ids_in_order(psettings: Settings) -> None:
@@ -121,6 +123,11 @@ def test_a_batch_of_1000_shares_one_batch_id_and_returns_ids_in_order(psettings:
     assert envelopes[0]["batch_id"] is not None
     by_id = {e["job_id"]: e["payload"] for e in envelopes}
     assert [by_id[i] for i in ids] == [f'{{"n":{i}}}'.encode() for i in range(1000)]
+    # Time-ordered ids (UUIDv7), made in item order: Postgres' indexes on job_id take
+    # the batch at their right edge.
+    assert {uuid.UUID(i).version for i in ids} == {7}
+    assert ids == sorted(ids)
+    assert uuid.UUID(str(envelopes[0]["batch_id"])).version == 7
 
 
 def test_batch_items_override_priority_key_and_dedupe_key(psettings: Settings) -> None:
