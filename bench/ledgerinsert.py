@@ -31,6 +31,7 @@ from conveyor import db, migrations
 from conveyor.consumer import queries
 from conveyor.ledger import rows
 from conveyor.ledger.envelopes import QueuedRow
+from conveyor.producer.jobids import new_job_id
 from conveyor.settings import Settings
 
 BATCH = 2000
@@ -67,7 +68,7 @@ def _batch(first_offset: int) -> list[QueuedRow]:
     now = dt.datetime.now(dt.UTC)
     return [
         QueuedRow(
-            str(uuid.uuid4()),
+            new_job_id(),  # as the producer makes them
             "bench.noop",
             f"k{i}",
             None,
