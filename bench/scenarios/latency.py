@@ -4,16 +4,19 @@ For each rate (``sizes.latency_rates``, plus 50% of conveyor's maximum measured 
 throughput scenario in the same run) it reports submit-to-start and submit-to-complete
 p50/p95/p99. Before the rates, ``sizes.lone_jobs`` jobs go one at a time to the idle
 worker (each after the one before finished and ``sizes.lone_gap_s`` of quiet): how
-fast a lone job starts. conveyor's times come from Postgres (``submitted_at`` is set by
-the producer, ``started_at`` when the handler starts, ``finished_at`` when its outcome
-is recorded); Celery's and Dramatiq's from the task's own record (submit time as an
-argument, start and end measured in the task). Each worker has done one warm-up job
+fast a lone job starts. Every contender's submit time is taken just before its submit
+call (``time.time()``). conveyor's start and end come from Postgres (``started_at`` when
+the handler starts, ``finished_at`` when its outcome is recorded), not its envelope's
+``submitted_at``, which Avro's timestamp-millis floors to the millisecond; Celery's and
+Dramatiq's from the task's own record (submit time as an argument, start and end
+measured in the task). Each worker has done one warm-up job
 before the clock starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -80,9 +83,17 @@ async def _conveyor(ctx: Context, offered: list[float]) -> dict[str, Any]:
                     timeout=sizes.job_timeout,
                 )
                 ctx.log(f"latency: conveyor, {sizes.lone_jobs} lone jobs on an idle worker")
+                submitted: dict[str, float] = {}  # job id -> time.time() before its submit
+
+                def submit_one(key: str) -> object:
+                    at = time.time()
+                    job_id = producer.submit("bench.noop", {}, key=key, priority=PRIORITY)
+                    submitted[job_id] = at
+                    return job_id
+
                 for i in range(sizes.lone_jobs):
                     await asyncio.sleep(sizes.lone_gap_s)
-                    producer.submit("bench.noop", {}, key=f"lone-{i}", priority=PRIORITY)
+                    submit_one(f"lone-{i}")
                     await jobs.wait_complete(
                         conn,
                         i + 1,
@@ -90,15 +101,16 @@ async def _conveyor(ctx: Context, offered: list[float]) -> dict[str, Any]:
                         alive=child.check_alive,
                         timeout=sizes.job_timeout,
                     )
-                lone = {"jobs": sizes.lone_jobs, **await jobs.latency_ms(conn, "lone-")}
+                lone = {
+                    "jobs": sizes.lone_jobs,
+                    **await jobs.latency_ms(conn, "lone-", submitted),
+                }
                 for index, rate in enumerate(offered):
                     prefix = f"r{index}-"
                     ctx.log(f"latency: conveyor at {rate:.0f} jobs/s")
 
                     def submit(i: int, prefix: str = prefix) -> object:
-                        return producer.submit(
-                            "bench.noop", {}, key=f"{prefix}{i}", priority=PRIORITY
-                        )
+                        return submit_one(f"{prefix}{i}")
 
                     sent = await asyncio.to_thread(
                         jobs.submit_at_rate, submit, rate=rate, seconds=sizes.latency_seconds
@@ -112,7 +124,11 @@ async def _conveyor(ctx: Context, offered: list[float]) -> dict[str, Any]:
                         timeout=sizes.job_timeout,
                     )
                     steps.append(
-                        {"rate": rate, "jobs": sent, **await jobs.latency_ms(conn, prefix)}
+                        {
+                            "rate": rate,
+                            "jobs": sent,
+                            **await jobs.latency_ms(conn, prefix, submitted),
+                        }
                     )
         finally:
             await conn.close()
