@@ -94,6 +94,20 @@ async def start_group_consumer(
     return consumer
 
 
+MAX_PARTITION_FETCH_BYTES = 256 * 1024
+"""Most bytes one fetch takes from one job partition (aiokafka's default is 1 MiB).
+
+The worker takes at most 500 records a fetch and pauses a partition at
+``max_buffered_per_partition`` (1,000) jobs; 256 KiB holds hundreds of small envelopes.
+At 1 MiB each response carried thousands per partition, which aiokafka kept as raw
+bytes, and copies of them while decoding, for partitions the worker had just paused:
+with a 1,000,000-job backlog the worker process peaked at 211-272 MB against 137 MB
+with this bound (ARCHITECTURE.md, "Time-ordered job ids"). The broker still returns a
+first record batch larger than this whole, so no message is too big to read."""
+FETCH_MAX_BYTES = 8 * 1024 * 1024
+"""Most bytes one fetch response carries over all its partitions (default 50 MiB)."""
+
+
 def job_consumer(
     settings: Settings,
     topology: Topology,
@@ -120,6 +134,8 @@ def job_consumer(
         rebalance_timeout_ms=options.effective_rebalance_timeout_ms,
         max_poll_interval_ms=options.max_poll_interval_ms,
         fetch_max_wait_ms=options.fetch_max_wait_ms,
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+        fetch_max_bytes=FETCH_MAX_BYTES,
         group_instance_id=settings.worker_instance_id,
         **aiokafka_security(settings),
     )
