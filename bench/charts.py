@@ -185,6 +185,15 @@ def keys(s: dict[str, Any]) -> Figure:
         label="conveyor",
         color=CONTENDERS["conveyor"][1],
     )
+    more = s["contenders"].get("conveyor_processes")
+    if more:
+        ax.plot(
+            [x["keys"] for x in more["series"]],
+            [x["jobs_per_s"] for x in more["series"]],
+            marker="s",
+            label=f"conveyor, --processes {more['processes']}",
+            color=CONTENDERS["conveyor_processes"][1],
+        )
     ax.plot(
         counts,
         [x["ideal_jobs_per_s"] for x in series],

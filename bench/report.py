@@ -93,6 +93,19 @@ def _broker_name(meta: dict[str, Any]) -> str:
     return f"Apache Kafka ({origin})" if origin else "Apache Kafka"
 
 
+def _keys_summary(keys: dict[str, Any]) -> str:
+    series = ", ".join(
+        f"{x['keys']:,} key{'s' if x['keys'] > 1 else ''} {x['jobs_per_s']:,.0f}/s"
+        for x in keys["conveyor"]["series"]
+    )
+    more = keys.get("conveyor_processes")
+    if more:
+        series += f"; --processes {more['processes']}: " + ", ".join(
+            f"{x['keys']:,} {x['jobs_per_s']:,.0f}/s" for x in more["series"]
+        )
+    return f"- Key concurrency on 2 partitions: {series}."
+
+
 def _summary(scenarios: dict[str, Any]) -> str:
     lines = ["## Summary\n"]
     tp = scenarios.get("throughput", {})
@@ -121,13 +134,9 @@ def _summary(scenarios: dict[str, Any]) -> str:
             f"- Scheduled jobs: release lateness p50/p95/p99 {ms(sched['release_lateness_ms'])}"
             f" ms, {sched['within_1s_pct']:g}% within 1 s."
         )
-    keys = scenarios.get("keys", {}).get("contenders", {}).get("conveyor")
-    if keys:
-        series = ", ".join(
-            f"{x['keys']:,} key{'s' if x['keys'] > 1 else ''} {x['jobs_per_s']:,.0f}/s"
-            for x in keys["series"]
-        )
-        lines.append(f"- Key concurrency on 2 partitions: {series}.")
+    keys = scenarios.get("keys", {}).get("contenders", {})
+    if "conveyor" in keys:
+        lines.append(_keys_summary(keys))
     mem = scenarios.get("memory", {}).get("contenders", {}).get("conveyor")
     if mem:
         backlog = scenarios["memory"]["params"]["backlog"]

@@ -176,15 +176,27 @@ def _priority(s: dict[str, Any]) -> str:
 
 def _keys(s: dict[str, Any]) -> str:
     p = s["params"]
-    series = s["contenders"]["conveyor"]["series"]
+    contenders = s["contenders"]
+    series = contenders["conveyor"]["series"]
+    more = contenders.get("conveyor_processes")
+    headers = ["distinct keys", "jobs", "jobs/s", "ideal jobs/s"]
     rows = [[x["keys"], x["jobs"], x["jobs_per_s"], x["ideal_jobs_per_s"]] for x in series]
-    return (
+    text = (
         f"## {TITLES['keys']}\n\n"
         f"One worker (concurrency {p['concurrency']}) on a topic of {p['partitions']}"
         f" partitions; each job awaits {p['handler_ms']:g} ms; jobs of one key run one at a"
-        " time. Ideal is min(keys, concurrency) / handler time.\n\n"
-        + _table(["distinct keys", "jobs", "jobs/s", "ideal jobs/s"], rows)
+        " time. Ideal is min(keys, concurrency) / handler time."
     )
+    if more:
+        by_keys = {x["keys"]: x["jobs_per_s"] for x in more["series"]}
+        headers.insert(3, f"jobs/s, --processes {more['processes']}")
+        for row in rows:
+            row.insert(3, by_keys.get(row[0], "-"))
+        text += (
+            f" The series ran again as `conveyor worker --processes {more['processes']}`,"
+            f" concurrency {more['concurrency_each']} each (the same slots in all)."
+        )
+    return text + "\n\n" + _table(headers, rows)
 
 
 def _memory(s: dict[str, Any]) -> str:

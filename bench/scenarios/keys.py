@@ -6,6 +6,13 @@ concurrency and what Postgres sustains), not stop at 2 (the partitions), as in
 Confluent Parallel Consumer's key-ordering table. One worker serves the ``low`` topic
 (``partition_unit=2``, so 2 partitions); each step submits its jobs to the running
 worker and is timed from its first job started to its last finished.
+
+The series runs twice when ``sizes.key_processes`` is above 1: with one worker process
+of concurrency ``key_concurrency``, then with ``conveyor worker --processes N``, each
+process with ``key_concurrency / N`` (the same slots in all, so the same ideal), each
+in a workspace of its own. One event loop runs every handler's timer, so on a busy
+machine how late it wakes them bounds the first; the second shows what a host's cores
+give when each runs a process.
 """
 
 from __future__ import annotations
@@ -25,13 +32,39 @@ PARTITIONS = 2
 async def run(ctx: Context) -> dict[str, Any]:
     """Runs one step per key count and reports jobs per second for each."""
     sizes = ctx.sizes
+    results: dict[str, dict[str, Any]] = {
+        "conveyor": {"series": await _series(ctx, "keys", processes=1)}
+    }
+    if sizes.key_processes > 1:
+        processes = sizes.key_processes
+        results["conveyor_processes"] = {
+            "series": await _series(ctx, "keysn", processes=processes),
+            "processes": processes,
+            "concurrency_each": sizes.key_concurrency // processes,
+        }
+    return {
+        "params": {
+            "partitions": PARTITIONS,
+            "handler_ms": sizes.key_handler_ms,
+            "concurrency": sizes.key_concurrency,
+        },
+        "contenders": results,
+    }
+
+
+async def _series(ctx: Context, name: str, *, processes: int) -> list[dict[str, Any]]:
+    sizes = ctx.sizes
     series = []
-    async with stack.workspace(ctx.stack, "keys", partition_unit=PARTITIONS) as settings:
+    label = "" if processes == 1 else f" (--processes {processes})"
+    async with stack.workspace(ctx.stack, name, partition_unit=PARTITIONS) as settings:
         conn = await jobs.connect(settings)
         try:
             with (
                 contenders.conveyor_worker(
-                    settings, priorities=[PRIORITY], concurrency=sizes.key_concurrency
+                    settings,
+                    priorities=[PRIORITY],
+                    concurrency=sizes.key_concurrency // processes,
+                    processes=processes,
                 ) as child,
                 Producer(settings) as producer,
             ):
@@ -46,7 +79,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                 for keys in sizes.key_counts:
                     count = sizes.key_step_jobs(keys)
                     prefix = f"k{keys}-"
-                    ctx.log(f"keys: {keys} keys, {count} jobs")
+                    ctx.log(f"keys{label}: {keys} keys, {count} jobs")
                     await asyncio.to_thread(_submit, producer, count, keys, prefix, sizes)
                     await jobs.wait_complete(
                         conn,
@@ -67,14 +100,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                     )
         finally:
             await conn.close()
-    return {
-        "params": {
-            "partitions": PARTITIONS,
-            "handler_ms": sizes.key_handler_ms,
-            "concurrency": sizes.key_concurrency,
-        },
-        "contenders": {"conveyor": {"series": series}},
-    }
+    return series
 
 
 def _submit(producer: Producer, count: int, keys: int, prefix: str, sizes: Sizes) -> None:
