@@ -10,9 +10,8 @@ worker and is timed from its first job started to its last finished.
 The series runs twice when ``sizes.key_processes`` is above 1: with one worker process
 of concurrency ``key_concurrency``, then with ``conveyor worker --processes N``, each
 process with ``key_concurrency / N`` (the same slots in all, so the same ideal), each
-in a workspace of its own. One event loop runs every handler's timer, so on a busy
-machine how late it wakes them bounds the first; the second shows what a host's cores
-give when each runs a process.
+in a workspace of its own. One event loop wakes every handler's timer; the second
+series shows whether a second loop, on the same shared CPUs, gets more from the keys.
 """
 
 from __future__ import annotations
