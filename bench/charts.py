@@ -182,16 +182,16 @@ def keys(s: dict[str, Any]) -> Figure:
         counts,
         [x["jobs_per_s"] for x in series],
         marker="o",
-        label="conveyor",
+        label="conveyor, a backlog",
         color=CONTENDERS["conveyor"][1],
     )
-    more = s["contenders"].get("conveyor_processes")
-    if more:
+    live = s["contenders"].get("conveyor_live")
+    if live:
         ax.plot(
-            [x["keys"] for x in more["series"]],
-            [x["jobs_per_s"] for x in more["series"]],
+            [x["keys"] for x in live["series"]],
+            [x["jobs_per_s"] for x in live["series"]],
             marker="s",
-            label=f"conveyor, --processes {more['processes']}",
+            label="conveyor, submitted while running",
             color=CONTENDERS["conveyor_processes"][1],
         )
     ax.plot(

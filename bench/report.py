@@ -98,12 +98,12 @@ def _keys_summary(keys: dict[str, Any]) -> str:
         f"{x['keys']:,} key{'s' if x['keys'] > 1 else ''} {x['jobs_per_s']:,.0f}/s"
         for x in keys["conveyor"]["series"]
     )
-    more = keys.get("conveyor_processes")
-    if more:
-        series += f"; --processes {more['processes']}: " + ", ".join(
-            f"{x['keys']:,} {x['jobs_per_s']:,.0f}/s" for x in more["series"]
+    live = keys.get("conveyor_live")
+    if live:
+        series += "; submitted while the worker ran: " + ", ".join(
+            f"{x['keys']:,} {x['jobs_per_s']:,.0f}/s" for x in live["series"]
         )
-    return f"- Key concurrency on 2 partitions: {series}."
+    return f"- Key concurrency on 2 partitions, a backlog: {series}."
 
 
 def _summary(scenarios: dict[str, Any]) -> str:

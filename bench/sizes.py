@@ -33,9 +33,7 @@ class Sizes:
         key_step_seconds: A step with few keys gets the jobs a perfectly parallel run
             would finish in this many seconds (see ``key_step_jobs``).
         key_handler_ms: What the key scenario's handler awaits.
-        key_concurrency: The worker's concurrency there (in all, when more processes).
-        key_processes: The key series runs again with ``--processes`` this many, each
-            process with ``key_concurrency / key_processes``; 1 leaves that run out.
+        key_concurrency: The worker's concurrency there.
         memory_backlog: Jobs preloaded for the memory scenario.
         memory_seconds: How long the worker runs against that backlog.
         scaling_processes: The worker-process counts of the scaling series.
@@ -68,7 +66,6 @@ class Sizes:
     key_step_seconds: float = 3.0
     key_handler_ms: float = 10.0
     key_concurrency: int = 64
-    key_processes: int = 2
     memory_backlog: int
     memory_seconds: float
     scaling_processes: tuple[int, ...] = (1, 2, 4)
