@@ -52,7 +52,9 @@ from conveyor.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_DELIVERY_TIMEOUT = 30.0
-DEFAULT_LINGER_MS = 1
+#: librdkafka still batches what queues up while a produce request is in flight; a
+#: linger on top only delays a job submitted alone (0.5-0.9 ms at 1,000 jobs/s and idle).
+DEFAULT_LINGER_MS = 0
 POLL_INTERVAL = 0.1
 #: librdkafka expires timed-out messages on a ~1 s scan; flush waits this much longer.
 EXPIRY_MARGIN = 3.0

@@ -32,7 +32,9 @@ class ProducerBase:
         schemas: Payload schemas by job type (an Avro dict, a ``PayloadSchema`` or a
             dataclass); types without one carry JSON.
         delivery_timeout: Seconds a message may take to be acknowledged.
-        linger_ms: How long the client may wait to fill a batch (bounded latency).
+        linger_ms: How long the client may wait to fill a batch. 0 by default: messages
+            that queue while a request is in flight are still batched; a larger value
+            trades each job's latency for fewer produce requests.
         on_delivery_error: Receives ``(job_id, error)`` for each failed delivery instead
             of ``flush``/``close`` raising it.
         serde: The envelope serde; built from ``settings`` when omitted.
