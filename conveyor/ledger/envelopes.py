@@ -28,11 +28,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistry
 from conveyor.consumer.job import canonical_id, is_uuid_text
 from conveyor.errors import DeserializationError, RegistryUnavailableError
 from conveyor.schemas.contracts import JOB_ENVELOPE, PRIORITIES
-from conveyor.schemas.serde import HEADER_SIZE, schema_id
 from conveyor.schemas.uuidtext import parsed_pair
-
-# 40403 is "schema not found" on Confluent's registry; its mock client answers 40400.
-_SCHEMA_NOT_FOUND = (40400, 40403)
+from conveyor.schemas.wire import HEADER_SIZE, SCHEMA_NOT_FOUND, schema_id
 
 
 class QueuedRow(NamedTuple):
@@ -106,7 +103,7 @@ class EnvelopeDecoder:
             try:
                 schema = self._client.get_schema(writer_id)
             except SchemaRegistryError as exc:
-                if exc.error_code in _SCHEMA_NOT_FOUND or exc.http_status_code == 404:
+                if exc.error_code in SCHEMA_NOT_FOUND or exc.http_status_code == 404:
                     raise DeserializationError(
                         f"schema id {writer_id} is unknown to the registry"
                     ) from exc

@@ -1,8 +1,8 @@
 """Confluent wire format for conveyor's contracts, through a schema registry.
 
-Every value conveyor writes is ``0x00`` (magic byte), the writer schema's registry id as
-4 big-endian bytes, then the Avro body: the framing every Confluent-compatible client
-reads. Encoding goes through confluent-kafka's ``AvroSerializer`` (fastavro underneath)
+Every value conveyor writes is framed as every Confluent-compatible client reads it
+(:mod:`conveyor.schemas.wire`): a magic byte, the writer schema's registry id, the Avro
+body. Encoding goes through confluent-kafka's ``AvroSerializer`` (fastavro underneath)
 and decoding through its ``AvroDeserializer`` with the contract as reader schema, so a
 newer reader reads what an older writer wrote.
 
@@ -26,10 +26,8 @@ send only those to a thread.
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -47,77 +45,20 @@ from conveyor.errors import (
 )
 from conveyor.schemas.contracts import Contract
 from conveyor.schemas.uuidtext import parsed_pair, uuids_as_text
+from conveyor.schemas.wire import (
+    HEADER_SIZE,
+    SCHEMA_NOT_FOUND,
+    TRANSPORT_ERRORS,
+    brief,
+    registry_refusal,
+    schema_id,
+    unavailable,
+    value_subject,
+)
 from conveyor.settings import Settings
 
-MAGIC_BYTE = 0
-HEADER_SIZE = 5
 DEFAULT_REGISTRY_TIMEOUT = 10.0
 """Seconds one registry request may take; confluent-kafka's default is no timeout."""
-
-# 40403 is "schema not found" on Confluent's registry; its mock client answers 40400.
-_SCHEMA_NOT_FOUND = (40400, 40403)
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The network error classes the registry client may raise.
-
-    confluent-kafka uses httpx2 when it is installed and httpx otherwise; both are
-    caught, so the translation survives either choice.
-    """
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module_name in ("httpx2", "httpx"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        found.append(module.TransportError)
-    return tuple(found)
-
-
-_TRANSPORT_ERRORS = _transport_errors()
-
-
-def value_subject(topic: str) -> str:
-    """The TopicNameStrategy subject of a topic's values (``<topic>-value``)."""
-    return f"{topic}-value"
-
-
-def schema_id(data: bytes) -> int:
-    """Reads the writer schema id from Confluent wire-format bytes.
-
-    Raises:
-        DeserializationError: The bytes are too short or do not start with the magic byte.
-    """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        # Kafka hands None for a tombstone; a worker must dead-letter it, not crash.
-        raise DeserializationError(f"message has no value bytes (got {type(data).__name__})")
-    if len(data) < HEADER_SIZE:
-        raise DeserializationError(
-            f"message is {len(data)} byte(s), shorter than the 5-byte Confluent header "
-            "(magic byte and schema id): not written by a schema-registry serializer"
-        )
-    if data[0] != MAGIC_BYTE:
-        raise DeserializationError(
-            f"wrong magic byte 0x{data[0]:02x} (expected 0x00): "
-            "not Confluent wire format, or written by another serializer"
-        )
-    found: int = struct.unpack_from(">I", data, 1)[0]
-    return found
-
-
-def _unavailable(exc: BaseException, url: str) -> RegistryUnavailableError:
-    return RegistryUnavailableError(
-        f"schema registry at {url} did not answer ({_brief(exc)}); "
-        "check CONVEYOR_SCHEMA_REGISTRY_URL and that the registry is running"
-    )
-
-
-def _registry_refusal(exc: SchemaRegistryError, url: str, what: str) -> Exception:
-    """Maps an HTTP answer from the registry to a conveyor error."""
-    status = exc.http_status_code
-    if status is not None and (status >= 500 or status in (401, 403, 408, 429)):
-        return RegistryUnavailableError(f"schema registry at {url} refused {what}: {exc}")
-    return SerializationError(f"schema registry at {url} refused {what}: {exc}")
 
 
 class Serde:
@@ -184,8 +125,8 @@ class Serde:
                 f"schema registry at {self._url} refused to list subjects: {exc}; "
                 "check CONVEYOR_SCHEMA_REGISTRY_URL"
             ) from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc, self._url) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise unavailable(exc, self._url) from exc
 
     def encode(self, contract: Contract, topic: str, record: Mapping[str, Any]) -> bytes:
         """Encodes a record for ``topic``, registering the contract under ``<topic>-value``.
@@ -212,14 +153,14 @@ class Serde:
         try:
             data = serializer(record, None)
         except SchemaRegistryError as exc:
-            raise _registry_refusal(exc, self._url, f"{contract.name} for {subject}") from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc, self._url) from exc
+            raise registry_refusal(exc, self._url, f"{contract.name} for {subject}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise unavailable(exc, self._url) from exc
         except Exception as exc:
             # fastavro's writer raises TypeError, ValueError, KeyError, AttributeError or
             # OverflowError without naming the field; the full check runs only on this
             # failure path to keep the happy path at the writer's speed.
-            found = contract.problems(record) or [_brief(exc)]
+            found = contract.problems(record) or [brief(exc)]
             raise SerializationError(_invalid(contract, found)) from exc
         if data is None:  # the serializer returns None only for a None record
             raise SerializationError(f"{contract.short_name}: there is no record to encode")
@@ -292,20 +233,20 @@ class Serde:
         try:
             decoded = deserializer(data, None)
         except SchemaRegistryError as exc:
-            if exc.error_code in _SCHEMA_NOT_FOUND or exc.http_status_code == 404:
+            if exc.error_code in SCHEMA_NOT_FOUND or exc.http_status_code == 404:
                 raise UnknownSchemaError(
                     f"{label}schema id {writer_id} is unknown to the registry at {self._url}",
                     writer_id,
                 ) from exc
-            raise _registry_refusal(exc, self._url, f"schema id {writer_id}") from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc, self._url) from exc
+            raise registry_refusal(exc, self._url, f"schema id {writer_id}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise unavailable(exc, self._url) from exc
         except Exception as exc:
             # Any failure past the registry lookup means the body is not what the writer
             # schema says (truncated, corrupt) or cannot resolve into the reader schema.
             self._known_ids.add(writer_id)
             raise DeserializationError(
-                f"{label}Avro body does not decode with writer schema id {writer_id}: {_brief(exc)}"
+                f"{label}Avro body does not decode with writer schema id {writer_id}: {brief(exc)}"
             ) from exc
         self._known_ids.add(writer_id)
         self._learn(writer_id, reader)
@@ -332,9 +273,9 @@ class Serde:
                 subject, Schema(contract.schema_str, schema_type="AVRO")
             )
         except SchemaRegistryError as exc:
-            raise _registry_refusal(exc, self._url, f"{contract.name} for {subject}") from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc, self._url) from exc
+            raise registry_refusal(exc, self._url, f"{contract.name} for {subject}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise unavailable(exc, self._url) from exc
         return found
 
     def register_all(self, pairs: Iterable[tuple[Contract, str]]) -> dict[str, int]:
@@ -446,7 +387,4 @@ def _invalid(contract: Contract, problems: list[str]) -> str:
     return f"{contract.short_name} record does not fit its contract: " + "; ".join(problems)
 
 
-def _brief(exc: BaseException, limit: int = 300) -> str:
-    """The exception's type and message, cut short: fastavro puts whole schemas in some."""
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+__all__ = ["DEFAULT_REGISTRY_TIMEOUT", "HEADER_SIZE", "Serde", "schema_id", "value_subject"]
