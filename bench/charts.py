@@ -28,6 +28,7 @@ CONTENDERS = {
     "raw_durable": ("raw durable loop", "#616161"),
     "conveyor": ("conveyor", "#1565c0"),
     "conveyor_processes": ("conveyor, N processes", "#0d47a1"),
+    "conveyor_live": ("conveyor, submitted while running", "#90a4ae"),
     "celery": ("Celery / Redis", "#2e7d32"),
     "dramatiq": ("Dramatiq / Redis", "#ef6c00"),
 }
@@ -191,8 +192,8 @@ def keys(s: dict[str, Any]) -> Figure:
             [x["keys"] for x in live["series"]],
             [x["jobs_per_s"] for x in live["series"]],
             marker="s",
-            label="conveyor, submitted while running",
-            color=CONTENDERS["conveyor_processes"][1],
+            label=CONTENDERS["conveyor_live"][0],
+            color=CONTENDERS["conveyor_live"][1],
         )
     ax.plot(
         counts,
