@@ -387,4 +387,4 @@ def _invalid(contract: Contract, problems: list[str]) -> str:
     return f"{contract.short_name} record does not fit its contract: " + "; ".join(problems)
 
 
-__all__ = ["DEFAULT_REGISTRY_TIMEOUT", "HEADER_SIZE", "Serde", "schema_id", "value_subject"]
+__all__ = ["DEFAULT_REGISTRY_TIMEOUT", "Serde"]

@@ -20,7 +20,8 @@ from conveyor.schemas.contracts import (
     Contract,
 )
 from conveyor.schemas.payload import PayloadCodec
-from conveyor.schemas.serde import Serde, schema_id
+from conveyor.schemas.serde import Serde
+from conveyor.schemas.wire import schema_id
 from conveyor.settings import Settings
 
 AT = datetime.datetime(2024, 5, 17, 12, 30, 45, 123000, tzinfo=datetime.UTC)

@@ -26,7 +26,8 @@ from conveyor.schemas.contracts import (
     JOB_EVENT,
     Contract,
 )
-from conveyor.schemas.serde import Serde, schema_id
+from conveyor.schemas.serde import Serde
+from conveyor.schemas.wire import schema_id
 from conveyor.settings import Settings
 
 TOPIC = "acme.jobs.normal"
